@@ -1,0 +1,88 @@
+//! The crate's error type. Every message is one line that says what is wrong and what
+//! to do about it; none ever contains key material.
+
+use std::path::PathBuf;
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong, each with a message fit to show a user as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A key's text form is malformed (the message never echoes the key).
+    #[error("bad key: {0}; create one with `deeplock keygen -o KEYFILE`")]
+    BadKey(String),
+    /// The key's check value does not match the one stored in the locked file.
+    #[error("wrong key: {path} was locked with a different key (key check value mismatch); pass the key file it was locked with")]
+    WrongKey {
+        /// The locked file.
+        path: PathBuf,
+    },
+    /// Lock was asked of a file that is already locked.
+    #[error("{path} is already locked (it has deeplock metadata); unlock it first, or lock the original file")]
+    AlreadyLocked {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Unlock or verify was asked of a file that is not locked.
+    #[error("{path} is not locked (no deeplock metadata); nothing to unlock")]
+    NotLocked {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is not a valid safetensors file, or its deeplock metadata is malformed.
+    #[error("{path}: {reason}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// An operating-system I/O error on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The output exists and overwriting was not asked for.
+    #[error("{path} already exists; choose another output or pass --force to overwrite it")]
+    OutputExists {
+        /// The output path.
+        path: PathBuf,
+    },
+    /// Output and input name the same file or directory.
+    #[error("the output {path} is the input; write to a different path (inputs are never modified)")]
+    OutputIsInput {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The operating system's random number generator failed.
+    #[error("the system random number generator failed: {0}")]
+    Random(String),
+    /// No usable GPU adapter, or a GPU operation failed.
+    #[error("GPU: {0}")]
+    Gpu(String),
+    /// An argument is out of range or inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A format error on `path`.
+    pub fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Format {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
