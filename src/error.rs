@@ -53,7 +53,9 @@ pub enum Error {
         path: PathBuf,
     },
     /// Output and input name the same file or directory.
-    #[error("the output {path} is the input; write to a different path (inputs are never modified)")]
+    #[error(
+        "the output {path} is the input; write to a different path (inputs are never modified)"
+    )]
     OutputIsInput {
         /// The path.
         path: PathBuf,

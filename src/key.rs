@@ -6,7 +6,7 @@
 
 use aes::cipher::{BlockEncrypt, KeyInit};
 use aes::Aes128;
-use zeroize::{Zeroize, Zeroizing, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::{Error, Result};
 
@@ -99,7 +99,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_text_without_echoing_it() {
-        for bad in ["", "00", "000102030405060708090a0b0c0d0e0f00", "zz0102030405060708090a0b0c0d0e0f"] {
+        for bad in [
+            "",
+            "00",
+            "000102030405060708090a0b0c0d0e0f00",
+            "zz0102030405060708090a0b0c0d0e0f",
+        ] {
             let err = MasterKey::from_hex(bad).unwrap_err().to_string();
             assert!(err.contains("32 hexadecimal"), "{err}");
             assert!(bad.len() < 4 || !err.contains(&bad[2..]), "{err}");

@@ -26,3 +26,8 @@ pub use scheme::{Direction, Nonce, Salt, TensorCipher};
 pub mod cpu;
 pub use cpu::CpuLocker;
 pub mod engine;
+pub mod files;
+pub mod header;
+pub mod lock_info;
+pub mod output;
+pub mod zoo;

@@ -63,7 +63,10 @@ mod tests {
     #[test]
     fn nist_sp800_38a_ctr_keystream() {
         let key = MasterKey::from_hex("2b7e151628aed2a6abf7158809cf4f3c").unwrap();
-        let c = TensorCipher::new(&key, Nonce([0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7]));
+        let c = TensorCipher::new(
+            &key,
+            Nonce([0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7]),
+        );
         let pt = [
             "6bc1bee22e409f96e93d7e117393172a",
             "ae2d8a571e03ac9c9eb76fac45af8e51",

@@ -1,0 +1,205 @@
+//! Argument parsing and dispatch for the `deeplock` binary.
+
+mod demo;
+mod keyfile;
+mod report;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use deeplock::engine::{self, DeviceChoice};
+use deeplock::files::{self, Options};
+
+#[derive(Parser)]
+#[command(
+    name = "deeplock",
+    version,
+    about = "Lock neural-network weights with a secret key; unlock them fast on GPU or CPU",
+    long_about = "Lock neural-network weights with a secret key (Deep-Lock, scheme aes128-ctr-sbox); \
+                  unlock them fast on any GPU (wgpu) or CPU. Keys are read from a file, from \
+                  standard input (--key-file -) or from the file named by DEEPLOCK_KEY_FILE, \
+                  never from the command line."
+)]
+struct Cli {
+    /// Say more: which device and adapter did the work.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Device {
+    /// A real GPU if there is one, else the CPU.
+    Auto,
+    /// The CPU fast path on all cores.
+    Cpu,
+    /// A GPU adapter (software ones included); fails if there is none.
+    Gpu,
+}
+
+impl From<Device> for DeviceChoice {
+    fn from(d: Device) -> Self {
+        match d {
+            Device::Auto => DeviceChoice::Auto,
+            Device::Cpu => DeviceChoice::Cpu,
+            Device::Gpu => DeviceChoice::Gpu,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct KeyArg {
+    /// File holding the key as 32 hex characters; `-` reads it from standard input.
+    #[arg(long, env = "DEEPLOCK_KEY_FILE", value_name = "KEYFILE")]
+    key_file: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new random key file (mode 0600); never overwrites.
+    Keygen {
+        /// Where to write the key.
+        #[arg(short, long, value_name = "KEYFILE")]
+        output: PathBuf,
+    },
+    /// Lock a safetensors file or a sharded checkpoint directory.
+    Lock {
+        /// The model: a .safetensors file or a directory of shards.
+        input: PathBuf,
+        /// Where to write the locked model.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        key: KeyArg,
+        /// Where to run.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Device,
+        /// Lock only tensors whose names match this glob (repeatable; default: all).
+        #[arg(long, value_name = "GLOB")]
+        only: Vec<String>,
+        /// Replace an existing output.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Unlock a locked file or directory.
+    Unlock {
+        /// The locked model.
+        input: PathBuf,
+        /// Where to write the unlocked model.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        key: KeyArg,
+        /// Where to run.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Device,
+        /// Replace an existing output.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show whether a file is locked, its scheme and salt, and its tensors.
+    Inspect {
+        /// A .safetensors file or a directory of shards.
+        file: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 if the key is the one the file was locked with.
+    Verify {
+        /// A locked file or directory.
+        file: PathBuf,
+        #[command(flatten)]
+        key: KeyArg,
+    },
+    /// Lock and unlock a built-in CIFAR-10-sized model and report speed.
+    Demo,
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("deeplock: error: {e}");
+            1
+        }
+    }
+}
+
+fn run(cli: Cli) -> deeplock::Result<i32> {
+    let verbose = cli.verbose;
+    match cli.command {
+        Command::Keygen { output } => keyfile::keygen(&output).map(|()| 0),
+        Command::Lock {
+            input,
+            output,
+            key,
+            device,
+            only,
+            force,
+        } => {
+            let key = keyfile::load(&key.key_file)?;
+            let mut engine = engine::select(device.into())?;
+            if verbose {
+                eprintln!("deeplock: locking on {}", engine.describe());
+            }
+            let total = report::total_data_bytes(&input)?;
+            let bar = report::progress(total, "locking");
+            let progress = |n: u64| bar.inc(n);
+            let opts = Options {
+                only,
+                force,
+                progress: Some(&progress),
+                ..Options::default()
+            };
+            let r = files::lock(&input, &output, &key, engine.as_mut(), &opts)?;
+            bar.finish_and_clear();
+            report::print_done("locked", &input, &output, &r);
+            Ok(0)
+        }
+        Command::Unlock {
+            input,
+            output,
+            key,
+            device,
+            force,
+        } => {
+            let key = keyfile::load(&key.key_file)?;
+            let mut engine = engine::select(device.into())?;
+            if verbose {
+                eprintln!("deeplock: unlocking on {}", engine.describe());
+            }
+            let total = report::total_data_bytes(&input)?;
+            let bar = report::progress(total, "unlocking");
+            let progress = |n: u64| bar.inc(n);
+            let opts = Options {
+                force,
+                progress: Some(&progress),
+                ..Options::default()
+            };
+            let r = files::unlock(&input, &output, &key, engine.as_mut(), &opts)?;
+            bar.finish_and_clear();
+            report::print_done("unlocked", &input, &output, &r);
+            Ok(0)
+        }
+        Command::Inspect { file, json } => {
+            let found = files::inspect(&file)?;
+            if json {
+                println!("{}", report::inspection_json(&found));
+            } else {
+                report::print_inspection(&found);
+            }
+            Ok(0)
+        }
+        Command::Verify { file, key } => {
+            let key = keyfile::load(&key.key_file)?;
+            files::verify(&file, &key)?;
+            println!("key matches {}", file.display());
+            Ok(0)
+        }
+        Command::Demo => demo::run(verbose).map(|()| 0),
+    }
+}

@@ -1,0 +1,268 @@
+//! Reading and writing safetensors headers, validated once at parse time.
+//!
+//! A safetensors file is an 8-byte little-endian header length N, N bytes of JSON, then
+//! the data section. Parsing reads only the first 8 + N bytes, so a file far larger than
+//! memory costs nothing here; the `safetensors` crate's own `Metadata` deserializer checks
+//! dtypes, shapes and offsets (contiguous, sized by shape and dtype, checked arithmetic),
+//! and this module checks that the offsets cover the data section exactly.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// Largest header accepted, in bytes (the `safetensors` crate's own limit).
+pub const MAX_HEADER_LEN: u64 = 100_000_000;
+
+/// The key of the free-form string metadata in a header.
+pub const METADATA_KEY: &str = "__metadata__";
+
+/// One tensor of a header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorEntry {
+    /// The tensor's name.
+    pub name: String,
+    /// The dtype as written in the header (`F32`, `BF16`, ...).
+    pub dtype: String,
+    /// The shape.
+    pub shape: Vec<usize>,
+    /// Start of its bytes, relative to the data section.
+    pub start: u64,
+    /// End (exclusive) of its bytes, relative to the data section.
+    pub end: u64,
+}
+
+impl TensorEntry {
+    /// Its size in bytes.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// A parsed, validated safetensors header.
+#[derive(Clone, Debug)]
+pub struct Header {
+    /// The header object as written, key order kept, so that rewriting it changes
+    /// nothing but the metadata that deeplock adds or removes.
+    object: Map<String, Value>,
+    /// The tensors, ordered by data offset.
+    pub tensors: Vec<TensorEntry>,
+    /// The JSON length N as stored in the file.
+    pub json_len: u64,
+}
+
+impl Header {
+    /// Reads and validates the header of the file at `path`, opened as `file`,
+    /// leaving the file position at the start of the data section.
+    pub fn read(file: &mut File, path: &Path) -> Result<Self> {
+        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let bad = |reason: String| Error::format(path, reason);
+        if file_len < 8 {
+            return Err(bad(format!(
+                "not a safetensors file: {file_len} bytes, shorter than the 8-byte header length (truncated?)"
+            )));
+        }
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io(path, e))?;
+        let mut n = [0u8; 8];
+        file.read_exact(&mut n).map_err(|e| Error::io(path, e))?;
+        let json_len = u64::from_le_bytes(n);
+        if json_len > MAX_HEADER_LEN {
+            return Err(bad(format!(
+                "header too large: {json_len} bytes declared, the limit is {MAX_HEADER_LEN} (corrupt file, or not safetensors)"
+            )));
+        }
+        let data_start = 8 + json_len;
+        if data_start > file_len {
+            return Err(bad(format!(
+                "truncated: the header declares {json_len} bytes but the file has only {} after the length field",
+                file_len - 8
+            )));
+        }
+        let mut json = vec![0u8; json_len as usize];
+        file.read_exact(&mut json).map_err(|e| Error::io(path, e))?;
+        let header = Self::parse(&json, path)?;
+        let data_len = file_len - data_start;
+        let need = header.data_len();
+        if need > data_len {
+            return Err(bad(format!(
+                "truncated: tensors need {need} bytes of data but the file holds {data_len}"
+            )));
+        }
+        if need < data_len {
+            return Err(bad(format!(
+                "tensor offsets do not cover the data: {} bytes after the last tensor belong to none (corrupt file)",
+                data_len - need
+            )));
+        }
+        Ok(Header { json_len, ..header })
+    }
+
+    /// Parses and validates header JSON (without the length field). `json_len` is set
+    /// to the length of `json`.
+    pub fn parse(json: &[u8], path: &Path) -> Result<Self> {
+        let bad = |reason: String| Error::format(path, reason);
+        let text = std::str::from_utf8(json)
+            .map_err(|_| bad("corrupt header: not UTF-8 (is this a safetensors file?)".into()))?;
+        // The safetensors crate validates dtypes, shapes and offsets with checked arithmetic.
+        let _: safetensors::tensor::Metadata = serde_json::from_str(text)
+            .map_err(|e| bad(format!("invalid safetensors header: {e}")))?;
+        let object: Map<String, Value> = serde_json::from_str(text)
+            .map_err(|e| bad(format!("invalid safetensors header: {e}")))?;
+        let mut tensors = Vec::new();
+        for (name, v) in &object {
+            if name == METADATA_KEY {
+                continue;
+            }
+            let entry: RawEntry = serde_json::from_value(v.clone())
+                .map_err(|e| bad(format!("invalid entry for tensor {name:?}: {e}")))?;
+            tensors.push(TensorEntry {
+                name: name.clone(),
+                dtype: entry.dtype,
+                shape: entry.shape,
+                start: entry.data_offsets[0],
+                end: entry.data_offsets[1],
+            });
+        }
+        tensors.sort_by_key(|t| (t.start, t.end));
+        Ok(Header {
+            object,
+            tensors,
+            json_len: json.len() as u64,
+        })
+    }
+
+    /// Size of the data section the tensors cover.
+    pub fn data_len(&self) -> u64 {
+        self.tensors.last().map_or(0, |t| t.end)
+    }
+
+    /// Offset of the data section from the start of the file.
+    pub fn data_start(&self) -> u64 {
+        8 + self.json_len
+    }
+
+    /// The string metadata (`__metadata__`), empty if there is none.
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        match self.object.get(METADATA_KEY) {
+            Some(Value::Object(m)) => m
+                .iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+                .collect(),
+            _ => BTreeMap::new(),
+        }
+    }
+
+    /// A metadata value.
+    pub fn metadata_value(&self, key: &str) -> Option<&str> {
+        self.object.get(METADATA_KEY)?.get(key)?.as_str()
+    }
+
+    /// Sets metadata `key` to `value`, creating `__metadata__` (as the first entry,
+    /// where safetensors writers put it) if the header has none.
+    pub fn set_metadata(&mut self, key: &str, value: String) {
+        if !self.object.contains_key(METADATA_KEY) {
+            let mut object = Map::new();
+            object.insert(METADATA_KEY.into(), Value::Object(Map::new()));
+            object.extend(std::mem::take(&mut self.object));
+            self.object = object;
+        }
+        if let Some(Value::Object(m)) = self.object.get_mut(METADATA_KEY) {
+            m.insert(key.into(), Value::String(value));
+        }
+    }
+
+    /// Removes every metadata key that starts with `prefix`; drops `__metadata__`
+    /// altogether if that leaves it empty.
+    pub fn remove_metadata_prefix(&mut self, prefix: &str) {
+        if let Some(Value::Object(m)) = self.object.get_mut(METADATA_KEY) {
+            m.retain(|k, _| !k.starts_with(prefix));
+            if m.is_empty() {
+                self.object.shift_remove(METADATA_KEY);
+            }
+        }
+    }
+
+    /// The bytes that start a file with this header: the 8-byte length, then compact
+    /// JSON padded with spaces to a multiple of 8 (so the data section stays 8-aligned,
+    /// as safetensors writers do).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut json = serde_json::to_vec(&self.object).expect("a JSON map serializes");
+        json.resize(json.len().div_ceil(8) * 8, b' ');
+        let mut out = Vec::with_capacity(8 + json.len());
+        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        out.extend_from_slice(&json);
+        out
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RawEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [u64; 2],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Header> {
+        Header::parse(s.as_bytes(), Path::new("t.safetensors"))
+    }
+
+    #[test]
+    fn keeps_order_and_round_trips_metadata() {
+        let s = r#"{"__metadata__":{"format":"pt"},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]},"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#;
+        let mut h = parse(s).unwrap();
+        assert_eq!(h.tensors[0].name, "a");
+        assert_eq!(h.data_len(), 12);
+        h.set_metadata("deeplock.version", "1".into());
+        assert_eq!(h.metadata_value("deeplock.version"), Some("1"));
+        h.remove_metadata_prefix("deeplock.");
+        let bytes = h.to_bytes();
+        assert_eq!(bytes.len() % 8, 0);
+        assert_eq!(std::str::from_utf8(&bytes[8..]).unwrap().trim_end(), s);
+    }
+
+    #[test]
+    fn metadata_is_added_first_and_removed_when_empty() {
+        let s = r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#;
+        let mut h = parse(s).unwrap();
+        h.set_metadata("deeplock.version", "1".into());
+        let text = String::from_utf8(h.to_bytes()[8..].to_vec()).unwrap();
+        assert!(
+            text.starts_with(r#"{"__metadata__":{"deeplock.version":"1"},"a""#),
+            "{text}"
+        );
+        h.remove_metadata_prefix("deeplock.");
+        assert_eq!(
+            String::from_utf8(h.to_bytes()[8..].to_vec())
+                .unwrap()
+                .trim_end(),
+            s
+        );
+    }
+
+    #[test]
+    fn rejects_bad_offsets_and_dtypes() {
+        for s in [
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
+            r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}"#,
+            r#"{"a":{"dtype":"Q9","shape":[1],"data_offsets":[0,1]}}"#,
+            r#"{"a":{"dtype":"U8","shape":[18446744073709551615,2],"data_offsets":[0,1]}}"#,
+            r#"["not an object"]"#,
+        ] {
+            assert!(parse(s).is_err(), "{s}");
+        }
+    }
+}

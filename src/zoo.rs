@@ -1,0 +1,116 @@
+//! Built-in model shapes for the demo, tests and benchmarks, written as real
+//! safetensors files with deterministic pseudo-random weights.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// A named f32 tensor.
+pub struct Tensor {
+    /// The name, PyTorch style (`conv1.weight`).
+    pub name: String,
+    /// The shape, PyTorch layout: conv `[out, in, kh, kw]`, linear `[out, in]`.
+    pub shape: Vec<usize>,
+    /// The values, row-major.
+    pub values: Vec<f32>,
+}
+
+/// Shapes of the Keras `cifar10_cnn` example network (1,250,858 parameters in 12
+/// tensors), in PyTorch layout: four 3x3 convolutions (3→32→32→64→64) and two dense
+/// layers (2304→512→10), each with its bias.
+pub const CIFAR10_CNN: [(&str, &[usize]); 12] = [
+    ("conv1.weight", &[32, 3, 3, 3]),
+    ("conv1.bias", &[32]),
+    ("conv2.weight", &[32, 32, 3, 3]),
+    ("conv2.bias", &[32]),
+    ("conv3.weight", &[64, 32, 3, 3]),
+    ("conv3.bias", &[64]),
+    ("conv4.weight", &[64, 64, 3, 3]),
+    ("conv4.bias", &[64]),
+    ("fc1.weight", &[512, 2304]),
+    ("fc1.bias", &[512]),
+    ("fc2.weight", &[10, 512]),
+    ("fc2.bias", &[10]),
+];
+
+/// Number of parameters of [`CIFAR10_CNN`].
+pub const CIFAR10_CNN_PARAMS: usize = 1_250_858;
+
+/// A small deterministic generator (SplitMix64): reproducible weights without a
+/// dependency, not for anything secret.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn next_signed_unit(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+    }
+}
+
+/// The CIFAR-10-sized network with Glorot-uniform weights and small biases from `seed`.
+pub fn cifar10_cnn(seed: u64) -> Vec<Tensor> {
+    let mut rng = SplitMix64(seed);
+    CIFAR10_CNN
+        .iter()
+        .map(|&(name, shape)| {
+            let n: usize = shape.iter().product();
+            let scale = if shape.len() > 1 {
+                let receptive: usize = shape[2..].iter().product();
+                (6.0 / ((shape[0] + shape[1]) * receptive) as f32).sqrt()
+            } else {
+                0.01
+            };
+            Tensor {
+                name: name.into(),
+                shape: shape.to_vec(),
+                values: (0..n).map(|_| rng.next_signed_unit() * scale).collect(),
+            }
+        })
+        .collect()
+}
+
+/// Writes f32 tensors as a safetensors file (with `format: pt` metadata, as PyTorch
+/// exports do).
+pub fn write_safetensors(path: &Path, tensors: &[Tensor]) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), b)
+                .map(|v| (t.name.clone(), v))
+                .map_err(|e| Error::Invalid(format!("tensor {}: {e}", t.name)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(meta), path)
+        .map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cifar10_has_the_keras_parameter_count() {
+        let m = cifar10_cnn(1);
+        assert_eq!(m.len(), 12);
+        assert_eq!(
+            m.iter().map(|t| t.values.len()).sum::<usize>(),
+            CIFAR10_CNN_PARAMS
+        );
+        assert!(m[0].values.iter().any(|&v| v != 0.0));
+    }
+}
