@@ -1,0 +1,102 @@
+//! Helpers shared by the integration tests: random safetensors files and the CLI.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use rand::{Rng, RngCore};
+
+/// Dtypes and their element sizes in bytes, as safetensors names them.
+pub const DTYPES: [(&str, usize); 9] = [
+    ("F32", 4),
+    ("F16", 2),
+    ("BF16", 2),
+    ("F64", 8),
+    ("I8", 1),
+    ("U8", 1),
+    ("I64", 8),
+    ("F8_E4M3", 1),
+    ("I32", 4),
+];
+
+/// Writes a safetensors file with the given (name, dtype, shape) tensors filled with
+/// random bytes, and `metadata`; returns the file's bytes.
+pub fn write_random_model(
+    path: &Path,
+    tensors: &[(String, &str, Vec<usize>)],
+    metadata: &[(&str, &str)],
+    rng: &mut impl RngCore,
+) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let m: serde_json::Map<String, serde_json::Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect();
+        header.insert("__metadata__".into(), m.into());
+    }
+    let mut data = Vec::new();
+    for (name, dtype, shape) in tensors {
+        let size = DTYPES.iter().find(|d| d.0 == *dtype).unwrap().1;
+        let n: usize = shape.iter().product::<usize>() * size;
+        let start = data.len();
+        data.resize(start + n, 0);
+        rng.fill_bytes(&mut data[start..]);
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, start + n]}),
+        );
+    }
+    let mut json = serde_json::to_vec(&header).unwrap();
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&json);
+    bytes.extend_from_slice(&data);
+    std::fs::write(path, &bytes).unwrap();
+    bytes
+}
+
+/// A random model of `count` tensors of random dtypes and odd shapes.
+pub fn random_tensors(
+    rng: &mut impl Rng,
+    count: usize,
+    max_elems: usize,
+) -> Vec<(String, &'static str, Vec<usize>)> {
+    (0..count)
+        .map(|i| {
+            let (dtype, _) = DTYPES[rng.random_range(0..DTYPES.len())];
+            let n = rng.random_range(0..=max_elems);
+            let shape = if n % 3 == 0 { vec![n] } else { vec![1, n] };
+            (format!("layer.{i}.weight"), dtype, shape)
+        })
+        .collect()
+}
+
+/// The `deeplock` binary built for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_deeplock"))
+}
+
+/// Runs `deeplock args...` in `dir` with `stdin` fed in, no inherited key env.
+pub fn deeplock(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("DEEPLOCK_KEY_FILE")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(s) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The spec's known-answer key.
+pub const KAT_KEY: &str = "000102030405060708090a0b0c0d0e0f";
