@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The one command that sets up a fresh machine and runs the whole suite.
+#
+# Installs what the tests need from Debian's packages when it is missing (Mesa's
+# software Vulkan driver, lavapipe, so the GPU tests run on a real wgpu adapter even
+# without a GPU), then checks formatting and lints, runs every test with
+# DEEPLOCK_REQUIRE_GPU=1 (a missing adapter fails the GPU tests instead of skipping
+# them), and builds the benchmarks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "scripts/test.sh: need root to install $*; install it by hand and rerun" >&2
+        return 1
+    fi
+}
+
+packages=()
+# A Vulkan loader, and at least one Vulkan driver (ICD); lavapipe if there is none.
+ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1' || packages+=(libvulkan1)
+if ! ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1; then
+    packages+=(mesa-vulkan-drivers)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
+    echo "scripts/test.sh: installing ${packages[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}"
+fi
+
+# wgpu's Vulkan loader warns without a runtime dir; give it a private one.
+XDG_RUNTIME_DIR="$(mktemp -d)"
+export XDG_RUNTIME_DIR
+export DEEPLOCK_REQUIRE_GPU="${DEEPLOCK_REQUIRE_GPU:-1}"
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked
+cargo test --doc --locked
+cargo bench --no-run --locked
