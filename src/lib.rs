@@ -31,3 +31,8 @@ pub mod header;
 pub mod lock_info;
 pub mod output;
 pub mod zoo;
+
+/// The README's library example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
