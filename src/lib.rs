@@ -36,3 +36,4 @@ pub mod zoo;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+pub mod bench;

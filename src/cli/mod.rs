@@ -1,5 +1,6 @@
 //! Argument parsing and dispatch for the `deeplock` binary.
 
+mod bench;
 mod demo;
 mod keyfile;
 mod report;
@@ -115,6 +116,8 @@ enum Command {
     },
     /// Lock and unlock a built-in CIFAR-10-sized model and report speed.
     Demo,
+    /// Measure lock and unlock throughput on the CPU and every GPU adapter.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -201,5 +204,6 @@ fn run(cli: Cli) -> deeplock::Result<i32> {
             Ok(0)
         }
         Command::Demo => demo::run(verbose).map(|()| 0),
+        Command::Bench(args) => bench::run(args).map(|()| 0),
     }
 }

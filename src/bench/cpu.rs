@@ -1,0 +1,105 @@
+//! The CPU side of `deeplock bench`.
+
+use aes::cipher::{KeyIvInit, StreamCipher};
+use rayon::prelude::*;
+
+use super::{median_seconds, Rate, Record, Runs, Seconds, Workload};
+use crate::cpu::CpuLocker;
+use crate::key::MasterKey;
+use crate::scheme::{Direction, Salt, TensorCipher};
+
+/// The processor's model name (Linux), or the architecture.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|n| n.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Locks every tensor of `w` (laid out back to back in `buf`) with `f`.
+fn each_tensor(w: &Workload, buf: &mut [u8], ciphers: &[TensorCipher], mut f: impl FnMut(&TensorCipher, &mut [u8])) {
+    let mut rest = buf;
+    for (len, c) in w.tensors.iter().zip(ciphers) {
+        let (t, r) = rest.split_at_mut(*len);
+        f(c, t);
+        rest = r;
+    }
+}
+
+/// Measures the CPU fast path on `w`: all cores and one core, lock and unlock, next to
+/// memcpy on all cores and plain AES-128-CTR on one core.
+pub fn bench_cpu(w: &Workload, runs: Runs) -> Record {
+    let locker = CpuLocker::new();
+    let key = MasterKey::generate().expect("system RNG");
+    let salt = Salt([7; 16]);
+    let ciphers: Vec<TensorCipher> = (0..w.tensors.len())
+        .map(|i| TensorCipher::for_tensor(&key, &salt, &format!("t{i}")))
+        .collect();
+    let n = w.bytes();
+    let mut buf: Vec<u8> = (0..n).map(|i| (i * 31 + 7) as u8).collect();
+    let mut dst = vec![0u8; n];
+    let time = |dir: Direction, parallel: bool, buf: &mut [u8]| {
+        median_seconds(runs, || {
+            each_tensor(w, buf, &ciphers, |c, t| {
+                if parallel {
+                    locker.apply_parallel(c, dir, 0, t)
+                } else {
+                    locker.apply(c, dir, 0, t)
+                }
+            });
+            None
+        })
+    };
+    let lock = time(Direction::Lock, true, &mut buf);
+    let unlock = time(Direction::Unlock, true, &mut buf);
+    let lock_1t = time(Direction::Lock, false, &mut buf);
+    let unlock_1t = time(Direction::Unlock, false, &mut buf);
+    const GRAIN: usize = 1 << 20;
+    let copy = median_seconds(runs, || {
+        dst.par_chunks_mut(GRAIN)
+            .zip(buf.par_chunks(GRAIN))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        None
+    });
+    let aes_ctr = median_seconds(runs, || {
+        let mut c = ctr::Ctr64BE::<aes::Aes128>::new(key.as_bytes().into(), &[0u8; 16].into());
+        c.apply_keystream(&mut buf);
+        None
+    });
+    let r = |s: f64| Rate::new(n, s).gbps;
+    Record {
+        device: "cpu".into(),
+        adapter: cpu_name(),
+        vendor: 0,
+        backend: locker.backend().name().into(),
+        device_type: "Cpu".into(),
+        driver: format!("{} threads", rayon::current_num_threads()),
+        size_label: w.label.clone(),
+        size_bytes: n,
+        lock_gbps: r(lock),
+        unlock_gbps: r(unlock),
+        lock_wall_gbps: r(lock),
+        unlock_wall_gbps: r(unlock),
+        copy_gbps: r(copy),
+        lock_over_copy: copy / lock,
+        aes_ctr_gbps: Some(r(aes_ctr)),
+        lock_1t_gbps: Some(r(lock_1t)),
+        unlock_1t_gbps: Some(r(unlock_1t)),
+        seconds: Seconds {
+            lock,
+            unlock,
+            lock_wall: lock,
+            unlock_wall: unlock,
+            copy,
+            aes_ctr: Some(aes_ctr),
+            lock_1t: Some(lock_1t),
+            unlock_1t: Some(unlock_1t),
+        },
+        runs: runs.timed,
+    }
+}

@@ -1,0 +1,77 @@
+//! `deeplock bench`: prints the vendor-neutral benchmark as a table or JSON.
+
+use std::path::PathBuf;
+
+use deeplock::bench::{self, Record, Runs, Workload};
+use deeplock::{Error, Result};
+
+/// Which devices `bench` measures.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchDevice {
+    /// The CPU fast path.
+    Cpu,
+    /// Every GPU adapter wgpu finds (software ones included).
+    Gpu,
+    /// Both.
+    All,
+}
+
+/// `deeplock bench` arguments.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "all")]
+    device: BenchDevice,
+    /// Bytes per workload (repeatable); default: the CIFAR-10-sized model, 64 MiB, and
+    /// 1 GiB where memory allows.
+    #[arg(long, value_name = "BYTES")]
+    size: Vec<usize>,
+    /// Timed runs per figure (the median is reported), after two warm-up runs.
+    #[arg(long, default_value_t = 7)]
+    runs: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also draw throughput against size to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+}
+
+/// Runs the benchmark.
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.size.contains(&0) {
+        return Err(Error::Invalid("--size must be at least 1 byte".into()));
+    }
+    let workloads = if args.size.is_empty() {
+        Workload::defaults(bench::available_memory())
+    } else {
+        args.size.iter().map(|&b| Workload::buffer(b)).collect()
+    };
+    let runs = Runs {
+        warmup: 2,
+        timed: args.runs.max(1),
+    };
+    let mut records: Vec<Record> = Vec::new();
+    if args.device != BenchDevice::Gpu {
+        for w in &workloads {
+            records.push(bench::bench_cpu(w, runs));
+        }
+    }
+    if args.device != BenchDevice::Cpu {
+        records.extend(bench::bench_gpus(&workloads, runs)?);
+    }
+    if let Some(path) = &args.plot {
+        let svg = bench::plot(&records, "deeplock bench: lock throughput by size");
+        deeplock::output::write_file(path, true, |f| {
+            use std::io::Write;
+            f.write_all(svg.as_bytes()).map_err(|e| Error::io(path, e))
+        })?;
+    }
+    if args.json {
+        let doc = serde_json::json!({ "records": records });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON serializes"));
+    } else {
+        print!("{}", bench::table(&records));
+    }
+    Ok(())
+}
