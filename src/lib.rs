@@ -26,3 +26,4 @@ pub use scheme::{Direction, Nonce, Salt, TensorCipher};
 pub mod cpu;
 pub use cpu::CpuLocker;
 pub mod engine;
+pub mod gpu;
