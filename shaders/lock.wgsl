@@ -36,6 +36,23 @@ fn region_mask(at: u32) -> u32 {
     return low_bytes_mask(end) & ~low_bytes_mask(start);
 }
 
+// Transforms the word `index` of the window with its keystream word `ks`, keeping its
+// bytes outside the region.
+fn transform_word(index: u32, ks: u32, unlock: bool) {
+    let mask = region_mask(index * 4u);
+    if (mask == 0u) {
+        return;
+    }
+    let old = data[index];
+    var new_word: u32;
+    if (unlock) {
+        new_word = aes_unlock_word(old, ks);
+    } else {
+        new_word = aes_lock_word(old, ks);
+    }
+    data[index] = (new_word & mask) | (old & ~mask);
+}
+
 fn transform(local_index: u32, workgroup: u32, workgroups: u32, unlock: bool) {
     aes_load_tables(local_index, WORKGROUP_SIZE);
     let group0 = params.byte_lo / 16u;
@@ -44,19 +61,10 @@ fn transform(local_index: u32, workgroup: u32, workgroups: u32, unlock: bool) {
     for (var g = workgroup * WORKGROUP_SIZE + local_index; g < groups; g += stride) {
         let ks = aes_keystream_at(aes_block_add(params.first_block, g), params.shift);
         let word0 = (group0 + g) * 4u;
-        for (var k = 0u; k < 4u; k++) {
-            let mask = region_mask((word0 + k) * 4u);
-            if (mask != 0u) {
-                let old = data[word0 + k];
-                var new_word: u32;
-                if (unlock) {
-                    new_word = aes_unlock_word(old, ks[k]);
-                } else {
-                    new_word = aes_lock_word(old, ks[k]);
-                }
-                data[word0 + k] = (new_word & mask) | (old & ~mask);
-            }
-        }
+        transform_word(word0, ks.x, unlock);
+        transform_word(word0 + 1u, ks.y, unlock);
+        transform_word(word0 + 2u, ks.z, unlock);
+        transform_word(word0 + 3u, ks.w, unlock);
     }
 }
 

@@ -7,7 +7,7 @@
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
-use deeplock::engine::{Chunk, CpuEngine, Engine, Span};
+use deeplock::engine::{self, Chunk, CpuEngine, DeviceChoice, Engine, Span};
 use deeplock::gpu::{GpuContext, GpuEngine, GpuLocker, KernelTimer, Region};
 use deeplock::{reference, CpuLocker, Direction, MasterKey, Salt, TensorCipher};
 use proptest::prelude::*;
@@ -353,6 +353,20 @@ fn engine_matches_cpu_engine() {
             assert!(g == w, "{dir:?}: chunk {i} differs");
         }
     }
+}
+
+#[test]
+fn select_takes_a_gpu_only_when_asked_or_real() {
+    let Some(shared) = shared() else { return };
+    let auto = engine::select(DeviceChoice::Auto).unwrap().describe();
+    // `shared` is the best adapter, so a software one means there is no hardware GPU.
+    if shared.context().adapter_info().device_type == wgpu::DeviceType::Cpu {
+        assert!(auto.starts_with("CPU"), "{auto}");
+    } else {
+        assert!(auto.starts_with("GPU"), "{auto}");
+    }
+    let gpu = engine::select(DeviceChoice::Gpu).unwrap().describe();
+    assert!(gpu.starts_with("GPU"), "{gpu}");
 }
 
 proptest! {

@@ -1,6 +1,7 @@
 //! [`GpuEngine`]: the streaming [`Engine`] on a GPU. A small ring of chunks is in flight
-//! at once, so that the upload of one chunk, the kernels on another and the read-back of
-//! a third overlap with each other and with the caller's file I/O, while GPU and host
+//! at once: while the GPU transforms one, the host stages the upload of the next and
+//! copies back the result of the previous (and the caller reads and writes files), and
+//! the driver may overlap one chunk's transfers with another's kernels. GPU and host
 //! memory stay bounded by the ring's depth times the chunk size, whatever the file size.
 
 use std::collections::VecDeque;
