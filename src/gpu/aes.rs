@@ -18,9 +18,9 @@ fn xtime(b: u8) -> u8 {
 }
 
 /// The table buffer's contents, in the order `aes_ctr.wgsl` indexes them:
-/// `Tr[x]` is the MixColumns image of a column holding S[x] in row r and zeros elsewhere,
-/// packed little-endian: T0[x] = (2·S[x], S[x], S[x], 3·S[x]) and Tr is T0 rotated by r
-/// bytes, so a full round is 16 lookups and XORs. Then the S-box and the inverse S-box,
+/// `Tr[x]` is the MixColumns image of a column holding `S[x]` in row r and zeros
+/// elsewhere, packed little-endian: `T0[x] = (2·S[x], S[x], S[x], 3·S[x])` and `Tr` is `T0`
+/// rotated by r bytes, so a full round is 16 lookups and XORs. Then the S-box and the inverse S-box,
 /// one byte per entry so a lookup needs no shift. Built from [`crate::sbox`] so the GPU
 /// and the CPU share one definition of the S-box.
 pub fn table_words() -> [u32; TABLE_WORDS] {

@@ -47,6 +47,11 @@ pub struct GpuLocker {
     data_layout: wgpu::BindGroupLayout,
     lock: wgpu::ComputePipeline,
     unlock: wgpu::ComputePipeline,
+    /// Window starts are multiples of this: the storage offset alignment, and 16 so that
+    /// every window cuts the buffer on the same 16-byte groups.
+    window_alignment: u64,
+    /// The largest window the device can bind (aligned, at most [`MAX_WINDOW_BYTES`]).
+    max_window_bytes: u64,
     window_bytes: u64,
     max_workgroups: u32,
 }
@@ -105,19 +110,22 @@ impl GpuLocker {
             })
         };
         let limits = device.limits();
-        let mut locker = GpuLocker {
+        let window_alignment = u64::from(limits.min_storage_buffer_offset_alignment).max(16);
+        let max_window_bytes = limits.max_storage_buffer_binding_size.min(MAX_WINDOW_BYTES)
+            / window_alignment
+            * window_alignment;
+        GpuLocker {
             ctx: ctx.clone(),
             tables: aes::create_table_buffer(device),
             lock: pipeline("deeplock lock", "lock_main"),
             unlock: pipeline("deeplock unlock", "unlock_main"),
             aes_layout,
             data_layout,
-            window_bytes: 0,
+            window_alignment,
+            max_window_bytes,
+            window_bytes: max_window_bytes,
             max_workgroups: DEFAULT_MAX_WORKGROUPS.min(limits.max_compute_workgroups_per_dimension),
-        };
-        locker.window_bytes =
-            locker.align_window(limits.max_storage_buffer_binding_size.min(MAX_WINDOW_BYTES));
-        locker
+        }
     }
 
     /// The context the kernels run on.
@@ -130,18 +138,11 @@ impl GpuLocker {
     /// larger than this are processed window by window. The default is the device's
     /// largest storage binding (at most 2 GiB); smaller values exist for tests.
     pub fn set_window_bytes(&mut self, bytes: u64) -> Result<()> {
-        let max = self.align_window(
-            self.ctx
-                .device()
-                .limits()
-                .max_storage_buffer_binding_size
-                .min(MAX_WINDOW_BYTES),
-        );
-        let aligned = self.align_window(bytes);
-        if aligned == 0 || aligned > max {
+        let aligned = bytes / self.window_alignment * self.window_alignment;
+        if aligned == 0 || aligned > self.max_window_bytes {
             return Err(Error::Invalid(format!(
-                "a storage window must be between {} and {max} bytes, not {bytes}",
-                self.window_alignment()
+                "a storage window must be between {} and {} bytes, not {bytes}",
+                self.window_alignment, self.max_window_bytes
             )));
         }
         self.window_bytes = aligned;
@@ -170,23 +171,6 @@ impl GpuLocker {
         }
         self.max_workgroups = workgroups;
         Ok(())
-    }
-
-    /// Window starts must be multiples of this: the storage offset alignment, and 16 so
-    /// that every window cuts the buffer on the same 16-byte groups.
-    fn window_alignment(&self) -> u64 {
-        u64::from(
-            self.ctx
-                .device()
-                .limits()
-                .min_storage_buffer_offset_alignment,
-        )
-        .max(16)
-    }
-
-    fn align_window(&self, bytes: u64) -> u64 {
-        let a = self.window_alignment();
-        bytes / a * a
     }
 
     /// Records the locking or unlocking of `regions` of `buffer` into `encoder`, as one
@@ -225,21 +209,11 @@ impl GpuLocker {
             self.max_workgroups,
             regions.iter().map(|r| (r.range.clone(), r.tensor_offset)),
         );
-        let records = (!plan.pieces.is_empty()).then(|| self.write_records(regions, &plan));
-        let bind_groups = records.as_ref().map(|records| {
-            let aes_group = aes::bind_group(
-                self.ctx.device(),
-                &self.aes_layout,
-                &self.tables,
-                &records.buffer,
-            );
-            let windows: Vec<_> = plan
-                .windows
-                .iter()
-                .map(|w| self.data_bind_group(buffer, w.clone(), records))
-                .collect();
-            (aes_group, windows)
-        });
+        let bound = if plan.pieces.is_empty() {
+            None
+        } else {
+            Some(self.bind(buffer, regions, &plan)?)
+        };
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(match dir {
@@ -248,21 +222,23 @@ impl GpuLocker {
                 }),
                 timestamp_writes: timer.map(KernelTimer::pass_writes),
             });
-            if let (Some(records), Some((aes_group, windows))) = (&records, &bind_groups) {
+            if let Some(bound) = &bound {
                 pass.set_pipeline(match dir {
                     Direction::Lock => &self.lock,
                     Direction::Unlock => &self.unlock,
                 });
                 for (i, piece) in plan.pieces.iter().enumerate() {
-                    pass.set_bind_group(0, aes_group, &[records.key_offset(piece.region)]);
-                    pass.set_bind_group(1, &windows[piece.window], &[records.params_offset(i)]);
+                    let key = bound.key_stride * piece.region as u32;
+                    let params = bound.params_stride * i as u32;
+                    pass.set_bind_group(0, &bound.aes_group, &[key]);
+                    pass.set_bind_group(1, &bound.windows[piece.window], &[params]);
                     pass.dispatch_workgroups(piece.workgroups, 1, 1);
                 }
             }
         }
-        if let Some(records) = &records {
+        if let Some(bound) = &bound {
             // Do not leave the round keys in GPU memory once the pass has run.
-            encoder.clear_buffer(&records.buffer, 0, None);
+            encoder.clear_buffer(&bound.records, 0, None);
         }
         if let Some(timer) = timer {
             timer.resolve(encoder);
@@ -308,19 +284,28 @@ impl GpuLocker {
         Ok(())
     }
 
-    /// The uniform records of one encode: a key uniform per region, then the params of
-    /// each piece, each at an offset aligned for dynamic binding.
-    fn write_records(&self, regions: &[Region<'_>], plan: &plan::Plan) -> Records {
-        let align = u64::from(
-            self.ctx
-                .device()
-                .limits()
-                .min_uniform_buffer_offset_alignment,
-        );
+    /// Writes the uniform records of one encode (a key uniform per region, then the
+    /// params of each piece, each at an offset aligned for dynamic binding) and creates
+    /// the bind groups over them and over `buffer`'s windows.
+    fn bind(
+        &self,
+        buffer: &wgpu::Buffer,
+        regions: &[Region<'_>],
+        plan: &plan::Plan,
+    ) -> Result<Bound> {
+        let device = self.ctx.device();
+        let align = u64::from(device.limits().min_uniform_buffer_offset_alignment);
         let key_stride = KEY_UNIFORM_SIZE.next_multiple_of(align);
         let params_stride = PARAMS_SIZE.next_multiple_of(align);
         let params_base = key_stride * regions.len() as u64;
         let size = params_base + params_stride * plan.pieces.len() as u64;
+        // Dynamic offsets are u32.
+        if size > u64::from(u32::MAX) {
+            return Err(Error::Invalid(format!(
+                "too many regions ({}) for one GPU pass; encode them in several",
+                regions.len()
+            )));
+        }
         let mut bytes = Zeroizing::new(vec![0u8; size as usize]);
         for (i, r) in regions.iter().enumerate() {
             let mut key = AesKeyUniform::new(r.cipher);
@@ -333,70 +318,57 @@ impl GpuLocker {
             bytes[at..at + PARAMS_SIZE as usize]
                 .copy_from_slice(bytemuck::bytes_of::<LockParams>(&piece.params));
         }
-        let buffer = self
-            .ctx
-            .device()
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("deeplock keys and dispatch params"),
-                contents: &bytes,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            });
-        Records {
-            buffer,
-            key_stride,
-            params_base,
-            params_stride,
-        }
-    }
-
-    /// Bind group 1 for one window of `buffer`.
-    fn data_bind_group(
-        &self,
-        buffer: &wgpu::Buffer,
-        window: Range<u64>,
-        records: &Records,
-    ) -> wgpu::BindGroup {
-        self.ctx
-            .device()
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("deeplock lock group 1"),
-                layout: &self.data_layout,
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer,
-                            offset: window.start,
-                            size: wgpu::BufferSize::new(window.end - window.start),
-                        }),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: &records.buffer,
-                            offset: records.params_base,
-                            size: wgpu::BufferSize::new(PARAMS_SIZE),
-                        }),
-                    },
-                ],
+        let records = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("deeplock keys and dispatch params"),
+            contents: &bytes,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        });
+        let aes_group = aes::bind_group(device, &self.aes_layout, &self.tables, &records);
+        let windows = plan
+            .windows
+            .iter()
+            .map(|window| {
+                device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("deeplock lock group 1"),
+                    layout: &self.data_layout,
+                    entries: &[
+                        wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer,
+                                offset: window.start,
+                                size: wgpu::BufferSize::new(window.end - window.start),
+                            }),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 1,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: &records,
+                                offset: params_base,
+                                size: wgpu::BufferSize::new(PARAMS_SIZE),
+                            }),
+                        },
+                    ],
+                })
             })
+            .collect();
+        Ok(Bound {
+            aes_group,
+            windows,
+            key_stride: key_stride as u32,
+            params_stride: params_stride as u32,
+            records,
+        })
     }
 }
 
-/// The uniform buffer of one encode and where its records sit.
-struct Records {
-    buffer: wgpu::Buffer,
-    key_stride: u64,
-    params_base: u64,
-    params_stride: u64,
-}
-
-impl Records {
-    fn key_offset(&self, region: usize) -> u32 {
-        (self.key_stride * region as u64) as u32
-    }
-
-    fn params_offset(&self, piece: usize) -> u32 {
-        (self.params_stride * piece as u64) as u32
-    }
+/// What one encode binds: its uniform records buffer, bind group 0 over it, and bind
+/// group 1 for each window of the target buffer.
+struct Bound {
+    records: wgpu::Buffer,
+    aes_group: wgpu::BindGroup,
+    windows: Vec<wgpu::BindGroup>,
+    /// Dynamic-offset strides of the key and params records.
+    key_stride: u32,
+    params_stride: u32,
 }
