@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::cpu::CpuLocker;
 use crate::error::Result;
+use crate::gpu::{GpuContext, GpuEngine, GpuLocker};
 use crate::scheme::{Direction, TensorCipher};
 
 /// A run of one tensor's bytes inside a [`Chunk`].
@@ -89,12 +90,18 @@ pub enum DeviceChoice {
     Gpu,
 }
 
-/// Builds the engine for `choice`.
+/// Builds the engine for `choice`. `Auto` takes a hardware GPU when there is one and the
+/// CPU otherwise (including when the only adapter is a software one such as lavapipe,
+/// which is slower than the CPU path on the same cores, or when the GPU fails to open).
 pub fn select(choice: DeviceChoice) -> Result<Box<dyn Engine>> {
-    match choice {
-        DeviceChoice::Auto | DeviceChoice::Cpu => Ok(Box::new(CpuEngine::new(CpuLocker::new()))),
-        DeviceChoice::Gpu => Err(crate::Error::Gpu(
-            "the GPU path is not available in this build; use --device cpu".into(),
-        )),
-    }
+    let cpu = || Box::new(CpuEngine::new(CpuLocker::new()));
+    let gpu = |ctx: GpuContext| Box::new(GpuEngine::new(GpuLocker::new(&ctx)));
+    Ok(match choice {
+        DeviceChoice::Cpu => cpu(),
+        DeviceChoice::Gpu => gpu(GpuContext::new()?),
+        DeviceChoice::Auto => match GpuContext::new_hardware() {
+            Ok(Some(ctx)) => gpu(ctx),
+            Ok(None) | Err(_) => cpu(),
+        },
+    })
 }

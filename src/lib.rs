@@ -9,31 +9,36 @@
 //!
 //! The pieces:
 //! - [`MasterKey`], [`Salt`], [`Nonce`], [`TensorCipher`]: the scheme's values.
-//! - [`reference`]: the obviously-correct scalar path every fast path is checked against.
+//! - [`mod@reference`]: the obviously-correct scalar path every fast path is checked against.
+//! - [`CpuLocker`]: the CPU fast path (AES-NI / VAES, all cores); [`gpu`]: the wgpu path.
+//! - [`files`]: whole safetensors files and checkpoint directories, streamed through an
+//!   [`engine::Engine`] (CPU or GPU).
+//! - [`bench`]: the vendor-neutral benchmark behind `deeplock bench`.
 
+pub mod bench;
+pub mod cpu;
+pub mod engine;
 pub mod error;
+pub mod files;
+pub mod gpu;
+pub mod header;
 pub mod hex;
 pub mod key;
 pub mod key_schedule;
+pub mod lock_info;
+pub mod output;
 pub mod reference;
 pub mod sbox;
 pub mod scheme;
+pub mod zoo;
 
+pub use cpu::CpuLocker;
 pub use error::{Error, Result};
 pub use key::MasterKey;
 pub use key_schedule::RoundKeys;
 pub use scheme::{Direction, Nonce, Salt, TensorCipher};
-pub mod cpu;
-pub use cpu::CpuLocker;
-pub mod engine;
-pub mod files;
-pub mod header;
-pub mod lock_info;
-pub mod output;
-pub mod zoo;
 
 /// The README's library example, compiled and run as a doc test.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
-pub mod bench;

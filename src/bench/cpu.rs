@@ -22,7 +22,12 @@ pub fn cpu_name() -> String {
 }
 
 /// Locks every tensor of `w` (laid out back to back in `buf`) with `f`.
-fn each_tensor(w: &Workload, buf: &mut [u8], ciphers: &[TensorCipher], mut f: impl FnMut(&TensorCipher, &mut [u8])) {
+fn each_tensor(
+    w: &Workload,
+    buf: &mut [u8],
+    ciphers: &[TensorCipher],
+    mut f: impl FnMut(&TensorCipher, &mut [u8]),
+) {
     let mut rest = buf;
     for (len, c) in w.tensors.iter().zip(ciphers) {
         let (t, r) = rest.split_at_mut(*len);

@@ -5,6 +5,7 @@
 //! machines drift while ratios hold.
 
 mod cpu;
+mod gpu;
 mod svg;
 
 use std::time::Instant;
@@ -12,6 +13,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 pub use cpu::bench_cpu;
+pub use gpu::{adapters, bench_gpu, bench_gpus};
 pub use svg::plot;
 
 /// One workload: a set of tensors locked as a model would be.
@@ -88,7 +90,10 @@ pub struct Runs {
 
 impl Default for Runs {
     fn default() -> Self {
-        Runs { warmup: 2, timed: 7 }
+        Runs {
+            warmup: 2,
+            timed: 7,
+        }
     }
 }
 
@@ -201,13 +206,25 @@ pub fn table(records: &[Record]) -> String {
     let mut s = String::new();
     let mut last = String::new();
     for r in records {
-        let who = format!("{} {} ({}, {}, {})", r.device, r.adapter, r.backend, r.device_type, r.driver);
+        let who = format!(
+            "{} {} ({}, {}, {})",
+            r.device, r.adapter, r.backend, r.device_type, r.driver
+        );
         if who != last {
             let _ = writeln!(s, "\n{who}");
             let _ = writeln!(
                 s,
                 "  {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>9} {:>9}",
-                "workload", "bytes", "lock", "unlock", "lock+io", "unlk+io", "copy", "l/copy", "aes-ctr", "lock 1t"
+                "workload",
+                "bytes",
+                "lock",
+                "unlock",
+                "lock+io",
+                "unlk+io",
+                "copy",
+                "l/copy",
+                "aes-ctr",
+                "lock 1t"
             );
             last = who;
         }

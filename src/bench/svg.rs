@@ -11,7 +11,9 @@ const LEFT: f64 = 70.0;
 const RIGHT: f64 = 230.0;
 const TOP: f64 = 30.0;
 const BOTTOM: f64 = 50.0;
-const COLOURS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+const COLOURS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+];
 
 /// The series of `records`: (name, points of (bytes, GB/s)).
 fn series(records: &[Record]) -> Vec<(String, Vec<(f64, f64)>)> {
@@ -40,10 +42,24 @@ fn series(records: &[Record]) -> Vec<(String, Vec<(f64, f64)>)> {
 /// Draws `records` as an SVG line chart (log-scale size, linear GB/s).
 pub fn plot(records: &[Record], title: &str) -> String {
     let series = series(records);
-    let xs: Vec<f64> = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0.log2())).collect();
-    let (x0, x1) = xs.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-    let (x0, x1) = if x1 - x0 < 1.0 { (x0 - 1.0, x1 + 1.0) } else { (x0, x1) };
-    let ymax = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).fold(0.0, f64::max).max(1e-3) * 1.1;
+    let xs: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.0.log2()))
+        .collect();
+    let (x0, x1) = xs
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    let (x0, x1) = if x1 - x0 < 1.0 {
+        (x0 - 1.0, x1 + 1.0)
+    } else {
+        (x0, x1)
+    };
+    let ymax = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.1))
+        .fold(0.0, f64::max)
+        .max(1e-3)
+        * 1.1;
     let px = |x: f64| LEFT + (x.log2() - x0) / (x1 - x0) * (W - LEFT - RIGHT);
     let py = |y: f64| H - BOTTOM - y / ymax * (H - TOP - BOTTOM);
     let mut s = String::new();
@@ -60,10 +76,22 @@ pub fn plot(records: &[Record], title: &str) -> String {
     );
     for i in 0..=4 {
         let y = ymax * i as f64 / 4.0;
-        let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="end">{y:.1}</text>"#, LEFT - 6.0, py(y) + 4.0);
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">{y:.1}</text>"#,
+            LEFT - 6.0,
+            py(y) + 4.0
+        );
     }
-    let _ = write!(s, r#"<text x="14" y="{}" transform="rotate(-90 14 {0})">GB/s</text>"#, (TOP + H - BOTTOM) / 2.0);
-    let mut sizes: Vec<f64> = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).collect();
+    let _ = write!(
+        s,
+        r#"<text x="14" y="{}" transform="rotate(-90 14 {0})">GB/s</text>"#,
+        (TOP + H - BOTTOM) / 2.0
+    );
+    let mut sizes: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.0))
+        .collect();
     sizes.sort_by(f64::total_cmp);
     sizes.dedup();
     for b in sizes {
@@ -75,13 +103,25 @@ pub fn plot(records: &[Record], title: &str) -> String {
             super::human_bytes(b as usize)
         );
     }
-    let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="middle">size (log scale)</text>"#, (LEFT + W - RIGHT) / 2.0, H - 10.0);
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">size (log scale)</text>"#,
+        (LEFT + W - RIGHT) / 2.0,
+        H - 10.0
+    );
     for (i, (name, pts)) in series.iter().enumerate() {
         let c = COLOURS[i % COLOURS.len()];
         let mut pts = pts.clone();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let path: Vec<String> = pts.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
-        let _ = write!(s, r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#, path.join(" "));
+        let path: Vec<String> = pts
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        let _ = write!(
+            s,
+            r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#,
+            path.join(" ")
+        );
         for p in &path {
             let (x, y) = p.split_once(',').expect("x,y");
             let _ = write!(s, r#"<circle cx="{x}" cy="{y}" r="3" fill="{c}"/>"#);
@@ -102,5 +142,7 @@ pub fn plot(records: &[Record], title: &str) -> String {
 }
 
 fn escape(t: &str) -> String {
-    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

@@ -58,7 +58,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     if args.device != BenchDevice::Cpu {
-        records.extend(bench::bench_gpus(&workloads, runs)?);
+        records.extend(bench::bench_gpus(&workloads, runs, !args.size.is_empty())?);
     }
     if let Some(path) = &args.plot {
         let svg = bench::plot(&records, "deeplock bench: lock throughput by size");
@@ -69,7 +69,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.json {
         let doc = serde_json::json!({ "records": records });
-        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("JSON serializes")
+        );
     } else {
         print!("{}", bench::table(&records));
     }

@@ -1,0 +1,165 @@
+// AES-128-CTR keystream core for deeplock kernels (deeplock v1, "aes128-ctr-sbox").
+//
+// Compose this file in front of a kernel's own source (see `deeplock::gpu::AES_CTR_WGSL`).
+// It owns bind group 0; kernels put their own bindings in group 1 and above:
+//
+//   @group(0) @binding(0)  aes_table_src  storage, read  1536 u32: T0..T3, S-box, inverse
+//                                                       S-box (built on the CPU by
+//                                                       `deeplock::gpu::aes::table_words`)
+//   @group(0) @binding(1)  aes_key        uniform        AesKey: round keys + tensor nonce
+//                                                       (dynamic offset, one per tensor)
+//
+// Use, in every entry point that calls the functions below:
+//   1. call `aes_load_tables(local_invocation_index, WORKGROUP_SIZE)` first, in uniform
+//      control flow (it contains a workgroup barrier), then
+//   2. `aes_keystream(block)` gives keystream block `block` of the bound tensor, and
+//      `aes_keystream_at(block, shift)` the 16 keystream bytes starting at byte `shift` of
+//      block `block` (for data not aligned to keystream blocks);
+//   3. `aes_lock_word` / `aes_unlock_word` apply the scheme's S-box layer to 4 bytes.
+//
+// Byte order: every u32 here holds 4 consecutive bytes little-endian (byte 0 in the low
+// bits), as an `array<u32>` view of a byte buffer does, and as
+// `RoundKeys::words_le` packs the round keys. An AES state is 4 such words, one per column.
+// 64-bit block indices are vec2<u32>(low, high).
+
+// Offsets into `aes_tables` (in u32 entries).
+const AES_TE0: u32 = 0u;
+const AES_TE1: u32 = 256u;
+const AES_TE2: u32 = 512u;
+const AES_TE3: u32 = 768u;
+const AES_SBOX: u32 = 1024u;
+const AES_INV_SBOX: u32 = 1280u;
+const AES_TABLE_WORDS: u32 = 1536u;
+
+// The key schedule and nonce of one tensor. `round_keys[r]` is round key r, four columns.
+struct AesKey {
+    round_keys: array<vec4<u32>, 11>,
+    // The tensor's 8-byte nonce as two little-endian words (bytes 0..4, bytes 4..8).
+    nonce: vec2<u32>,
+}
+
+@group(0) @binding(0) var<storage, read> aes_table_src: array<u32>;
+@group(0) @binding(1) var<uniform> aes_key: AesKey;
+
+// Lookup tables in workgroup memory: fast, and loaded once per workgroup. (A WGSL `const`
+// array would be copied into each invocation's private memory, which is slow.)
+var<workgroup> aes_tables: array<u32, AES_TABLE_WORDS>;
+
+// Copies the tables into workgroup memory, all invocations of the workgroup sharing the
+// work, then waits for the whole workgroup. Call once, first, in uniform control flow.
+fn aes_load_tables(local_index: u32, workgroup_size: u32) {
+    for (var i = local_index; i < AES_TABLE_WORDS; i += workgroup_size) {
+        aes_tables[i] = aes_table_src[i];
+    }
+    workgroupBarrier();
+}
+
+// `block + n` on 64-bit block indices, with carry into the high word (wraps at 2^64).
+fn aes_block_add(block: vec2<u32>, n: u32) -> vec2<u32> {
+    let lo = block.x + n;
+    return vec2<u32>(lo, block.y + select(0u, 1u, lo < n));
+}
+
+fn aes_bswap(x: u32) -> u32 {
+    return (x << 24u) | ((x & 0xff00u) << 8u) | ((x >> 8u) & 0xff00u) | (x >> 24u);
+}
+
+// The counter block of keystream block `block`: nonce || big-endian 64-bit `block`,
+// as four little-endian words (hence the byte swaps).
+fn aes_counter_block(block: vec2<u32>) -> vec4<u32> {
+    return vec4<u32>(aes_key.nonce.x, aes_key.nonce.y, aes_bswap(block.y), aes_bswap(block.x));
+}
+
+// One column of a full round (SubBytes, ShiftRows, MixColumns) by T-table lookups:
+// row r of the output column comes from column c + r of the input.
+fn aes_round_column(a: u32, b: u32, c: u32, d: u32) -> u32 {
+    return aes_tables[AES_TE0 + (a & 0xffu)]
+        ^ aes_tables[AES_TE1 + ((b >> 8u) & 0xffu)]
+        ^ aes_tables[AES_TE2 + ((c >> 16u) & 0xffu)]
+        ^ aes_tables[AES_TE3 + (d >> 24u)];
+}
+
+// One column of the final round (SubBytes, ShiftRows; no MixColumns).
+fn aes_final_column(a: u32, b: u32, c: u32, d: u32) -> u32 {
+    return aes_tables[AES_SBOX + (a & 0xffu)]
+        | (aes_tables[AES_SBOX + ((b >> 8u) & 0xffu)] << 8u)
+        | (aes_tables[AES_SBOX + ((c >> 16u) & 0xffu)] << 16u)
+        | (aes_tables[AES_SBOX + (d >> 24u)] << 24u);
+}
+
+// AES-128 encryption of one block under the bound key.
+fn aes_encrypt(input: vec4<u32>) -> vec4<u32> {
+    var s = input ^ aes_key.round_keys[0];
+    for (var r = 1u; r < 10u; r++) {
+        s = vec4<u32>(
+            aes_round_column(s.x, s.y, s.z, s.w),
+            aes_round_column(s.y, s.z, s.w, s.x),
+            aes_round_column(s.z, s.w, s.x, s.y),
+            aes_round_column(s.w, s.x, s.y, s.z),
+        ) ^ aes_key.round_keys[r];
+    }
+    return vec4<u32>(
+        aes_final_column(s.x, s.y, s.z, s.w),
+        aes_final_column(s.y, s.z, s.w, s.x),
+        aes_final_column(s.z, s.w, s.x, s.y),
+        aes_final_column(s.w, s.x, s.y, s.z),
+    ) ^ aes_key.round_keys[10];
+}
+
+// Keystream block `block` of the bound tensor: tensor bytes 16 * block .. 16 * block + 16.
+fn aes_keystream(block: vec2<u32>) -> vec4<u32> {
+    return aes_encrypt(aes_counter_block(block));
+}
+
+// Bytes `r` .. `r + 4` of the 8 bytes lo || hi (r in 0..4).
+fn aes_funnel(lo: u32, hi: u32, r: u32) -> u32 {
+    if (r == 0u) {
+        return lo;
+    }
+    return (lo >> (8u * r)) | (hi << (32u - 8u * r));
+}
+
+// The 16 keystream bytes starting at byte `shift` (0..16) of block `block`, i.e. tensor
+// bytes 16 * block + shift .. + 16. With shift 0 this is one AES block; otherwise two,
+// so keep `shift` uniform across the workgroup (it is per dispatch in lock.wgsl).
+fn aes_keystream_at(block: vec2<u32>, shift: u32) -> vec4<u32> {
+    let k0 = aes_keystream(block);
+    if (shift == 0u) {
+        return k0;
+    }
+    let k1 = aes_keystream(aes_block_add(block, 1u));
+    // Words q .. q + 5 of k0 || k1, then a byte funnel shift by r.
+    let q = shift / 4u;
+    let r = shift % 4u;
+    var w: array<u32, 5>;
+    switch q {
+        case 0u: { w = array<u32, 5>(k0.x, k0.y, k0.z, k0.w, k1.x); }
+        case 1u: { w = array<u32, 5>(k0.y, k0.z, k0.w, k1.x, k1.y); }
+        case 2u: { w = array<u32, 5>(k0.z, k0.w, k1.x, k1.y, k1.z); }
+        default: { w = array<u32, 5>(k0.w, k1.x, k1.y, k1.z, k1.w); }
+    }
+    return vec4<u32>(
+        aes_funnel(w[0], w[1], r),
+        aes_funnel(w[1], w[2], r),
+        aes_funnel(w[2], w[3], r),
+        aes_funnel(w[3], w[4], r),
+    );
+}
+
+// Table lookup of each byte of `x` in the table at `base`.
+fn aes_sub_bytes(x: u32, base: u32) -> u32 {
+    return aes_tables[base + (x & 0xffu)]
+        | (aes_tables[base + ((x >> 8u) & 0xffu)] << 8u)
+        | (aes_tables[base + ((x >> 16u) & 0xffu)] << 16u)
+        | (aes_tables[base + (x >> 24u)] << 24u);
+}
+
+// Locks 4 plaintext bytes with their 4 keystream bytes: SBOX[p ^ ks] per byte.
+fn aes_lock_word(p: u32, ks: u32) -> u32 {
+    return aes_sub_bytes(p ^ ks, AES_SBOX);
+}
+
+// Unlocks 4 locked bytes with their 4 keystream bytes: INV_SBOX[l] ^ ks per byte.
+fn aes_unlock_word(l: u32, ks: u32) -> u32 {
+    return aes_sub_bytes(l, AES_INV_SBOX) ^ ks;
+}

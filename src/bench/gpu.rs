@@ -1,0 +1,347 @@
+//! The GPU side of `deeplock bench`: every adapter wgpu finds, kernel time by timestamp
+//! queries, wall clock through the streaming engine, and a copy kernel as the yardstick.
+
+use std::sync::Arc;
+
+use wgpu::util::DeviceExt;
+
+use super::{median_seconds, Rate, Record, Runs, Seconds, Workload};
+use crate::engine::{Chunk, Engine, Span};
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, GpuEngine, GpuLocker, KernelTimer, Region};
+use crate::key::MasterKey;
+use crate::scheme::{Direction, Salt, TensorCipher};
+
+const COPY_WGSL: &str = include_str!("../../shaders/copy.wgsl");
+const COPY_WORKGROUPS: u32 = 4096;
+const COPY_WORKGROUP_SIZE: u64 = 256;
+
+/// Every adapter wgpu finds (restricted by `WGPU_BACKEND` if set).
+pub fn adapters() -> Vec<wgpu::Adapter> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+}
+
+/// Measures each workload on each adapter. On software adapters (device type `Cpu`),
+/// where a GPU is emulated on the CPU at a small fraction of its speed, workloads over
+/// 8 MiB are skipped unless they are all the caller asked for.
+pub fn bench_gpus(workloads: &[Workload], runs: Runs, explicit_sizes: bool) -> Result<Vec<Record>> {
+    let adapters = adapters();
+    if adapters.is_empty() {
+        return Err(Error::Gpu(
+            "no GPU adapter found; install a Vulkan, Metal or DX12 driver, or run with --device cpu".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    for adapter in adapters {
+        let ctx = GpuContext::from_adapter(&adapter)?;
+        let software = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
+        for w in workloads {
+            if software && !explicit_sizes && w.bytes() > 8 << 20 {
+                eprintln!(
+                    "deeplock bench: skipping {} on {} (software adapter); pass --size to force",
+                    w.label,
+                    ctx.adapter_info().name
+                );
+                continue;
+            }
+            if w.bytes() as u64 > ctx.device().limits().max_buffer_size {
+                eprintln!(
+                    "deeplock bench: skipping {} on {}: larger than its largest buffer",
+                    w.label,
+                    ctx.adapter_info().name
+                );
+                continue;
+            }
+            out.push(bench_gpu(&ctx, w, runs)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Measures one workload on one device.
+pub fn bench_gpu(ctx: &GpuContext, w: &Workload, runs: Runs) -> Result<Record> {
+    let n = w.bytes();
+    let padded = n.next_multiple_of(16) as u64;
+    let locker = GpuLocker::new(ctx);
+    let key = MasterKey::generate()?;
+    let salt = Salt([9; 16]);
+    let ciphers: Vec<Arc<TensorCipher>> = (0..w.tensors.len())
+        .map(|i| Arc::new(TensorCipher::for_tensor(&key, &salt, &format!("t{i}"))))
+        .collect();
+    let host: Vec<u8> = (0..padded as usize).map(|i| (i * 131 + 1) as u8).collect();
+    let device = ctx.device();
+    let data = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("deeplock bench data"),
+        contents: &host,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    });
+    let mut regions = Vec::new();
+    let mut at = 0u64;
+    for (len, c) in w.tensors.iter().zip(&ciphers) {
+        regions.push(Region {
+            cipher: c,
+            tensor_offset: 0,
+            range: at..at + *len as u64,
+        });
+        at += *len as u64;
+    }
+    let timer = KernelTimer::new(ctx).ok();
+    let kernel = |dir: Direction| -> Result<f64> {
+        let mut err = None;
+        let s = median_seconds(runs, || {
+            let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("deeplock bench lock"),
+            });
+            if let Err(e) = locker.encode(&mut enc, &data, dir, &regions, timer.as_ref()) {
+                err = Some(e);
+                return Some(0.0);
+            }
+            ctx.queue().submit([enc.finish()]);
+            match &timer {
+                Some(t) => match t.elapsed(ctx) {
+                    Ok(d) => Some(d.as_secs_f64()),
+                    Err(e) => {
+                        err = Some(e);
+                        Some(0.0)
+                    }
+                },
+                // No timestamps: wall clock around submit and wait.
+                None => {
+                    let _ = device.poll(wgpu::PollType::wait_indefinitely());
+                    None
+                }
+            }
+        });
+        err.map_or(Ok(s), Err)
+    };
+    let lock = kernel(Direction::Lock)?;
+    let unlock = kernel(Direction::Unlock)?;
+    let wall = |dir: Direction| -> Result<f64> {
+        let mut engine = GpuEngine::new(GpuLocker::new(ctx));
+        let mut err = None;
+        let mut bufs: Vec<Vec<u8>> = Vec::new();
+        let s = median_seconds(runs, || {
+            if let Err(e) = stream_once(&mut engine, w, &ciphers, dir, &host[..n], &mut bufs) {
+                err = Some(e);
+            }
+            None
+        });
+        err.map_or(Ok(s), Err)
+    };
+    let lock_wall = wall(Direction::Lock)?;
+    let unlock_wall = wall(Direction::Unlock)?;
+    let copy = copy_seconds(ctx, &data, padded, runs, timer.as_ref())?;
+    let r = |s: f64| Rate::new(n, s).gbps;
+    let info = ctx.adapter_info();
+    Ok(Record {
+        device: "gpu".into(),
+        adapter: info.name.clone(),
+        vendor: info.vendor,
+        backend: format!("{:?}", info.backend).to_lowercase(),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
+        size_label: w.label.clone(),
+        size_bytes: n,
+        lock_gbps: r(lock),
+        unlock_gbps: r(unlock),
+        lock_wall_gbps: r(lock_wall),
+        unlock_wall_gbps: r(unlock_wall),
+        copy_gbps: Rate::new(padded as usize, copy).gbps,
+        lock_over_copy: r(lock) / Rate::new(padded as usize, copy).gbps,
+        aes_ctr_gbps: None,
+        lock_1t_gbps: None,
+        unlock_1t_gbps: None,
+        seconds: Seconds {
+            lock,
+            unlock,
+            lock_wall,
+            unlock_wall,
+            copy,
+            aes_ctr: None,
+            lock_1t: None,
+            unlock_1t: None,
+        },
+        runs: runs.timed,
+    })
+}
+
+/// Streams the workload's bytes from the host through `engine` and back, in chunks of
+/// the file streamer's size, as `deeplock lock --device gpu` does.
+fn stream_once(
+    engine: &mut GpuEngine,
+    w: &Workload,
+    ciphers: &[Arc<TensorCipher>],
+    dir: Direction,
+    host: &[u8],
+    spare: &mut Vec<Vec<u8>>,
+) -> Result<()> {
+    let chunk_size = crate::files::DEFAULT_CHUNK;
+    let mut data = Vec::new();
+    let mut spans = Vec::new();
+    let mut at = 0usize;
+    let mut finished = Vec::new();
+    for (len, c) in w.tensors.iter().zip(ciphers) {
+        let mut done = 0usize;
+        while done < *len {
+            if data.capacity() == 0 {
+                data = spare.pop().unwrap_or_default();
+                data.clear();
+            }
+            let take = (chunk_size - data.len()).min(len - done);
+            let start = data.len();
+            data.extend_from_slice(&host[at + done..at + done + take]);
+            spans.push(Span {
+                cipher: Some(c.clone()),
+                tensor_offset: done as u64,
+                range: start..start + take,
+            });
+            done += take;
+            if data.len() == chunk_size {
+                let chunk = Chunk {
+                    dir,
+                    data: std::mem::take(&mut data),
+                    spans: std::mem::take(&mut spans),
+                };
+                finished.extend(engine.submit(chunk)?);
+            }
+        }
+        at += len;
+    }
+    if !data.is_empty() {
+        finished.extend(engine.submit(Chunk { dir, data, spans })?);
+    }
+    finished.extend(engine.finish()?);
+    spare.extend(finished.into_iter().map(|c| c.data));
+    Ok(())
+}
+
+/// Median seconds of the copy kernel over `size` bytes of `src` into a fresh buffer,
+/// bound in windows no larger than the device allows.
+fn copy_seconds(
+    ctx: &GpuContext,
+    src: &wgpu::Buffer,
+    size: u64,
+    runs: Runs,
+    timer: Option<&KernelTimer>,
+) -> Result<f64> {
+    let device = ctx.device();
+    let dst = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("deeplock bench copy destination"),
+        size,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("deeplock copy layout"),
+        entries: &[storage_entry(0, true), storage_entry(1, false)],
+    });
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("deeplock copy.wgsl"),
+        source: wgpu::ShaderSource::Wgsl(COPY_WGSL.into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("deeplock copy pipeline"),
+        layout: Some(
+            &device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("deeplock copy pipeline layout"),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            }),
+        ),
+        module: &module,
+        entry_point: Some("copy_main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let limits = device.limits();
+    let align = u64::from(limits.min_storage_buffer_offset_alignment).max(16);
+    let window = (u64::from(limits.max_storage_buffer_binding_size) / align * align).max(align);
+    let mut groups = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let len = window.min(size - at);
+        let workgroups = (len / 16)
+            .div_ceil(COPY_WORKGROUP_SIZE)
+            .clamp(1, u64::from(COPY_WORKGROUPS)) as u32;
+        groups.push((
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("deeplock copy window"),
+                layout: &layout,
+                entries: &[
+                    window_entry(src, 0, at, len),
+                    window_entry(&dst, 1, at, len),
+                ],
+            }),
+            workgroups,
+        ));
+        at += len;
+    }
+    let mut err = None;
+    let s = median_seconds(runs, || {
+        let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("deeplock bench copy"),
+        });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("deeplock copy pass"),
+                timestamp_writes: timer.map(KernelTimer::pass_writes),
+            });
+            pass.set_pipeline(&pipeline);
+            for (g, wg) in &groups {
+                pass.set_bind_group(0, g, &[]);
+                pass.dispatch_workgroups(*wg, 1, 1);
+            }
+        }
+        if let Some(t) = timer {
+            t.resolve(&mut enc);
+        }
+        ctx.queue().submit([enc.finish()]);
+        match timer {
+            Some(t) => match t.elapsed(ctx) {
+                Ok(d) => Some(d.as_secs_f64()),
+                Err(e) => {
+                    err = Some(e);
+                    Some(0.0)
+                }
+            },
+            None => {
+                let _ = device.poll(wgpu::PollType::wait_indefinitely());
+                None
+            }
+        }
+    });
+    err.map_or(Ok(s), Err)
+}
+
+fn window_entry(
+    buffer: &wgpu::Buffer,
+    binding: u32,
+    offset: u64,
+    len: u64,
+) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry {
+        binding,
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer,
+            offset,
+            size: std::num::NonZeroU64::new(len),
+        }),
+    }
+}
+
+fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
