@@ -259,7 +259,7 @@ fn copy_seconds(
     });
     let limits = device.limits();
     let align = u64::from(limits.min_storage_buffer_offset_alignment).max(16);
-    let window = (u64::from(limits.max_storage_buffer_binding_size) / align * align).max(align);
+    let window = (limits.max_storage_buffer_binding_size / align * align).max(align);
     let mut groups = Vec::new();
     let mut at = 0;
     while at < size {
