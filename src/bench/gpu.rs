@@ -34,8 +34,19 @@ pub fn bench_gpus(workloads: &[Workload], runs: Runs, explicit_sizes: bool) -> R
         ));
     }
     let mut out = Vec::new();
+    let mut opened = 0;
     for adapter in adapters {
-        let ctx = GpuContext::from_adapter(&adapter)?;
+        let ctx = match GpuContext::from_adapter(&adapter) {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                eprintln!(
+                    "deeplock bench: skipping adapter {}: {e}",
+                    adapter.get_info().name
+                );
+                continue;
+            }
+        };
+        opened += 1;
         let software = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
         for w in workloads {
             if software && !explicit_sizes && w.bytes() > 8 << 20 {
@@ -56,6 +67,11 @@ pub fn bench_gpus(workloads: &[Workload], runs: Runs, explicit_sizes: bool) -> R
             }
             out.push(bench_gpu(&ctx, w, runs)?);
         }
+    }
+    if opened == 0 {
+        return Err(Error::Gpu(
+            "no GPU adapter could be opened; check the driver, or run with --device cpu".into(),
+        ));
     }
     Ok(out)
 }

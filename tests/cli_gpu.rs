@@ -1,0 +1,148 @@
+//! Files locked on the GPU are what the CPU reference says they should be, and the two
+//! devices interoperate: lock on one, unlock on the other. Runs on any adapter
+//! (lavapipe in CI); with DEEPLOCK_REQUIRE_GPU=1 a missing adapter is a failure.
+
+mod common;
+
+use common::*;
+use deeplock::gpu::GpuContext;
+use deeplock::header::Header;
+use deeplock::lock_info::LockInfo;
+use deeplock::{reference, Direction, MasterKey, TensorCipher};
+use rand::{Rng, SeedableRng};
+
+fn have_gpu() -> bool {
+    match GpuContext::new() {
+        Ok(_) => true,
+        Err(e) if std::env::var("DEEPLOCK_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("DEEPLOCK_REQUIRE_GPU=1 but there is no usable GPU adapter: {e}")
+        }
+        Err(e) => {
+            eprintln!(
+                "SKIPPED: no GPU adapter ({e}); set DEEPLOCK_REQUIRE_GPU=1 to make this fail"
+            );
+            false
+        }
+    }
+}
+
+fn run_ok(dir: &std::path::Path, args: &[&str]) {
+    let o = deeplock(dir, args, None);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn gpu_locked_file_matches_reference_and_devices_interoperate() {
+    if !have_gpu() {
+        return;
+    }
+    let seed: u64 = rand::rng().random();
+    eprintln!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = vec![
+        ("a.weight".to_string(), "F32", vec![61, 17]),
+        ("a.bias".to_string(), "F32", vec![3]),
+        ("b.weight".to_string(), "BF16", vec![129, 5]),
+        ("c".to_string(), "U8", vec![1]),
+        ("d".to_string(), "F64", vec![0]),
+    ];
+    let original = write_random_model(
+        &dir.path().join("m.safetensors"),
+        &tensors,
+        &[("format", "pt")],
+        &mut rng,
+    );
+    std::fs::write(dir.path().join("key"), KAT_KEY).unwrap();
+    let key = MasterKey::from_hex(KAT_KEY).unwrap();
+
+    run_ok(
+        dir.path(),
+        &[
+            "lock",
+            "m.safetensors",
+            "-o",
+            "g.safetensors",
+            "--key-file",
+            "key",
+            "--device",
+            "gpu",
+            "-v",
+        ],
+    );
+    let locked = std::fs::read(dir.path().join("g.safetensors")).unwrap();
+    let n = u64::from_le_bytes(locked[..8].try_into().unwrap()) as usize;
+    let h = Header::parse(&locked[8..8 + n], "g.safetensors".as_ref()).unwrap();
+    let info = LockInfo::from_header(&h, "g.safetensors".as_ref())
+        .unwrap()
+        .unwrap();
+    let on = u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
+    for t in &h.tensors {
+        let (s, e) = (t.start as usize, t.end as usize);
+        let mut expect = original[8 + on + s..8 + on + e].to_vec();
+        reference::apply(
+            &TensorCipher::for_tensor(&key, &info.salt, &t.name),
+            Direction::Lock,
+            0,
+            &mut expect,
+        );
+        assert_eq!(
+            &locked[8 + n + s..8 + n + e],
+            &expect[..],
+            "tensor {}",
+            t.name
+        );
+    }
+    run_ok(
+        dir.path(),
+        &[
+            "unlock",
+            "g.safetensors",
+            "-o",
+            "g-back.safetensors",
+            "--key-file",
+            "key",
+            "--device",
+            "cpu",
+        ],
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("g-back.safetensors")).unwrap(),
+        original
+    );
+
+    run_ok(
+        dir.path(),
+        &[
+            "lock",
+            "m.safetensors",
+            "-o",
+            "c.safetensors",
+            "--key-file",
+            "key",
+            "--device",
+            "cpu",
+        ],
+    );
+    run_ok(
+        dir.path(),
+        &[
+            "unlock",
+            "c.safetensors",
+            "-o",
+            "c-back.safetensors",
+            "--key-file",
+            "key",
+            "--device",
+            "gpu",
+        ],
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("c-back.safetensors")).unwrap(),
+        original
+    );
+}
