@@ -76,80 +76,142 @@ pub fn bench_gpus(workloads: &[Workload], runs: Runs, explicit_sizes: bool) -> R
     Ok(out)
 }
 
+/// One workload resident on one device, ready to time: the lock kernel on a device
+/// buffer, the streaming engine from host memory, and the copy kernel. Shared by
+/// `deeplock bench` and the criterion benches.
+pub struct DeviceBench {
+    ctx: GpuContext,
+    locker: GpuLocker,
+    engine: GpuEngine,
+    workload: Workload,
+    ciphers: Vec<Arc<TensorCipher>>,
+    host: Vec<u8>,
+    data: wgpu::Buffer,
+    timer: Option<KernelTimer>,
+    copy: CopyKernel,
+    spare: Vec<Vec<u8>>,
+}
+
+impl DeviceBench {
+    /// Uploads `w` (pseudo-random bytes) to `ctx`'s device and builds the kernels.
+    pub fn new(ctx: &GpuContext, w: &Workload) -> Result<Self> {
+        let padded = w.bytes().next_multiple_of(16);
+        let key = MasterKey::generate()?;
+        let salt = Salt([9; 16]);
+        let ciphers = (0..w.tensors.len())
+            .map(|i| Arc::new(TensorCipher::for_tensor(&key, &salt, &format!("t{i}"))))
+            .collect();
+        let host: Vec<u8> = (0..padded).map(|i| (i * 131 + 1) as u8).collect();
+        let data = ctx
+            .device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("deeplock bench data"),
+                contents: &host,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            });
+        let copy = CopyKernel::new(ctx, &data, padded as u64)?;
+        Ok(DeviceBench {
+            ctx: ctx.clone(),
+            locker: GpuLocker::new(ctx),
+            engine: GpuEngine::new(GpuLocker::new(ctx)),
+            workload: w.clone(),
+            ciphers,
+            host,
+            data,
+            timer: KernelTimer::new(ctx).ok(),
+            copy,
+            spare: Vec::new(),
+        })
+    }
+
+    /// Whether kernel times come from timestamp queries (else callers time by wall
+    /// clock around a call, which then includes submission).
+    pub fn has_timestamps(&self) -> bool {
+        self.timer.is_some()
+    }
+
+    /// Runs the lock or unlock kernel over every tensor of the device-resident buffer and
+    /// waits; returns the kernel's own time when timestamps are available.
+    pub fn kernel(&self, dir: Direction) -> Result<Option<f64>> {
+        let mut regions = Vec::new();
+        let mut at = 0u64;
+        for (len, c) in self.workload.tensors.iter().zip(&self.ciphers) {
+            regions.push(Region {
+                cipher: c,
+                tensor_offset: 0,
+                range: at..at + *len as u64,
+            });
+            at += *len as u64;
+        }
+        let device = self.ctx.device();
+        let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("deeplock bench lock"),
+        });
+        self.locker
+            .encode(&mut enc, &self.data, dir, &regions, self.timer.as_ref())?;
+        self.ctx.queue().submit([enc.finish()]);
+        self.finish_timed()
+    }
+
+    /// Streams the workload from host memory through the GPU engine and back, in the
+    /// file streamer's chunk size, as `deeplock lock --device gpu` does.
+    pub fn end_to_end(&mut self, dir: Direction) -> Result<()> {
+        let w = &self.workload;
+        stream_once(
+            &mut self.engine,
+            w,
+            &self.ciphers,
+            dir,
+            &self.host[..w.bytes()],
+            &mut self.spare,
+        )
+    }
+
+    /// Runs the copy kernel over the buffer and waits; kernel time when available.
+    pub fn copy(&self) -> Result<Option<f64>> {
+        self.copy.encode_and_submit(&self.ctx, self.timer.as_ref());
+        self.finish_timed()
+    }
+
+    fn finish_timed(&self) -> Result<Option<f64>> {
+        match &self.timer {
+            Some(t) => Ok(Some(t.elapsed(&self.ctx)?.as_secs_f64())),
+            None => {
+                self.ctx
+                    .device()
+                    .poll(wgpu::PollType::wait_indefinitely())
+                    .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The median of `runs` of `f`, failing on its first error.
+fn median_of(runs: Runs, mut f: impl FnMut() -> Result<Option<f64>>) -> Result<f64> {
+    let mut err = None;
+    let s = median_seconds(runs, || match f() {
+        Ok(t) => t,
+        Err(e) => {
+            err.get_or_insert(e);
+            Some(0.0)
+        }
+    });
+    err.map_or(Ok(s), Err)
+}
+
 /// Measures one workload on one device.
 pub fn bench_gpu(ctx: &GpuContext, w: &Workload, runs: Runs) -> Result<Record> {
     let n = w.bytes();
-    let padded = n.next_multiple_of(16) as u64;
-    let locker = GpuLocker::new(ctx);
-    let key = MasterKey::generate()?;
-    let salt = Salt([9; 16]);
-    let ciphers: Vec<Arc<TensorCipher>> = (0..w.tensors.len())
-        .map(|i| Arc::new(TensorCipher::for_tensor(&key, &salt, &format!("t{i}"))))
-        .collect();
-    let host: Vec<u8> = (0..padded as usize).map(|i| (i * 131 + 1) as u8).collect();
-    let device = ctx.device();
-    let data = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("deeplock bench data"),
-        contents: &host,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-    });
-    let mut regions = Vec::new();
-    let mut at = 0u64;
-    for (len, c) in w.tensors.iter().zip(&ciphers) {
-        regions.push(Region {
-            cipher: c,
-            tensor_offset: 0,
-            range: at..at + *len as u64,
-        });
-        at += *len as u64;
-    }
-    let timer = KernelTimer::new(ctx).ok();
-    let kernel = |dir: Direction| -> Result<f64> {
-        let mut err = None;
-        let s = median_seconds(runs, || {
-            let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("deeplock bench lock"),
-            });
-            if let Err(e) = locker.encode(&mut enc, &data, dir, &regions, timer.as_ref()) {
-                err = Some(e);
-                return Some(0.0);
-            }
-            ctx.queue().submit([enc.finish()]);
-            match &timer {
-                Some(t) => match t.elapsed(ctx) {
-                    Ok(d) => Some(d.as_secs_f64()),
-                    Err(e) => {
-                        err = Some(e);
-                        Some(0.0)
-                    }
-                },
-                // No timestamps: wall clock around submit and wait.
-                None => {
-                    let _ = device.poll(wgpu::PollType::wait_indefinitely());
-                    None
-                }
-            }
-        });
-        err.map_or(Ok(s), Err)
-    };
-    let lock = kernel(Direction::Lock)?;
-    let unlock = kernel(Direction::Unlock)?;
-    let wall = |dir: Direction| -> Result<f64> {
-        let mut engine = GpuEngine::new(GpuLocker::new(ctx));
-        let mut err = None;
-        let mut bufs: Vec<Vec<u8>> = Vec::new();
-        let s = median_seconds(runs, || {
-            if let Err(e) = stream_once(&mut engine, w, &ciphers, dir, &host[..n], &mut bufs) {
-                err = Some(e);
-            }
-            None
-        });
-        err.map_or(Ok(s), Err)
-    };
-    let lock_wall = wall(Direction::Lock)?;
-    let unlock_wall = wall(Direction::Unlock)?;
-    let copy = copy_seconds(ctx, &data, padded, runs, timer.as_ref())?;
+    let padded = n.next_multiple_of(16);
+    let mut b = DeviceBench::new(ctx, w)?;
+    let lock = median_of(runs, || b.kernel(Direction::Lock))?;
+    let unlock = median_of(runs, || b.kernel(Direction::Unlock))?;
+    let lock_wall = median_of(runs, || b.end_to_end(Direction::Lock).map(|()| None))?;
+    let unlock_wall = median_of(runs, || b.end_to_end(Direction::Unlock).map(|()| None))?;
+    let copy = median_of(runs, || b.copy())?;
     let r = |s: f64| Rate::new(n, s).gbps;
+    let copy_gbps = Rate::new(padded, copy).gbps;
     let info = ctx.adapter_info();
     Ok(Record {
         device: "gpu".into(),
@@ -166,8 +228,8 @@ pub fn bench_gpu(ctx: &GpuContext, w: &Workload, runs: Runs) -> Result<Record> {
         unlock_gbps: r(unlock),
         lock_wall_gbps: r(lock_wall),
         unlock_wall_gbps: r(unlock_wall),
-        copy_gbps: Rate::new(padded as usize, copy).gbps,
-        lock_over_copy: r(lock) / Rate::new(padded as usize, copy).gbps,
+        copy_gbps,
+        lock_over_copy: r(lock) / copy_gbps,
         aes_ctr_gbps: None,
         lock_1t_gbps: None,
         unlock_1t_gbps: None,
@@ -235,79 +297,83 @@ fn stream_once(
     Ok(())
 }
 
-/// Median seconds of the copy kernel over `size` bytes of `src` into a fresh buffer,
-/// bound in windows no larger than the device allows.
-fn copy_seconds(
-    ctx: &GpuContext,
-    src: &wgpu::Buffer,
-    size: u64,
-    runs: Runs,
-    timer: Option<&KernelTimer>,
-) -> Result<f64> {
-    let device = ctx.device();
-    let dst = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("deeplock bench copy destination"),
-        size,
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    });
-    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: Some("deeplock copy layout"),
-        entries: &[storage_entry(0, true), storage_entry(1, false)],
-    });
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("deeplock copy.wgsl"),
-        source: wgpu::ShaderSource::Wgsl(COPY_WGSL.into()),
-    });
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("deeplock copy pipeline"),
-        layout: Some(
-            &device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("deeplock copy pipeline layout"),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            }),
-        ),
-        module: &module,
-        entry_point: Some("copy_main"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
-    let limits = device.limits();
-    let align = u64::from(limits.min_storage_buffer_offset_alignment).max(16);
-    let window = (limits.max_storage_buffer_binding_size / align * align).max(align);
-    let mut groups = Vec::new();
-    let mut at = 0;
-    while at < size {
-        let len = window.min(size - at);
-        let workgroups = (len / 16)
-            .div_ceil(COPY_WORKGROUP_SIZE)
-            .clamp(1, u64::from(COPY_WORKGROUPS)) as u32;
-        groups.push((
-            device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("deeplock copy window"),
-                layout: &layout,
-                entries: &[
-                    window_entry(src, 0, at, len),
-                    window_entry(&dst, 1, at, len),
-                ],
-            }),
-            workgroups,
-        ));
-        at += len;
-    }
-    let mut err = None;
-    let s = median_seconds(runs, || {
-        let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("deeplock bench copy"),
+/// The copy kernel over `size` bytes of a buffer into a buffer of its own, bound in
+/// windows no larger than the device allows, all in one timed pass.
+struct CopyKernel {
+    pipeline: wgpu::ComputePipeline,
+    windows: Vec<(wgpu::BindGroup, u32)>,
+}
+
+impl CopyKernel {
+    fn new(ctx: &GpuContext, src: &wgpu::Buffer, size: u64) -> Result<Self> {
+        let device = ctx.device();
+        let dst = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("deeplock bench copy destination"),
+            size,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
         });
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("deeplock copy layout"),
+            entries: &[storage_entry(0, true), storage_entry(1, false)],
+        });
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("deeplock copy.wgsl"),
+            source: wgpu::ShaderSource::Wgsl(COPY_WGSL.into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("deeplock copy pipeline"),
+            layout: Some(
+                &device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some("deeplock copy pipeline layout"),
+                    bind_group_layouts: &[Some(&layout)],
+                    immediate_size: 0,
+                }),
+            ),
+            module: &module,
+            entry_point: Some("copy_main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let limits = device.limits();
+        let align = u64::from(limits.min_storage_buffer_offset_alignment).max(16);
+        let window = (limits.max_storage_buffer_binding_size / align * align).max(align);
+        let mut windows = Vec::new();
+        let mut at = 0;
+        while at < size {
+            let len = window.min(size - at);
+            let workgroups = (len / 16)
+                .div_ceil(COPY_WORKGROUP_SIZE)
+                .clamp(1, u64::from(COPY_WORKGROUPS)) as u32;
+            windows.push((
+                device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("deeplock copy window"),
+                    layout: &layout,
+                    entries: &[
+                        window_entry(src, 0, at, len),
+                        window_entry(&dst, 1, at, len),
+                    ],
+                }),
+                workgroups,
+            ));
+            at += len;
+        }
+        Ok(CopyKernel { pipeline, windows })
+    }
+
+    fn encode_and_submit(&self, ctx: &GpuContext, timer: Option<&KernelTimer>) {
+        let mut enc = ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("deeplock bench copy"),
+            });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("deeplock copy pass"),
                 timestamp_writes: timer.map(KernelTimer::pass_writes),
             });
-            pass.set_pipeline(&pipeline);
-            for (g, wg) in &groups {
+            pass.set_pipeline(&self.pipeline);
+            for (g, wg) in &self.windows {
                 pass.set_bind_group(0, g, &[]);
                 pass.dispatch_workgroups(*wg, 1, 1);
             }
@@ -316,21 +382,7 @@ fn copy_seconds(
             t.resolve(&mut enc);
         }
         ctx.queue().submit([enc.finish()]);
-        match timer {
-            Some(t) => match t.elapsed(ctx) {
-                Ok(d) => Some(d.as_secs_f64()),
-                Err(e) => {
-                    err = Some(e);
-                    Some(0.0)
-                }
-            },
-            None => {
-                let _ = device.poll(wgpu::PollType::wait_indefinitely());
-                None
-            }
-        }
-    });
-    err.map_or(Ok(s), Err)
+    }
 }
 
 fn window_entry(
