@@ -133,13 +133,20 @@ trait Lanes: Copy {
     unsafe fn aesenc(self, key: Self) -> Self;
     unsafe fn aesenclast(self, key: Self) -> Self;
     unsafe fn aesdeclast(self, key: Self) -> Self;
+    /// `self`, unchanged, through an empty `asm!` block that LLVM must keep in program
+    /// order. The kernel passes every register through it after each round: with 16
+    /// registers too few for 8 states and 11 round keys, LLVM otherwise regroups the
+    /// round-major interleaving into a few one-block-at-a-time chains, and the core
+    /// no longer finds 8 independent AES instructions per round (about 12% slower
+    /// with VAES on Zen 3).
+    unsafe fn fence(self) -> Self;
 }
 
-/// Implements [`Lanes`] for one register type with its intrinsics, every method
-/// compiled for `$features`.
+/// Implements [`Lanes`] for one register type (`$reg`: its `asm!` register class) with
+/// its intrinsics, every method compiled for `$features`.
 macro_rules! impl_lanes {
     (
-        $v:ty, blocks: $blocks:literal, features: $features:literal,
+        $v:ty, $reg:ident, blocks: $blocks:literal, features: $features:literal,
         load: $load:ident, store: $store:ident, splat: $splat:ident($load128:ident),
         xor: $xor:ident, add64: $add:ident, shuffle: $shuffle:ident,
         aesenc: $enc:ident, aesenclast: $enclast:ident, aesdeclast: $declast:ident $(,)?
@@ -194,6 +201,21 @@ macro_rules! impl_lanes {
             unsafe fn aesdeclast(self, key: Self) -> Self {
                 $declast(self, key)
             }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn fence(self) -> Self {
+                let mut x = self;
+                // SAFETY: the template is empty (a comment naming the register): it
+                // reads and writes nothing but leaves `x` as it was.
+                unsafe {
+                    std::arch::asm!(
+                        "/* {0} */",
+                        inout($reg) x,
+                        options(nomem, nostack, preserves_flags)
+                    )
+                };
+                x
+            }
         }
     };
 }
@@ -205,7 +227,7 @@ fn identity(v: __m128i) -> __m128i {
 }
 
 impl_lanes!(
-    __m128i, blocks: 1, features: "aes,ssse3",
+    __m128i, xmm_reg, blocks: 1, features: "aes,ssse3",
     load: _mm_loadu_si128, store: _mm_storeu_si128, splat: identity(_mm_loadu_si128),
     xor: _mm_xor_si128, add64: _mm_add_epi64, shuffle: _mm_shuffle_epi8,
     aesenc: _mm_aesenc_si128, aesenclast: _mm_aesenclast_si128,
@@ -213,7 +235,7 @@ impl_lanes!(
 );
 
 impl_lanes!(
-    __m256i, blocks: 2, features: "vaes,aes,avx2",
+    __m256i, ymm_reg, blocks: 2, features: "vaes,aes,avx2",
     load: _mm256_loadu_si256, store: _mm256_storeu_si256,
     splat: _mm256_broadcastsi128_si256(_mm_loadu_si128),
     xor: _mm256_xor_si256, add64: _mm256_add_epi64, shuffle: _mm256_shuffle_epi8,
@@ -222,7 +244,7 @@ impl_lanes!(
 );
 
 impl_lanes!(
-    __m512i, blocks: 4, features: "vaes,avx512f,avx512bw",
+    __m512i, zmm_reg, blocks: 4, features: "vaes,avx512f,avx512bw",
     load: _mm512_loadu_si512, store: _mm512_storeu_si512,
     splat: _mm512_broadcast_i32x4(_mm_loadu_si128),
     xor: _mm512_xor_si512, add64: _mm512_add_epi64, shuffle: _mm512_shuffle_epi8,
@@ -238,8 +260,10 @@ struct Consts<V: Lanes> {
     byte_reverse: V,
     shift_rows: V,
     inv_shift_rows: V,
-    /// `BLOCKS` in the low u64 of every lane: the counter step of one register.
+    /// `BLOCKS` in the low u64 of every counter lane: one register's counter step.
     step: V,
+    /// `BLOCKS` in the last byte of every big-endian counter block.
+    step_last_byte: V,
     zero: V,
     /// The nonce, reversed: the high half of every counter lane.
     nonce_reversed: [u8; 8],
@@ -253,6 +277,8 @@ impl<V: Lanes> Consts<V> {
         let rk = cipher.round_keys();
         let mut nonce_reversed = cipher.nonce().0;
         nonce_reversed.reverse();
+        let mut step_last_byte = [0u8; 16];
+        step_last_byte[15] = V::BLOCKS as u8;
         // SAFETY (all blocks below): the caller guarantees `V`'s features.
         Consts {
             round_keys: std::array::from_fn(|r| unsafe { V::splat(rk.round(r)) }),
@@ -260,25 +286,29 @@ impl<V: Lanes> Consts<V> {
             shift_rows: unsafe { V::splat(&SHIFT_ROWS) },
             inv_shift_rows: unsafe { V::splat(&INV_SHIFT_ROWS) },
             step: unsafe { V::splat(&(V::BLOCKS as u128).to_le_bytes()) },
+            step_last_byte: unsafe { V::splat(&step_last_byte) },
             zero: unsafe { V::splat(&[0; 16]) },
             nonce_reversed,
         }
     }
 
-    /// The counter lanes of blocks `first`, `first + 1`, ... `first + BLOCKS - 1`.
+    /// The counter of blocks `first`, `first + 1`, ... `first + BLOCKS - 1`.
     ///
     /// # Safety
     /// The CPU must have `V`'s features.
     #[inline(always)]
-    unsafe fn counters(&self, first: u64) -> V {
+    unsafe fn counter(&self, first: u64) -> Counter<V> {
         let mut lanes = [0u8; MAX_BYTES];
         for (k, lane) in lanes.chunks_exact_mut(16).take(V::BLOCKS).enumerate() {
             lane[..8].copy_from_slice(&first.wrapping_add(k as u64).to_le_bytes());
             lane[8..].copy_from_slice(&self.nonce_reversed);
         }
-        // SAFETY: `lanes` holds MAX_BYTES >= BYTES bytes; the caller guarantees the
-        // features.
-        unsafe { V::load(lanes.as_ptr()) }
+        Counter {
+            // SAFETY: `lanes` holds MAX_BYTES >= BYTES bytes; the caller guarantees the
+            // features.
+            lanes: unsafe { V::load(lanes.as_ptr()) },
+            first,
+        }
     }
 }
 
@@ -291,6 +321,14 @@ impl<V: Lanes> Drop for Consts<V> {
             unsafe { std::slice::from_raw_parts_mut(self.round_keys.as_mut_ptr().cast(), size) };
         bytes.zeroize();
     }
+}
+
+/// The counter blocks of the next register: byte-reversed lanes for the vector adds,
+/// and the first block's index.
+#[derive(Clone, Copy)]
+struct Counter<V> {
+    lanes: V,
+    first: u64,
 }
 
 /// Dispatches on the direction once per call, so the loops have no branch on it.
@@ -325,10 +363,10 @@ unsafe fn run_dir<V: Lanes, const LOCK: bool>(k: &Consts<V>, offset: u64, data: 
     let (head_bytes, body) = data.split_at_mut(head);
     // SAFETY (all blocks below): the caller guarantees `V`'s features.
     if head > 0 {
-        let mut ctr = unsafe { k.counters(offset / 16) };
+        let mut ctr = unsafe { k.counter(offset / 16) };
         unsafe { partial::<V, LOCK>(k, &mut ctr, skip, head_bytes) };
     }
-    let mut ctr = unsafe { k.counters((offset + head as u64) / 16) };
+    let mut ctr = unsafe { k.counter((offset + head as u64) / 16) };
     let mut wide = body.chunks_exact_mut(INTERLEAVE * V::BYTES);
     for chunk in &mut wide {
         unsafe { step::<V, INTERLEAVE, LOCK>(k, &mut ctr, chunk) };
@@ -351,7 +389,7 @@ unsafe fn run_dir<V: Lanes, const LOCK: bool>(k: &Consts<V>, offset: u64, data: 
 #[inline(always)]
 unsafe fn partial<V: Lanes, const LOCK: bool>(
     k: &Consts<V>,
-    ctr: &mut V,
+    ctr: &mut Counter<V>,
     skip: usize,
     data: &mut [u8],
 ) {
@@ -363,6 +401,53 @@ unsafe fn partial<V: Lanes, const LOCK: bool>(
     data.copy_from_slice(&block[window]);
 }
 
+/// The first-round states of the next `R` registers of counter blocks (each block XOR
+/// round key 0), stepping `ctr` past them. Three ways, cheapest first; the first two
+/// rely on the batch's blocks differing only in the last byte of their big-endian
+/// form, which holds unless that byte wraps inside the batch (1 batch in 256 / blocks):
+/// - the batch starts at a multiple of its power-of-two size: the blocks are the
+///   first one with a few low bits set, so one XOR per register forms them from the
+///   first block already XORed with round key 0;
+/// - otherwise, no wrap: byte-swap once and add to the last byte, an add and an XOR per
+///   register;
+/// - a wrap: byte-swap every register's lanes after the 64-bit add.
+///
+/// # Safety
+/// The CPU must have `V`'s features.
+#[inline(always)]
+unsafe fn first_round<V: Lanes, const R: usize>(k: &Consts<V>, ctr: &mut Counter<V>) -> [V; R] {
+    let blocks = R * V::BLOCKS;
+    let rk0 = k.round_keys[0];
+    let mut s = [k.zero; R];
+    let low = (ctr.first & 0xff) as usize;
+    // SAFETY: the caller guarantees `V`'s features.
+    unsafe {
+        if low.is_multiple_of(blocks) && blocks.is_power_of_two() && blocks <= 256 {
+            let first = ctr.lanes.shuffle(k.byte_reverse).xor(rk0);
+            for (i, x) in s.iter_mut().enumerate() {
+                let mut offset = [0u8; 16];
+                offset[15] = (i * V::BLOCKS) as u8;
+                *x = first.xor(V::splat(&offset));
+            }
+        } else if low + blocks <= 256 {
+            let mut be = ctr.lanes.shuffle(k.byte_reverse);
+            for x in s.iter_mut() {
+                *x = be.xor(rk0);
+                be = be.add64(k.step_last_byte);
+            }
+        } else {
+            let mut lanes = ctr.lanes;
+            for x in s.iter_mut() {
+                *x = lanes.shuffle(k.byte_reverse).xor(rk0);
+                lanes = lanes.add64(k.step);
+            }
+        }
+        ctr.lanes = ctr.lanes.add64(V::splat(&(blocks as u128).to_le_bytes()));
+    }
+    ctr.first = ctr.first.wrapping_add(blocks as u64);
+    s
+}
+
 /// Locks or unlocks `chunk`, `R` registers of whole blocks, with the keystream of the
 /// counters from `ctr` on, and steps `ctr` past them.
 ///
@@ -371,7 +456,7 @@ unsafe fn partial<V: Lanes, const LOCK: bool>(
 #[inline(always)]
 unsafe fn step<V: Lanes, const R: usize, const LOCK: bool>(
     k: &Consts<V>,
-    ctr: &mut V,
+    ctr: &mut Counter<V>,
     chunk: &mut [u8],
 ) {
     assert_eq!(chunk.len(), R * V::BYTES);
@@ -379,14 +464,10 @@ unsafe fn step<V: Lanes, const R: usize, const LOCK: bool>(
     // register at `i * BYTES` inside `chunk`, whose length was just checked.
     unsafe {
         let rk = &k.round_keys;
-        let mut s = [k.zero; R];
-        for x in s.iter_mut() {
-            *x = ctr.shuffle(k.byte_reverse).xor(rk[0]);
-            *ctr = ctr.add64(k.step);
-        }
+        let mut s = first_round::<V, R>(k, ctr);
         for key in &rk[1..10] {
             for x in s.iter_mut() {
-                *x = x.aesenc(*key);
+                *x = x.aesenc(*key).fence();
             }
         }
         for x in s.iter_mut() {
