@@ -486,3 +486,134 @@ unsafe fn step<V: Lanes, const R: usize, const LOCK: bool>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::MasterKey;
+    use crate::reference;
+    use crate::scheme::Nonce;
+
+    /// Four AES-NI registers posing as one 512-bit register: runs the kernel in the
+    /// shape of the AVX-512 backend (4 blocks per register, 32 per batch, 64-byte
+    /// partial blocks) on processors without AVX-512, so that shape is tested here
+    /// even where [`apply_vaes512`] cannot run. Only the 512-bit intrinsics themselves
+    /// go untested.
+    #[derive(Clone, Copy)]
+    struct Quad([__m128i; 4]);
+
+    impl Quad {
+        /// # Safety
+        /// The CPU must have AES-NI and SSSE3.
+        #[inline]
+        #[target_feature(enable = "aes,ssse3")]
+        unsafe fn map(self, b: Self, f: impl Fn(__m128i, __m128i) -> __m128i) -> Self {
+            Quad(std::array::from_fn(|i| f(self.0[i], b.0[i])))
+        }
+    }
+
+    impl Lanes for Quad {
+        const BLOCKS: usize = 4;
+        #[target_feature(enable = "aes,ssse3")]
+        unsafe fn load(p: *const u8) -> Self {
+            // SAFETY: the caller passes 64 readable bytes and has the features.
+            Quad(std::array::from_fn(|i| unsafe {
+                __m128i::load(p.add(16 * i))
+            }))
+        }
+        #[target_feature(enable = "aes,ssse3")]
+        unsafe fn store(self, p: *mut u8) {
+            for (i, v) in self.0.into_iter().enumerate() {
+                // SAFETY: the caller passes 64 writable bytes and has the features.
+                unsafe { v.store(p.add(16 * i)) }
+            }
+        }
+        #[target_feature(enable = "aes,ssse3")]
+        unsafe fn splat(b: &[u8; 16]) -> Self {
+            // SAFETY: the caller has the features.
+            Quad([unsafe { __m128i::splat(b) }; 4])
+        }
+        // SAFETY (each method below): the caller has the features `__m128i` needs.
+        #[target_feature(enable = "aes,ssse3")]
+        unsafe fn xor(self, b: Self) -> Self {
+            unsafe { self.map(b, |x, y| x.xor(y)) }
+        }
+        #[target_feature(enable = "aes,ssse3")]
+        unsafe fn add64(self, b: Self) -> Self {
+            unsafe { self.map(b, |x, y| x.add64(y)) }
+        }
+        #[target_feature(enable = "aes,ssse3")]
+        unsafe fn shuffle(self, idx: Self) -> Self {
+            unsafe { self.map(idx, |x, y| x.shuffle(y)) }
+        }
+        #[target_feature(enable = "aes,ssse3")]
+        unsafe fn aesenc(self, key: Self) -> Self {
+            unsafe { self.map(key, |x, y| x.aesenc(y)) }
+        }
+        #[target_feature(enable = "aes,ssse3")]
+        unsafe fn aesenclast(self, key: Self) -> Self {
+            unsafe { self.map(key, |x, y| x.aesenclast(y)) }
+        }
+        #[target_feature(enable = "aes,ssse3")]
+        unsafe fn aesdeclast(self, key: Self) -> Self {
+            unsafe { self.map(key, |x, y| x.aesdeclast(y)) }
+        }
+        #[target_feature(enable = "aes,ssse3")]
+        unsafe fn fence(self) -> Self {
+            unsafe { self.map(self, |x, _| x.fence()) }
+        }
+    }
+
+    #[test]
+    fn four_blocks_per_register_matches_reference() {
+        if !has_aesni() {
+            eprintln!("no AES-NI: the 4-block kernel shape cannot be run here");
+            return;
+        }
+        let c = TensorCipher::new(&MasterKey::from_bytes([9; 16]), Nonce([0xfe; 8]));
+        let block_2_32 = (1u64 << 32) * 16;
+        let offsets = [
+            0,
+            1,
+            15,
+            16,
+            17,
+            63,
+            64,
+            65,
+            255 * 16,
+            255 * 16 + 3,
+            block_2_32 - 33 * 16 - 5,
+            block_2_32 - 32 * 16,
+            (1 << 36) + 7,
+        ];
+        let lengths = [
+            0,
+            1,
+            15,
+            16,
+            17,
+            63,
+            64,
+            65,
+            511,
+            512,
+            513,
+            4096 + 13,
+            20_000,
+        ];
+        for &offset in &offsets {
+            for &len in &lengths {
+                let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+                for dir in [Direction::Lock, Direction::Unlock] {
+                    let mut want = data.clone();
+                    reference::apply(&c, dir, offset, &mut want);
+                    let mut got = data.clone();
+                    // SAFETY: AES-NI and SSSE3 were detected above.
+                    unsafe { run::<Quad>(&c, dir, offset, &mut got) };
+                    assert!(got == want, "{dir:?} offset {offset} len {len}");
+                }
+            }
+        }
+    }
+}
