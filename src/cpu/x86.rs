@@ -8,7 +8,9 @@
 //! the block index as a little-endian u64 in the low half, the nonce reversed in the
 //! high half. A 64-bit lane add then steps the index with the carry running through
 //! all 64 bits (across 2^32 as anywhere), and one byte-reversing shuffle turns the lane
-//! into `nonce || big-endian index`.
+//! into `nonce || big-endian index`. Most batches of blocks differ only in the last
+//! byte of that form, so [`first_round`] usually needs one shuffle per batch rather
+//! than one per register.
 //!
 //! The S-box step uses the AES unit instead of table lookups (which cannot be
 //! vectorised and would leak the data through cache timing). `AESENCLAST(y, 0)` is
