@@ -10,6 +10,7 @@
 //! The pieces:
 //! - [`MasterKey`], [`Salt`], [`Nonce`], [`TensorCipher`]: the scheme's values.
 //! - [`reference`]: the obviously-correct scalar path every fast path is checked against.
+//! - [`infer`]: running a model, locked or not, on the CPU; [`mnist`]: its test data.
 
 pub mod error;
 pub mod hex;
@@ -28,7 +29,9 @@ pub use cpu::CpuLocker;
 pub mod engine;
 pub mod files;
 pub mod header;
+pub mod infer;
 pub mod lock_info;
+pub mod mnist;
 pub mod output;
 pub mod zoo;
 

@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 
 /// A named f32 tensor.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     /// The name, PyTorch style (`conv1.weight`).
     pub name: String,
