@@ -197,8 +197,13 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// Parses an IDX file of unsigned bytes with `magic` from `r`: returns its dimensions
 /// and its payload, exactly as long as they say.
-fn parse_idx(r: &mut dyn Read, magic: u32, what: &str) -> std::result::Result<(Vec<usize>, Vec<u8>), String> {
-    let io = |e: std::io::Error| format!("unreadable {what} file: {e} (corrupt or truncated gzip?)");
+fn parse_idx(
+    r: &mut dyn Read,
+    magic: u32,
+    what: &str,
+) -> std::result::Result<(Vec<usize>, Vec<u8>), String> {
+    let io =
+        |e: std::io::Error| format!("unreadable {what} file: {e} (corrupt or truncated gzip?)");
     let mut m = [0u8; 4];
     let got = read_full(r, &mut m).map_err(io)?;
     if got < 4 {
@@ -255,7 +260,9 @@ pub fn parse_images(r: &mut dyn Read, path: &Path) -> Result<(usize, usize, Vec<
     if rows == 0 || cols == 0 {
         return Err(Error::format(
             path,
-            format!("images of {rows}x{cols} pixels: every image needs at least one (corrupt header)"),
+            format!(
+                "images of {rows}x{cols} pixels: every image needs at least one (corrupt header)"
+            ),
         ));
     }
     Ok((rows, cols, pixels))
@@ -318,11 +325,15 @@ mod tests {
     }
 
     fn images_err(bytes: &[u8]) -> String {
-        parse_images(&mut &bytes[..], Path::new("i")).unwrap_err().to_string()
+        parse_images(&mut &bytes[..], Path::new("i"))
+            .unwrap_err()
+            .to_string()
     }
 
     fn labels_err(bytes: &[u8]) -> String {
-        parse_labels(&mut &bytes[..], Path::new("l")).unwrap_err().to_string()
+        parse_labels(&mut &bytes[..], Path::new("l"))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -337,7 +348,10 @@ mod tests {
             pixels: pixels.clone(),
             labels: vec![9, 0, 4],
         };
-        let (i, l) = (file(dir.path(), "i", &images), file(dir.path(), "l", &labels));
+        let (i, l) = (
+            file(dir.path(), "i", &images),
+            file(dir.path(), "l", &labels),
+        );
         assert_eq!(Dataset::read(&i, &l).unwrap(), expect);
         let (i, l) = (
             file(dir.path(), "i.gz", &gzip(&images)),
@@ -355,7 +369,9 @@ mod tests {
         let good = idx(IMAGES_MAGIC, &[2, 2, 2], &[7; 8]);
         assert!(images_err(&good[..3]).contains("truncated: 3 bytes"));
         assert!(images_err(&good[..9]).contains("before dimension 2 of 3"));
-        assert!(images_err(&good[..good.len() - 1]).contains("need 8 bytes of data, the file holds 7"));
+        assert!(
+            images_err(&good[..good.len() - 1]).contains("need 8 bytes of data, the file holds 7")
+        );
         let mut long = good.clone();
         long.push(0);
         assert!(images_err(&long).contains("more data follows the 8 bytes"));
@@ -376,11 +392,17 @@ mod tests {
     fn rejects_wrong_magic_bad_labels_and_count_mismatch() {
         let labels = idx(LABELS_MAGIC, &[2], &[1, 2]);
         let e = images_err(&labels);
-        assert!(e.contains("magic number 0x00000801, expected 0x00000803"), "{e}");
+        assert!(
+            e.contains("magic number 0x00000801, expected 0x00000803"),
+            "{e}"
+        );
         assert!(labels_err(&idx(IMAGES_MAGIC, &[1, 1, 1], &[0])).contains("not an IDX labels file"));
         assert!(images_err(b"\x1f\x8b\x08\x00").contains("magic"));
         let e = labels_err(&idx(LABELS_MAGIC, &[3], &[1, 10, 2]));
-        assert!(e.contains("label 10 of image 1 is not a class (0 to 9)"), "{e}");
+        assert!(
+            e.contains("label 10 of image 1 is not a class (0 to 9)"),
+            "{e}"
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let i = file(dir.path(), "i", &idx(IMAGES_MAGIC, &[3, 1, 1], &[0; 3]));
@@ -390,7 +412,12 @@ mod tests {
         let e = Dataset::read_dir(dir.path(), Split::Test, FASHION_MNIST_HINT)
             .unwrap_err()
             .to_string();
-        assert!(e.ends_with(&format!("t10k-images-idx3-ubyte.gz does not exist; {FASHION_MNIST_HINT}")), "{e}");
+        assert!(
+            e.ends_with(&format!(
+                "t10k-images-idx3-ubyte.gz does not exist; {FASHION_MNIST_HINT}"
+            )),
+            "{e}"
+        );
     }
 
     #[test]
@@ -411,6 +438,6 @@ mod tests {
             per_class[usize::from(l)] += 1;
         }
         assert_eq!(per_class, [1000; CLASSES]);
-        assert!(d.pixels.iter().any(|&p| p == 255) && d.pixels.contains(&0));
+        assert!(d.pixels.contains(&255) && d.pixels.contains(&0));
     }
 }

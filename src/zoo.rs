@@ -82,6 +82,16 @@ pub fn cifar10_cnn(seed: u64) -> Vec<Tensor> {
 /// Writes f32 tensors as a safetensors file (with `format: pt` metadata, as PyTorch
 /// exports do).
 pub fn write_safetensors(path: &Path, tensors: &[Tensor]) -> Result<()> {
+    write_safetensors_with_metadata(path, tensors, &[("format", "pt")])
+}
+
+/// Writes f32 tensors as a safetensors file with the given string metadata (a trained
+/// model records where it came from and how good it is).
+pub fn write_safetensors_with_metadata(
+    path: &Path,
+    tensors: &[Tensor],
+    metadata: &[(&str, &str)],
+) -> Result<()> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
@@ -95,7 +105,10 @@ pub fn write_safetensors(path: &Path, tensors: &[Tensor]) -> Result<()> {
                 .map_err(|e| Error::Invalid(format!("tensor {}: {e}", t.name)))
         })
         .collect::<Result<Vec<_>>>()?;
-    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let meta = metadata
+        .iter()
+        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
     safetensors::serialize_to_file(views, Some(meta), path)
         .map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))
 }

@@ -4,8 +4,11 @@
 use deeplock::{reference, CpuLocker, Direction, MasterKey, Salt, TensorCipher};
 
 fn spec_vectors() -> Vec<Vec<String>> {
-    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/SPEC.md")).unwrap();
-    let begin = spec.find("<!-- kat:begin -->").expect("KAT block in SPEC.md");
+    let spec =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/SPEC.md")).unwrap();
+    let begin = spec
+        .find("<!-- kat:begin -->")
+        .expect("KAT block in SPEC.md");
     let end = spec.find("<!-- kat:end -->").expect("KAT block end");
     spec[begin..end]
         .lines()
@@ -21,7 +24,10 @@ fn spec_vectors() -> Vec<Vec<String>> {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 #[test]
@@ -40,7 +46,12 @@ fn known_answer_vectors_hold_on_every_cpu_path() {
         let cipher = TensorCipher::for_tensor(&key, &salt, &row[2]);
         let offset: u64 = row[3].parse().unwrap();
         let (plain, locked) = (hex(&row[4]), hex(&row[6]));
-        assert_eq!(deeplock::hex::encode(&cipher.nonce().0), row[5], "nonce of {}", row[2]);
+        assert_eq!(
+            deeplock::hex::encode(&cipher.nonce().0),
+            row[5],
+            "nonce of {}",
+            row[2]
+        );
         let mut d = plain.clone();
         reference::apply(&cipher, Direction::Lock, offset, &mut d);
         assert_eq!(d, locked, "reference lock of {row:?}");

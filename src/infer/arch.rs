@@ -118,7 +118,12 @@ impl Arch {
         let layers: Vec<String> = self
             .layers
             .iter()
-            .map(|l| format!("    {}", serde_json::to_string(l).expect("layers serialize")))
+            .map(|l| {
+                format!(
+                    "    {}",
+                    serde_json::to_string(l).expect("layers serialize")
+                )
+            })
             .collect();
         format!(
             "{{\n  \"input\": {},\n  \"layers\": [\n{}\n  ]\n}}\n",
@@ -184,7 +189,10 @@ mod tests {
             r#"{"input": [1, 2], "layers": []}"#,
         ] {
             let e = Arch::from_json(text, Path::new("a.json")).unwrap_err();
-            assert!(e.to_string().starts_with("a.json: invalid architecture"), "{e}");
+            assert!(
+                e.to_string().starts_with("a.json: invalid architecture"),
+                "{e}"
+            );
         }
     }
 }

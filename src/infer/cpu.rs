@@ -30,10 +30,7 @@ impl Model {
         if batch == 0 {
             return Ok(Vec::new());
         }
-        let out: Vec<Vec<f32>> = input
-            .par_chunks(per)
-            .map(|x| self.forward_one(x))
-            .collect();
+        let out: Vec<Vec<f32>> = input.par_chunks(per).map(|x| self.forward_one(x)).collect();
         Ok(out.concat())
     }
 
@@ -70,32 +67,31 @@ fn relu(x: f32) -> f32 {
 }
 
 /// `y[o, i, j] = b[o] + sum over c, u, v of w[o, c, u, v] * x[c, i + u - pad, j + v - pad]`,
-/// with `x` zero outside the image.
+/// with `x` zero outside the image: the sum runs over the taps that fall inside it.
 fn conv(c: &Conv, x: &[f32], [ci, h, w]: [usize; 3]) -> Vec<f32> {
     let [kh, kw] = c.kernel;
     let [ph, pw] = c.pad;
     let (oh, ow) = (h + 2 * ph + 1 - kh, w + 2 * pw + 1 - kw);
-    let mut y = vec![0f32; c.out_channels * oh * ow];
+    // The taps 0..k of output position i that land on rows (or columns) 0..n.
+    let inside =
+        |i: usize, k: usize, pad: usize, n: usize| pad.saturating_sub(i)..k.min(n + pad - i);
+    let mut y = Vec::with_capacity(c.out_channels * oh * ow);
     for o in 0..c.out_channels {
         for i in 0..oh {
             for j in 0..ow {
                 let mut s = f64::from(c.bias[o]);
+                let taps = inside(j, kw, pw, w);
                 for ch in 0..ci {
-                    for u in 0..kh {
-                        // Row i + u - ph of the image, if it is inside it.
-                        let Some(r) = (i + u).checked_sub(ph).filter(|&r| r < h) else {
-                            continue;
-                        };
-                        for v in 0..kw {
-                            let Some(q) = (j + v).checked_sub(pw).filter(|&q| q < w) else {
-                                continue;
-                            };
-                            let wt = c.weight[((o * ci + ch) * kh + u) * kw + v];
-                            s += f64::from(wt) * f64::from(x[(ch * h + r) * w + q]);
+                    for u in inside(i, kh, ph, h) {
+                        let wrow = &c.weight[((o * ci + ch) * kh + u) * kw..][..kw];
+                        let xrow = &x[(ch * h + i + u - ph) * w..][..w];
+                        let q0 = j + taps.start - pw;
+                        for (&wt, &xv) in wrow[taps.clone()].iter().zip(&xrow[q0..]) {
+                            s += f64::from(wt) * f64::from(xv);
                         }
                     }
                 }
-                y[(o * oh + i) * ow + j] = s as f32;
+                y.push(s as f32);
             }
         }
     }
@@ -133,10 +129,9 @@ fn dense(d: &Dense, x: &[f32]) -> Vec<f32> {
     (0..d.outputs)
         .map(|o| {
             let row = &d.weight[o * d.inputs..(o + 1) * d.inputs];
-            let s = row
-                .iter()
-                .zip(x)
-                .fold(f64::from(d.bias[o]), |s, (&w, &a)| s + f64::from(w) * f64::from(a));
+            let s = row.iter().zip(x).fold(f64::from(d.bias[o]), |s, (&w, &a)| {
+                s + f64::from(w) * f64::from(a)
+            });
             s as f32
         })
         .collect()
@@ -163,11 +158,7 @@ pub fn argmax(values: &[f32]) -> usize {
 /// # Panics
 /// If the two slices differ in length (a caller's bug, not a data error).
 pub fn accuracy(predictions: &[usize], labels: &[u8]) -> f64 {
-    assert_eq!(
-        predictions.len(),
-        labels.len(),
-        "one label per prediction"
-    );
+    assert_eq!(predictions.len(), labels.len(), "one label per prediction");
     if labels.is_empty() {
         return 0.0;
     }

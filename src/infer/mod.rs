@@ -27,10 +27,10 @@ pub mod arch;
 mod cpu;
 mod model;
 
+pub use crate::zoo::Tensor;
 pub use arch::{Arch, ConvSpec, DenseSpec, LayerSpec, Padding};
 pub use cpu::{accuracy, argmax};
 pub use model::{Conv, Dense, Layer, Model, Shape, MAX_VALUES};
-pub use crate::zoo::Tensor;
 
 #[cfg(test)]
 mod tests;

@@ -159,15 +159,24 @@ impl Model {
                         Padding::Same => {
                             return Err(bad(
                                 i,
-                                format!("\"same\" padding needs an odd kernel, {:?} is {kh}x{kw}", cs.weight),
+                                format!(
+                                    "\"same\" padding needs an odd kernel, {:?} is {kh}x{kw}",
+                                    cs.weight
+                                ),
                             ))
                         }
                     };
-                    let (oh, ow) = ((h + 2 * pad[0]).checked_sub(kh - 1), (w + 2 * pad[1]).checked_sub(kw - 1));
+                    let (oh, ow) = (
+                        (h + 2 * pad[0]).checked_sub(kh - 1),
+                        (w + 2 * pad[1]).checked_sub(kw - 1),
+                    );
                     let (Some(oh @ 1..), Some(ow @ 1..)) = (oh, ow) else {
                         return Err(bad(
                             i,
-                            format!("a {kh}x{kw} kernel does not fit a {h}x{w} input with {:?} padding", cs.padding),
+                            format!(
+                                "a {kh}x{kw} kernel does not fit a {h}x{w} input with {:?} padding",
+                                cs.padding
+                            ),
                         ));
                     };
                     let b = bias(i, find(i, &cs.bias, 1)?, co)?;
@@ -189,7 +198,10 @@ impl Model {
                             format!("a {size}x{size} max-pool does not fit a {h}x{w} input"),
                         ));
                     }
-                    (Layer::MaxPool { size }, Shape::Image([c, h / size, w / size]))
+                    (
+                        Layer::MaxPool { size },
+                        Shape::Image([c, h / size, w / size]),
+                    )
                 }
                 LayerSpec::Relu => (Layer::Relu, shape),
                 LayerSpec::Flatten => (Layer::Flatten, Shape::Vector(shape.len())),
@@ -205,7 +217,10 @@ impl Model {
                     if inputs != n {
                         return Err(bad(
                             i,
-                            format!("dense weight {:?} takes {inputs} inputs, its input has {n}", ds.weight),
+                            format!(
+                                "dense weight {:?} takes {inputs} inputs, its input has {n}",
+                                ds.weight
+                            ),
                         ));
                     }
                     let b = bias(i, find(i, &ds.bias, 1)?, out)?;
@@ -220,7 +235,10 @@ impl Model {
             };
             if let Shape::Image(d) = next {
                 if checked_len(&d).is_none() {
-                    return Err(bad(i, format!("its output {d:?} has more than {MAX_VALUES} values")));
+                    return Err(bad(
+                        i,
+                        format!("its output {d:?} has more than {MAX_VALUES} values"),
+                    ));
                 }
             }
             layers.push(layer);
@@ -247,12 +265,10 @@ impl Model {
         let unlock = match (&lock, key) {
             (None, _) => None,
             (Some(info), Some(key)) => Some((info, key)),
-            (Some(_), None) => {
-                return Err(Error::format(
-                    path,
-                    "the model is locked (it has deeplock metadata); pass the key it was locked with",
-                ))
-            }
+            (Some(_), None) => return Err(Error::format(
+                path,
+                "the model is locked (it has deeplock metadata); pass the key it was locked with",
+            )),
         };
         let mut tensors = Vec::new();
         for name in arch.tensor_names() {
@@ -272,7 +288,10 @@ impl Model {
                 ));
             }
             let len = usize::try_from(entry.len()).map_err(|_| {
-                Error::format(path, format!("tensor {name:?} is too large for this machine"))
+                Error::format(
+                    path,
+                    format!("tensor {name:?} is too large for this machine"),
+                )
             })?;
             let mut bytes = vec![0u8; len];
             file.seek(SeekFrom::Start(header.data_start() + entry.start))

@@ -86,12 +86,18 @@ fn conv_3x3_valid_mixes_channels_per_output() {
 
 #[test]
 fn conv_5x5_same_and_valid() {
-    let ones = [t("w", &[1, 1, 5, 5], vec![1.0; 25]), t("b", &[1], vec![0.0])];
+    let ones = [
+        t("w", &[1, 1, 5, 5], vec![1.0; 25]),
+        t("b", &[1], vec![0.0]),
+    ];
     let (shape, y) = run(&conv_arch([1, 5, 5], "same"), &ones, &[1.0; 25]);
     assert_eq!(shape, Shape::Image([1, 5, 5]));
     // In-bounds rows (and columns) of a 5x5 window centred on 0..5: 3, 4, 5, 4, 3.
     let n = [3., 4., 5., 4., 3.];
-    let expect: Vec<f32> = n.iter().flat_map(|r| n.iter().map(move |c| r * c)).collect();
+    let expect: Vec<f32> = n
+        .iter()
+        .flat_map(|r| n.iter().map(move |c| r * c))
+        .collect();
     assert_eq!(y, expect);
     let (shape, y) = run(&conv_arch([1, 5, 5], "valid"), &ones, &iota(25));
     assert_eq!(shape, Shape::Image([1, 1, 1]));
@@ -138,7 +144,10 @@ fn batches_run_each_input_alone() {
     let x: Vec<f32> = (0..27).map(|i| (i * 7 % 11) as f32 - 5.0).collect();
     let all = m.forward(&x, 3).unwrap();
     for i in 0..3 {
-        assert_eq!(all[i * 9..(i + 1) * 9], m.forward(&x[i * 9..(i + 1) * 9], 1).unwrap());
+        assert_eq!(
+            all[i * 9..(i + 1) * 9],
+            m.forward(&x[i * 9..(i + 1) * 9], 1).unwrap()
+        );
     }
     assert!(m.forward(&x, 2).is_err());
     assert!(m.forward(&[], 0).unwrap().is_empty());
@@ -159,27 +168,61 @@ fn argmax_takes_the_first_maximum_or_the_first_nan() {
 fn shape_errors_are_caught_when_the_model_is_built() {
     let conv = |shape: &[usize], n| [t("w", shape, vec![0.0; n]), t("b", &[1], vec![0.0])];
     let cases: Vec<(Arch, Vec<Tensor>, &str)> = vec![
-        (conv_arch([2, 5, 5], "valid"), conv(&[1, 1, 3, 3], 9).to_vec(), "input channels"),
-        (conv_arch([1, 5, 5], "same"), conv(&[1, 1, 2, 2], 4).to_vec(), "odd kernel"),
-        (conv_arch([1, 2, 5], "valid"), conv(&[1, 1, 3, 3], 9).to_vec(), "does not fit"),
-        (conv_arch([1, 5, 5], "valid"), conv(&[1, 1, 3], 3).to_vec(), "4-D"),
-        (conv_arch([1, 5, 5], "valid"), conv(&[1, 1, 3, 3], 8).to_vec(), "4-D"),
-        (conv_arch([1, 5, 5], "valid"), vec![t("w", &[1, 1, 3, 3], vec![0.0; 9])], "no tensor \"b\""),
+        (
+            conv_arch([2, 5, 5], "valid"),
+            conv(&[1, 1, 3, 3], 9).to_vec(),
+            "input channels",
+        ),
+        (
+            conv_arch([1, 5, 5], "same"),
+            conv(&[1, 1, 2, 2], 4).to_vec(),
+            "odd kernel",
+        ),
+        (
+            conv_arch([1, 2, 5], "valid"),
+            conv(&[1, 1, 3, 3], 9).to_vec(),
+            "does not fit",
+        ),
         (
             conv_arch([1, 5, 5], "valid"),
-            vec![t("w", &[1, 1, 3, 3], vec![0.0; 9]), t("b", &[2], vec![0.0; 2])],
+            conv(&[1, 1, 3], 3).to_vec(),
+            "4-D",
+        ),
+        (
+            conv_arch([1, 5, 5], "valid"),
+            conv(&[1, 1, 3, 3], 8).to_vec(),
+            "4-D",
+        ),
+        (
+            conv_arch([1, 5, 5], "valid"),
+            vec![t("w", &[1, 1, 3, 3], vec![0.0; 9])],
+            "no tensor \"b\"",
+        ),
+        (
+            conv_arch([1, 5, 5], "valid"),
+            vec![
+                t("w", &[1, 1, 3, 3], vec![0.0; 9]),
+                t("b", &[2], vec![0.0; 2]),
+            ],
             "bias",
         ),
         (arch([1, 3, 3], r#"[{"maxpool": 4}]"#), vec![], "max-pool"),
         (arch([1, 3, 3], r#"[{"maxpool": 0}]"#), vec![], "max-pool"),
-        (arch([1, 3, 3], r#"["flatten", {"maxpool": 2}]"#), vec![], "vector"),
+        (
+            arch([1, 3, 3], r#"["flatten", {"maxpool": 2}]"#),
+            vec![],
+            "vector",
+        ),
         (
             arch([1, 2, 2], r#"[{"dense": {"weight": "w", "bias": "b"}}]"#),
             vec![t("w", &[1, 4], vec![0.0; 4]), t("b", &[1], vec![0.0])],
             "add \"flatten\"",
         ),
         (
-            arch([1, 2, 2], r#"["flatten", {"dense": {"weight": "w", "bias": "b"}}]"#),
+            arch(
+                [1, 2, 2],
+                r#"["flatten", {"dense": {"weight": "w", "bias": "b"}}]"#,
+            ),
             vec![t("w", &[1, 3], vec![0.0; 3]), t("b", &[1], vec![0.0])],
             "takes 3 inputs",
         ),
@@ -257,13 +300,19 @@ fn load_refuses_other_dtypes_and_missing_tensors() {
     let path = dir.path().join("m.safetensors");
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
-        .map(|t| t.values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect())
+        .map(|t| {
+            t.values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect()
+        })
         .collect();
     let views: Vec<_> = tensors
         .iter()
         .zip(&bytes)
         .map(|(t, b)| {
-            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, t.shape.clone(), b);
+            let v =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F16, t.shape.clone(), b);
             (t.name.clone(), v.unwrap())
         })
         .collect();
