@@ -251,7 +251,8 @@ fn parse_idx(
     Ok((dims, payload))
 }
 
-/// Parses an IDX images file (gzipped or plain) from `r`; `path` names it in errors.
+/// Parses an IDX images file from `r` (decompressed already: [`read_images`] opens
+/// gzipped files); `path` names it in errors.
 /// Returns rows, columns and the pixels of every image.
 pub fn parse_images(r: &mut dyn Read, path: &Path) -> Result<(usize, usize, Vec<u8>)> {
     let (dims, pixels) =
@@ -268,7 +269,8 @@ pub fn parse_images(r: &mut dyn Read, path: &Path) -> Result<(usize, usize, Vec<
     Ok((rows, cols, pixels))
 }
 
-/// Parses an IDX labels file from `r`; `path` names it in errors. Every label must be
+/// Parses an IDX labels file from `r` (decompressed already: [`read_labels`] opens
+/// gzipped files); `path` names it in errors. Every label must be
 /// below [`CLASSES`].
 pub fn parse_labels(r: &mut dyn Read, path: &Path) -> Result<Vec<u8>> {
     let (_, labels) = parse_idx(r, LABELS_MAGIC, "labels").map_err(|e| Error::format(path, e))?;
