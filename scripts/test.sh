@@ -3,9 +3,10 @@
 #
 # Installs what the tests need from Debian's packages when it is missing (Mesa's
 # software Vulkan driver, lavapipe, so the GPU tests run on a real wgpu adapter even
-# without a GPU), then checks formatting and lints, runs every test with
-# DEEPLOCK_REQUIRE_GPU=1 (a missing adapter fails the GPU tests instead of skipping
-# them), and builds the benchmarks.
+# without a GPU; the real Fashion-MNIST for the inference tests), then checks formatting
+# and lints, runs every test with DEEPLOCK_REQUIRE_GPU=1 and DEEPLOCK_REQUIRE_DATA=1 (a
+# missing adapter or data set fails the tests that need it instead of skipping them),
+# and builds the benchmarks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,8 @@ ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1' || packages+=(libvulkan1)
 if ! ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1; then
     packages+=(mesa-vulkan-drivers)
 fi
+# The real Fashion-MNIST, which the inference tests classify.
+[ -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || packages+=(dataset-fashion-mnist)
 if [ ${#packages[@]} -gt 0 ]; then
     echo "scripts/test.sh: installing ${packages[*]}"
     as_root apt-get update -qq
@@ -32,6 +35,8 @@ fi
 XDG_RUNTIME_DIR="$(mktemp -d)"
 export XDG_RUNTIME_DIR
 export DEEPLOCK_REQUIRE_GPU="${DEEPLOCK_REQUIRE_GPU:-1}"
+# A missing data set fails the tests that need it instead of skipping them.
+export DEEPLOCK_REQUIRE_DATA="${DEEPLOCK_REQUIRE_DATA:-1}"
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

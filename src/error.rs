@@ -30,7 +30,8 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
-    /// The file is not a valid safetensors file, or its deeplock metadata is malformed.
+    /// A file is malformed: not a valid safetensors file, malformed deeplock metadata,
+    /// a bad IDX data set file, or a model that does not fit its architecture.
     #[error("{path}: {reason}")]
     Format {
         /// The file.
@@ -45,6 +46,14 @@ pub enum Error {
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// A file the operation needs does not exist; `hint` says how to get it.
+    #[error("{path} does not exist; {hint}")]
+    Missing {
+        /// The file.
+        path: PathBuf,
+        /// What to install or pass.
+        hint: String,
     },
     /// The output exists and overwriting was not asked for.
     #[error("{path} already exists; choose another output or pass --force to overwrite it")]

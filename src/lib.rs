@@ -14,6 +14,7 @@
 //! - [`files`]: whole safetensors files and checkpoint directories, streamed through an
 //!   [`engine::Engine`] (CPU or GPU).
 //! - [`bench`]: the vendor-neutral benchmark behind `deeplock bench`.
+//! - [`infer`]: running a model, locked or not, on the CPU; [`mnist`]: its test data.
 
 pub mod bench;
 pub mod cpu;
@@ -23,9 +24,11 @@ pub mod files;
 pub mod gpu;
 pub mod header;
 pub mod hex;
+pub mod infer;
 pub mod key;
 pub mod key_schedule;
 pub mod lock_info;
+pub mod mnist;
 pub mod output;
 pub mod reference;
 pub mod sbox;

@@ -4,8 +4,10 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::header::Header;
 
 /// A named f32 tensor.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     /// The name, PyTorch style (`conv1.weight`).
     pub name: String,
@@ -81,6 +83,16 @@ pub fn cifar10_cnn(seed: u64) -> Vec<Tensor> {
 /// Writes f32 tensors as a safetensors file (with `format: pt` metadata, as PyTorch
 /// exports do).
 pub fn write_safetensors(path: &Path, tensors: &[Tensor]) -> Result<()> {
+    write_safetensors_with_metadata(path, tensors, &[("format", "pt")])
+}
+
+/// Writes f32 tensors as a safetensors file with the given string metadata (a trained
+/// model records where it came from and how good it is), byte-for-byte reproducibly.
+pub fn write_safetensors_with_metadata(
+    path: &Path,
+    tensors: &[Tensor],
+    metadata: &[(&str, &str)],
+) -> Result<()> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
@@ -94,9 +106,18 @@ pub fn write_safetensors(path: &Path, tensors: &[Tensor]) -> Result<()> {
                 .map_err(|e| Error::Invalid(format!("tensor {}: {e}", t.name)))
         })
         .collect::<Result<Vec<_>>>()?;
-    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(meta), path)
-        .map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))
+    let file = safetensors::serialize(views, None)
+        .map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))?;
+    // The crate takes metadata as a HashMap and writes it in random order; set it here,
+    // in the order given, so that the same model always makes the same bytes.
+    let json_len = u64::from_le_bytes(file[..8].try_into().expect("8 bytes")) as usize;
+    let mut header = Header::parse(&file[8..8 + json_len], path)?;
+    for &(k, v) in metadata {
+        header.set_metadata(k, v.to_owned());
+    }
+    let mut out = header.to_bytes();
+    out.extend_from_slice(&file[8 + json_len..]);
+    std::fs::write(path, out).map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]
@@ -112,5 +133,30 @@ mod tests {
             CIFAR10_CNN_PARAMS
         );
         assert!(m[0].values.iter().any(|&v| v != 0.0));
+    }
+
+    #[test]
+    fn writes_metadata_in_order_and_the_same_bytes_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = [Tensor {
+            name: "w".into(),
+            shape: vec![2],
+            values: vec![1.0, -2.0],
+        }];
+        // Not sorted: the order given is kept.
+        let meta = [("format", "pt"), ("dataset", "x"), ("b", "1"), ("a", "2")];
+        let (a, b) = (
+            dir.path().join("a.safetensors"),
+            dir.path().join("b.safetensors"),
+        );
+        write_safetensors_with_metadata(&a, &t, &meta).unwrap();
+        write_safetensors_with_metadata(&b, &t, &meta).unwrap();
+        let bytes = std::fs::read(&a).unwrap();
+        assert_eq!(bytes, std::fs::read(&b).unwrap());
+        let text = String::from_utf8_lossy(&bytes[8..]);
+        let head = r#"{"__metadata__":{"format":"pt","dataset":"x","b":"1","a":"2"},"w""#;
+        assert!(text.starts_with(head), "{text}");
+        let h = crate::files::read_header(&a).unwrap();
+        assert_eq!(h.tensors[0].shape, [2]);
     }
 }

@@ -1,0 +1,36 @@
+//! Inference on the CPU: the reference that locked-model inference (and the GPU kernels
+//! that unlock weights as they use them) is checked against, and what reproduces the
+//! paper's results: the right key gives the trained model's accuracy, a wrong key a
+//! useless one.
+//!
+//! A model is a safetensors file of F32 tensors in PyTorch layout (conv `[out, in, kh,
+//! kw]`, dense `[out, in]`), locked or not, plus an architecture description ([`Arch`],
+//! a small JSON file; its format is documented in [`arch`]). Activations are NCHW f32.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use deeplock::infer::{Arch, Model};
+//! use deeplock::mnist::{Dataset, Split};
+//! use deeplock::MasterKey;
+//!
+//! # fn main() -> deeplock::Result<()> {
+//! let arch = Arch::read(Path::new("tests/fixtures/fashion_mnist_cnn.arch.json"))?;
+//! let key = MasterKey::from_hex("000102030405060708090a0b0c0d0e0f")?;
+//! let model = Model::load(Path::new("model.locked.safetensors"), &arch, Some(&key))?;
+//! let test = Dataset::fashion_mnist(Split::Test)?;
+//! println!("accuracy {:.4}", model.evaluate(&test, 0..test.len())?);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod arch;
+mod cpu;
+mod model;
+
+pub use crate::zoo::Tensor;
+pub use arch::{Arch, ConvSpec, DenseSpec, LayerSpec, Padding};
+pub use cpu::{accuracy, argmax};
+pub use model::{Conv, Dense, Layer, Model, Shape, MAX_VALUES};
+
+#[cfg(test)]
+mod tests;
