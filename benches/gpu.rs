@@ -38,7 +38,10 @@ fn gpu(c: &mut Criterion) {
     let full = std::env::var("DEEPLOCK_BENCH_FULL").as_deref() == Ok("1");
     for w in [Workload::cifar10_cnn(), Workload::buffer(256 << 20)] {
         if software && !full && w.bytes() > 8 << 20 {
-            eprintln!("gpu benches: skipping {} on a software adapter (DEEPLOCK_BENCH_FULL=1 to run it)", w.label);
+            eprintln!(
+                "gpu benches: skipping {} on a software adapter (DEEPLOCK_BENCH_FULL=1 to run it)",
+                w.label
+            );
             continue;
         }
         let mut b = DeviceBench::new(&ctx, &w).expect("set up the GPU bench");

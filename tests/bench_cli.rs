@@ -99,7 +99,7 @@ fn gpu_bench_json_has_every_field_and_plots() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     let records = v["records"].as_array().unwrap();
     assert!(
-        records.len() >= 2 && records.len() % 2 == 0,
+        records.len() >= 2 && records.len().is_multiple_of(2),
         "two sizes per adapter"
     );
     for pair in records.chunks(2) {

@@ -186,7 +186,8 @@ impl GpuLocker {
         regions: &[Region<'_>],
         timer: Option<&KernelTimer>,
     ) -> Result<()> {
-        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) || buffer.size() % 4 != 0 {
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) || !buffer.size().is_multiple_of(4)
+        {
             return Err(Error::Invalid(format!(
                 "the GPU buffer to lock or unlock needs STORAGE usage and a size that is a multiple of 4 (it has {:?}, {} bytes)",
                 buffer.usage(),

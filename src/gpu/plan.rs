@@ -57,7 +57,9 @@ pub(crate) fn plan(
     max_workgroups: u32,
     regions: impl IntoIterator<Item = (Range<u64>, u64)>,
 ) -> Plan {
-    debug_assert!(buffer_size % 4 == 0 && window_bytes % 16 == 0 && window_bytes <= 1 << 31);
+    debug_assert!(
+        buffer_size.is_multiple_of(4) && window_bytes.is_multiple_of(16) && window_bytes <= 1 << 31
+    );
     let mut plan = Plan::default();
     let mut window_index: HashMap<u64, usize> = HashMap::new();
     for (region, (range, tensor_offset)) in regions.into_iter().enumerate() {
