@@ -49,7 +49,7 @@ fn check_consistent(h: &Header, file_len: usize) {
     // Whatever parsed must also survive the lock-info reader and a rewrite.
     let _ = deeplock::lock_info::LockInfo::from_header(h, "fuzz.safetensors".as_ref());
     let again = h.to_bytes();
-    assert!(again.len() >= 8 && (again.len() - 8) % 8 == 0);
+    assert!(again.len() >= 8 && (again.len() - 8).is_multiple_of(8));
 }
 
 proptest! {
