@@ -7,6 +7,8 @@
 use std::collections::HashSet;
 use std::sync::OnceLock;
 
+use deeplock::bench::matmul::{bench_matmul, matmul_table, MatmulCase};
+use deeplock::bench::Runs;
 use deeplock::gpu::{
     FusedMatmul, GpuContext, GpuLocker, GpuTensor, HostTensor, Kernel, KernelTimer, Linear,
     MatmulShape, Region, TensorKey, WeightDtype,
@@ -805,4 +807,33 @@ fn kernel_timer_times_the_pass() {
     fm.encode(&mut encoder, &op, Some(&timer)).unwrap();
     ctx.queue().submit([encoder.finish()]);
     assert!(timer.elapsed(ctx).unwrap() > std::time::Duration::ZERO);
+}
+
+/// `deeplock bench --matmul`'s library side on tiny cases: every figure present and
+/// consistent (the function itself checks fused against plain output).
+#[test]
+fn bench_matmul_reports_consistent_records() {
+    let Some(fm) = shared() else { return };
+    let cases = [
+        MatmulCase::new(1, 40, 72, WeightDtype::F32),
+        MatmulCase::new(9, 33, 64, WeightDtype::Bf16),
+    ];
+    let runs = Runs {
+        warmup: 0,
+        timed: 1,
+    };
+    let records = bench_matmul(fm.context(), &cases, runs).unwrap();
+    assert_eq!(records.len(), 2);
+    for (r, case) in records.iter().zip(&cases) {
+        assert_eq!((r.m, r.n, r.k), (case.shape.m, case.shape.n, case.shape.k));
+        assert_eq!(r.dtype, case.dtype.name());
+        assert!(r.fused_ms > 0.0 && r.plain_ms > 0.0 && r.unlock_then_plain_ms > 0.0);
+        assert!((r.fused_over_plain - r.fused_ms / r.plain_ms).abs() < 1e-9);
+        assert!(r.fused_vs_plain_error < 1e-5);
+    }
+    assert_eq!(records[0].kernel, "gemv");
+    assert_eq!(records[1].kernel, "gemm");
+    let json = serde_json::to_value(&records).unwrap();
+    assert!(json[0]["gflops_fused"].as_f64().unwrap() > 0.0);
+    assert!(matmul_table(&records).contains("9x33x64 BF16"));
 }
