@@ -17,15 +17,19 @@
 // Batch rows per invocation, 4 or 8 (pipeline constant).
 override TM: u32;
 override TILE_M: u32 = 16u * TM;
-override X_TILE_LEN: u32 = TILE_K * TILE_M;
 const TM_MAX: u32 = 8u;
 const TILE_N: u32 = 64u;
 const TILE_K: u32 = 32u;
 const THREADS: u32 = 256u;
+// Row strides of the slices, one word more than a row so that the invocations storing
+// one column (consecutive kk) hit different banks of workgroup memory.
+override X_STRIDE: u32 = TILE_M + 1u;
+const W_STRIDE: u32 = TILE_N + 1u;
+override X_TILE_LEN: u32 = TILE_K * X_STRIDE;
 
-// Slices, k-major: x_tile[kk * TILE_M + mm], w_tile[kk * TILE_N + nn].
+// Slices, k-major: x_tile[kk * X_STRIDE + mm], w_tile[kk * W_STRIDE + nn].
 var<workgroup> x_tile: array<f32, X_TILE_LEN>;
-var<workgroup> w_tile: array<f32, TILE_K * TILE_N>;
+var<workgroup> w_tile: array<f32, TILE_K * W_STRIDE>;
 var<workgroup> bias_tile: array<f32, TILE_N>;
 
 // X's slice at (m0, k0); zeros outside X, so they add nothing.
@@ -39,7 +43,7 @@ fn load_x_tile(local_index: u32, m0: u32, k0: u32) {
         if (m < params.m && kk < params.k) {
             v = x[m * params.k + kk];
         }
-        x_tile[c * TILE_M + r] = v;
+        x_tile[c * X_STRIDE + r] = v;
     }
 }
 
@@ -55,16 +59,16 @@ fn put_word(word: u32, a: u32, span_first: u32, r: u32, valid: u32) {
         // Wrapping: elements before the span give huge c.
         let c = v / 4u - span_first;
         if (c < TILE_K) {
-            w_tile[c * TILE_N + r] = select(0.0, bitcast<f32>(word), c < valid);
+            w_tile[c * W_STRIDE + r] = select(0.0, bitcast<f32>(word), c < valid);
         }
     } else {
         let c0 = v / 2u - span_first;
         if (c0 < TILE_K) {
-            w_tile[c0 * TILE_N + r] = select(0.0, decode_element(word, 0u, DTYPE), c0 < valid);
+            w_tile[c0 * W_STRIDE + r] = select(0.0, decode_element(word, 0u, DTYPE), c0 < valid);
         }
         let c1 = c0 + 1u;
         if (c1 < TILE_K) {
-            w_tile[c1 * TILE_N + r] = select(0.0, decode_element(word, 1u, DTYPE), c1 < valid);
+            w_tile[c1 * W_STRIDE + r] = select(0.0, decode_element(word, 1u, DTYPE), c1 < valid);
         }
     }
 }
@@ -147,9 +151,9 @@ fn gemm_main(
         load_w_tile(local_index, n0, k0);
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
-            let wb = kk * TILE_N + tx * 4u;
+            let wb = kk * W_STRIDE + tx * 4u;
             let b = vec4<f32>(w_tile[wb], w_tile[wb + 1u], w_tile[wb + 2u], w_tile[wb + 3u]);
-            let xb = kk * TILE_M + ty * TM;
+            let xb = kk * X_STRIDE + ty * TM;
             for (var i = 0u; i < TM; i++) {
                 acc[i] += x_tile[xb + i] * b;
             }
@@ -164,7 +168,7 @@ fn gemm_main(
         // compute unit (a kernel that reads workgroup memory uninitialised could see
         // them, cf. "LeftoverLocals", CVE-2023-4969). Best effort: registers cannot be
         // cleared from WGSL.
-        for (var i = local_index; i < TILE_K * TILE_N; i += THREADS) {
+        for (var i = local_index; i < TILE_K * W_STRIDE; i += THREADS) {
             w_tile[i] = 0.0;
         }
     }
