@@ -332,7 +332,37 @@ fn buffer_entry(
 }
 
 /// The fused (and plain) matmul kernels of one device: layouts, the AES tables and the
-/// pipelines, each compiled on first use and kept.
+/// pipelines, each compiled on first use and kept. Create one per device and reuse it.
+///
+/// A `Linear` layer of an inference loop, on the loop's own device, buffers and encoder:
+///
+/// ```no_run
+/// use deeplock::gpu::{
+///     FusedMatmul, GpuTensor, Kernel, Linear, MatmulShape, TensorKey, WeightDtype,
+/// };
+/// use deeplock::TensorCipher;
+///
+/// /// `fc1` of the CIFAR-10-sized model on one image: y = x · W^T, W still locked.
+/// fn fc1(
+///     fused: &FusedMatmul, // FusedMatmul::new(&GpuContext::from_device(&device, &queue))
+///     encoder: &mut wgpu::CommandEncoder,
+///     x: &wgpu::Buffer,        // 2304 f32
+///     w_locked: &wgpu::Buffer, // fc1.weight as in the locked file: [512, 2304] BF16
+///     y: &wgpu::Buffer,        // 512 f32
+///     cipher: &TensorCipher,   // TensorCipher::for_tensor(&key, &salt, "fc1.weight")
+/// ) -> deeplock::Result<()> {
+///     let w = GpuTensor {
+///         buffer: w_locked,
+///         offset: 0,
+///         dtype: WeightDtype::Bf16,
+///         locked: Some(TensorKey { cipher, tensor_offset: 0 }),
+///     };
+///     let shape = MatmulShape { m: 1, n: 512, k: 2304 };
+///     let op = Linear { x, w, bias: None, y, shape, kernel: Kernel::Auto };
+///     fused.encode(encoder, &op, None)?;
+///     Ok(())
+/// }
+/// ```
 pub struct FusedMatmul {
     ctx: GpuContext,
     tables: wgpu::Buffer,
@@ -829,6 +859,27 @@ mod tests {
         assert_eq!(PARAMS_SIZE, 112);
         assert_eq!(std::mem::offset_of!(MatmulParams, w), 16);
         assert_eq!(std::mem::offset_of!(MatmulParams, bias), 64);
+    }
+
+    #[test]
+    fn dtypes_from_safetensors() {
+        use safetensors::Dtype;
+        assert_eq!(
+            WeightDtype::from_safetensors(Dtype::BF16),
+            Some(WeightDtype::Bf16)
+        );
+        assert_eq!(
+            WeightDtype::from_safetensors(Dtype::F16),
+            Some(WeightDtype::F16)
+        );
+        assert_eq!(
+            WeightDtype::from_safetensors(Dtype::F32),
+            Some(WeightDtype::F32)
+        );
+        assert_eq!(WeightDtype::from_safetensors(Dtype::F64), None);
+        assert!(WeightDtype::ALL
+            .iter()
+            .all(|d| d.size() == 4 || d.name().ends_with("16")));
     }
 
     #[test]
