@@ -6,6 +6,7 @@
 
 mod cpu;
 mod gpu;
+pub mod matmul;
 mod svg;
 
 use std::time::Instant;

@@ -6,8 +6,10 @@
 //!   ([`GpuLocker::apply`]).
 //! - [`GpuEngine`]: the streaming [`crate::engine::Engine`], chunks overlapped in flight.
 //! - [`KernelTimer`]: kernel time alone, from timestamp queries, for benchmarks.
-//! - [`AES_CTR_WGSL`] and [`aes`]: the AES-128-CTR core, for other kernels that need the
-//!   keystream (e.g. one that unlocks weights as it multiplies by them).
+//! - [`FusedMatmul`]: `Y = X · Wᵀ + b` with W still locked, decoded inside the matmul
+//!   kernels (GEMM and GEMV), so plaintext weights never reach a GPU buffer.
+//! - [`AES_CTR_WGSL`] and [`aes`]: the AES-128-CTR core, for kernels that need the
+//!   keystream (the lock kernels, the fused matmul).
 //!
 //! Each kernel invocation derives the keystream for its own 16 bytes: the whole-model
 //! keystream never exists anywhere.
@@ -16,6 +18,7 @@ pub mod aes;
 mod context;
 mod engine;
 mod locker;
+mod matmul;
 mod plan;
 mod slot;
 mod timer;
@@ -23,6 +26,10 @@ mod timer;
 pub use context::GpuContext;
 pub use engine::GpuEngine;
 pub use locker::{GpuLocker, Region};
+pub use matmul::{
+    FusedMatmul, GpuTensor, HostTensor, Kernel, Linear, MatmulPass, MatmulShape, TensorKey,
+    WeightDtype,
+};
 pub use timer::KernelTimer;
 
 /// WGSL source of the AES-128-CTR core: tables in workgroup memory, the AES rounds,
@@ -32,3 +39,12 @@ pub const AES_CTR_WGSL: &str = include_str!("../../shaders/aes_ctr.wgsl");
 
 /// WGSL source of the lock and unlock entry points (after [`AES_CTR_WGSL`]).
 const LOCK_WGSL: &str = include_str!("../../shaders/lock.wgsl");
+
+/// WGSL shared by the matmul kernels: operands, bindings, the on-the-fly decode.
+const MATMUL_COMMON_WGSL: &str = include_str!("../../shaders/matmul_common.wgsl");
+
+/// WGSL of the tiled GEMM kernel (after [`AES_CTR_WGSL`] and the common part).
+const MATMUL_GEMM_WGSL: &str = include_str!("../../shaders/matmul_gemm.wgsl");
+
+/// WGSL of the GEMV kernel (after [`AES_CTR_WGSL`] and the common part).
+const MATMUL_GEMV_WGSL: &str = include_str!("../../shaders/matmul_gemv.wgsl");

@@ -1,0 +1,164 @@
+// Tiled GEMM: Y = X · Wᵀ + b for a batch of rows. Composed after aes_ctr.wgsl and
+// matmul_common.wgsl.
+//
+// A workgroup (16 x 16 invocations) computes a TILE_M x TILE_N tile of Y, each
+// invocation a 4 x 4 block of it in registers, stepping through K in slices of TILE_K.
+// Per step it stages X's slice (TILE_M x TILE_K) and W's (TILE_N x TILE_K) in workgroup
+// memory. W's slice is decoded on the way in: the TILE_N row spans of TILE_K elements
+// are covered by 16-byte keystream-aligned blocks, each invocation takes one or more
+// blocks, computes their keystream, decodes them in registers and scatters the decoded
+// f32 values into `w_tile`. So each workgroup runs one AES block per 16 bytes of W per
+// slice (plus at most one per row span where spans do not start on a 16-byte boundary),
+// and every decoded weight then serves TILE_M batch rows: the AES cost per multiply-add
+// falls as 1 / min(M, TILE_M), and is paid again by each of the ceil(M / TILE_M) tile rows.
+
+const TILE_M: u32 = 64u;
+const TILE_N: u32 = 64u;
+const TILE_K: u32 = 32u;
+const THREADS: u32 = 256u;
+
+// Slices, k-major: x_tile[kk * TILE_M + mm], w_tile[kk * TILE_N + nn].
+var<workgroup> x_tile: array<f32, TILE_K * TILE_M>;
+var<workgroup> w_tile: array<f32, TILE_K * TILE_N>;
+var<workgroup> bias_tile: array<f32, TILE_N>;
+
+// X's slice at (m0, k0); zeros outside X, so they add nothing.
+fn load_x_tile(local_index: u32, m0: u32, k0: u32) {
+    for (var i = local_index; i < TILE_M * TILE_K; i += THREADS) {
+        let r = i / TILE_K;
+        let c = i % TILE_K;
+        let m = m0 + r;
+        let kk = k0 + c;
+        var v = 0.0;
+        if (m < params.m && kk < params.k) {
+            v = x[m * params.k + kk];
+        }
+        x_tile[c * TILE_M + r] = v;
+    }
+}
+
+// Puts the value(s) of the decoded word at aligned byte `a` that fall in the row span
+// starting at W element `span_first` into column `r` of w_tile; those past the span's
+// `valid` elements (past K) become 0, as 0 * noise could be NaN.
+fn put_word(word: u32, a: u32, span_first: u32, r: u32, valid: u32) {
+    if (a < params.w.shift) {
+        return;
+    }
+    let v = a - params.w.shift;
+    if (DTYPE == DTYPE_F32) {
+        // Wrapping: elements before the span give huge c.
+        let c = v / 4u - span_first;
+        if (c < TILE_K) {
+            w_tile[c * TILE_N + r] = select(0.0, bitcast<f32>(word), c < valid);
+        }
+    } else {
+        let c0 = v / 2u - span_first;
+        if (c0 < TILE_K) {
+            w_tile[c0 * TILE_N + r] = select(0.0, decode_element(word, 0u, DTYPE), c0 < valid);
+        }
+        let c1 = c0 + 1u;
+        if (c1 < TILE_K) {
+            w_tile[c1 * TILE_N + r] = select(0.0, decode_element(word, 1u, DTYPE), c1 < valid);
+        }
+    }
+}
+
+// W's slice at (n0, k0), decoded. Row r's span is W elements (n0 + r) * K + k0 .. + TILE_K;
+// `slots` blocks from the one holding its first byte cover it. A block holding no element
+// below K is not loaded or decoded, only zero-filled.
+fn load_w_tile(local_index: u32, n0: u32, k0: u32) {
+    let es = dtype_bytes(DTYPE);
+    let slots = TILE_K * es / 16u + 1u;
+    let valid = min(TILE_K, params.k - k0);
+    for (var s = local_index; s < TILE_N * slots; s += THREADS) {
+        let r = s / slots;
+        let n = n0 + r;
+        if (n >= params.n) {
+            // Feeds only outputs past N, which are never written.
+            continue;
+        }
+        let span_first = n * params.k + k0;
+        let a0 = params.w.shift + span_first * es;
+        let ab = a0 / 16u + s % slots;
+        var words = vec4<u32>(0u);
+        if (ab * 16u < a0 + valid * es) {
+            words = w_block(ab);
+        }
+        let a = ab * 16u;
+        put_word(words.x, a, span_first, r, valid);
+        put_word(words.y, a + 4u, span_first, r, valid);
+        put_word(words.z, a + 8u, span_first, r, valid);
+        put_word(words.w, a + 12u, span_first, r, valid);
+    }
+}
+
+// Writes one row of an invocation's 4 x 4 block (columns n0 + 4 tx ..).
+fn store_row(m: u32, n0: u32, tx: u32, acc: vec4<f32>) {
+    if (m >= params.m) {
+        return;
+    }
+    let c0 = tx * 4u;
+    for (var j = 0u; j < 4u; j++) {
+        let n = n0 + c0 + j;
+        if (n < params.n) {
+            y[m * params.n + n] = acc[j] + bias_tile[c0 + j];
+        }
+    }
+}
+
+@compute @workgroup_size(16, 16)
+fn gemm_main(
+    @builtin(local_invocation_id) local_id: vec3<u32>,
+    @builtin(local_invocation_index) local_index: u32,
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+) {
+    if (needs_aes_tables()) {
+        aes_load_tables(local_index, THREADS);
+    }
+    let n0 = workgroup.x * TILE_N;
+    let m0 = workgroup.y * TILE_M;
+    if (local_index < TILE_N) {
+        // Read after the first slice's barrier.
+        var b = 0.0;
+        if (n0 + local_index < params.n) {
+            b = bias_value(n0 + local_index);
+        }
+        bias_tile[local_index] = b;
+    }
+    let tx = local_id.x;
+    let ty = local_id.y;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < params.k; k0 += TILE_K) {
+        load_x_tile(local_index, m0, k0);
+        load_w_tile(local_index, n0, k0);
+        workgroupBarrier();
+        for (var kk = 0u; kk < TILE_K; kk++) {
+            let xb = kk * TILE_M + ty * 4u;
+            let a = vec4<f32>(x_tile[xb], x_tile[xb + 1u], x_tile[xb + 2u], x_tile[xb + 3u]);
+            let wb = kk * TILE_N + tx * 4u;
+            let b = vec4<f32>(w_tile[wb], w_tile[wb + 1u], w_tile[wb + 2u], w_tile[wb + 3u]);
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
+        }
+        workgroupBarrier();
+    }
+    let m = m0 + ty * 4u;
+    store_row(m, n0, tx, acc0);
+    store_row(m + 1u, n0, tx, acc1);
+    store_row(m + 2u, n0, tx, acc2);
+    store_row(m + 3u, n0, tx, acc3);
+    if (LOCKED) {
+        // Do not leave decoded weights in workgroup memory for whatever runs next on this
+        // compute unit (a kernel that reads workgroup memory uninitialised could see
+        // them, cf. "LeftoverLocals", CVE-2023-4969). Best effort: registers cannot be
+        // cleared from WGSL.
+        for (var i = local_index; i < TILE_K * TILE_N; i += THREADS) {
+            w_tile[i] = 0.0;
+        }
+    }
+}

@@ -1,0 +1,85 @@
+// GEMV: y = W · x + b for one activation row per workgroup row (batch 1; a batch of M
+// runs M rows of workgroups, each decoding W again). Composed after aes_ctr.wgsl and
+// matmul_common.wgsl.
+//
+// A workgroup computes GEMV_ROWS outputs, GEMV_LANES invocations per output. Lanes
+// stride over the 16-byte keystream-aligned blocks of their row of W: each block is
+// loaded locked, decoded in registers (one AES block) and multiplied by x right there,
+// so decoded weights never even reach workgroup memory; a tree reduction in workgroup
+// memory then sums the lanes' partial dot products. Every byte of W is used once, so
+// in locked mode the kernel runs one AES block (about 160 table lookups in workgroup
+// memory) per 16 bytes of W it reads: AES, not memory bandwidth, bounds it.
+
+const GEMV_ROWS: u32 = 4u;
+const GEMV_LANES: u32 = 64u;
+const THREADS: u32 = 256u;
+
+var<workgroup> partial: array<f32, THREADS>;
+
+// Dot product of the value(s) of the decoded word at aligned byte `a` that fall in the
+// row starting at W element `row_first` with the matching elements of x's row at
+// `x_row`.
+fn dot_word(word: u32, a: u32, row_first: u32, x_row: u32) -> f32 {
+    if (a < params.w.shift) {
+        return 0.0;
+    }
+    let v = a - params.w.shift;
+    if (DTYPE == DTYPE_F32) {
+        // Wrapping: elements before the row give huge c.
+        let c = v / 4u - row_first;
+        if (c < params.k) {
+            return bitcast<f32>(word) * x[x_row + c];
+        }
+        return 0.0;
+    }
+    var sum = 0.0;
+    let c0 = v / 2u - row_first;
+    if (c0 < params.k) {
+        sum = decode_element(word, 0u, DTYPE) * x[x_row + c0];
+    }
+    let c1 = c0 + 1u;
+    if (c1 < params.k) {
+        sum += decode_element(word, 1u, DTYPE) * x[x_row + c1];
+    }
+    return sum;
+}
+
+@compute @workgroup_size(THREADS)
+fn gemv_main(
+    @builtin(local_invocation_index) local_index: u32,
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+) {
+    if (needs_aes_tables()) {
+        aes_load_tables(local_index, THREADS);
+    }
+    let lane = local_index % GEMV_LANES;
+    let n = workgroup.x * GEMV_ROWS + local_index / GEMV_LANES;
+    let m = workgroup.y;
+    var acc = 0.0;
+    if (n < params.n) {
+        let es = dtype_bytes(DTYPE);
+        let row_first = n * params.k;
+        let a0 = params.w.shift + row_first * es;
+        let a1 = a0 + params.k * es;
+        let x_row = m * params.k;
+        for (var ab = a0 / 16u + lane; ab * 16u < a1; ab += GEMV_LANES) {
+            let words = w_block(ab);
+            let a = ab * 16u;
+            acc += dot_word(words.x, a, row_first, x_row)
+                + dot_word(words.y, a + 4u, row_first, x_row)
+                + dot_word(words.z, a + 8u, row_first, x_row)
+                + dot_word(words.w, a + 12u, row_first, x_row);
+        }
+    }
+    partial[local_index] = acc;
+    workgroupBarrier();
+    for (var stride = GEMV_LANES / 2u; stride > 0u; stride /= 2u) {
+        if (lane < stride) {
+            partial[local_index] += partial[local_index + stride];
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && n < params.n) {
+        y[m * params.n + n] = partial[local_index] + bias_value(n);
+    }
+}

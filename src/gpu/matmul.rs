@@ -1,0 +1,756 @@
+//! [`FusedMatmul`]: `Y = X · Wᵀ + b` on the GPU with `W` (and `b`) still locked, for
+//! inference that never unlocks a model into GPU memory.
+//!
+//! The kernels (`shaders/matmul_gemm.wgsl`, `shaders/matmul_gemv.wgsl`, after
+//! `aes_ctr.wgsl` and `matmul_common.wgsl`) load locked weight bytes from storage,
+//! compute the deeplock v1 keystream for each 16-byte block they load, undo the S-box
+//! layer in registers and multiply: the GEMM through a decoded tile in workgroup memory
+//! shared by up to 64 batch rows, the GEMV straight from registers.
+//!
+//! **Property: no storage buffer ever holds plaintext weights.** The only buffers an
+//! [`FusedMatmul::encode`] binds are the caller's X, locked W, bias and Y, the shared
+//! AES lookup tables (public constants) and one uniform buffer per call holding the
+//! round keys and the dispatch parameters, which the call clears once the pass has run.
+//! Plaintext weights exist only in registers and in workgroup memory, for the duration
+//! of a workgroup (the GEMM zeroes its decoded tile before it ends). What it does not
+//! cover is in docs/FUSED.md.
+//!
+//! The same kernels run on plaintext weights (`locked: None`): one WGSL source, a
+//! pipeline constant switching the decode off, so plain and fused timings differ by the
+//! decode alone.
+
+use std::sync::OnceLock;
+
+use serde::Serialize;
+use wgpu::util::DeviceExt;
+use zeroize::Zeroizing;
+
+use super::aes::{self, AesKeyUniform, KEY_UNIFORM_SIZE};
+use super::context::GpuContext;
+use super::slot::wait_for_map;
+use super::timer::KernelTimer;
+use super::{AES_CTR_WGSL, MATMUL_COMMON_WGSL, MATMUL_GEMM_WGSL, MATMUL_GEMV_WGSL};
+use crate::error::{Error, Result};
+use crate::scheme::TensorCipher;
+
+/// Output tile of one GEMM workgroup, rows (batch) by columns (`matmul_gemm.wgsl`).
+const GEMM_TILE: (u32, u32) = (64, 64);
+/// Outputs per GEMV workgroup (`matmul_gemv.wgsl`).
+const GEMV_ROWS: u32 = 4;
+/// Headroom kept below 2^32 for the kernels' u32 byte arithmetic, which runs a few
+/// blocks past an operand's last byte before its loop bounds stop it.
+const U32_HEADROOM: u64 = 1 << 16;
+
+/// Element type of a weight (or bias) tensor, decoded to f32 in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum WeightDtype {
+    /// IEEE binary32.
+    F32,
+    /// IEEE binary16.
+    F16,
+    /// bfloat16 (the high half of an f32).
+    Bf16,
+}
+
+impl WeightDtype {
+    /// Every supported type.
+    pub const ALL: [WeightDtype; 3] = [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16];
+
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            WeightDtype::F32 => 4,
+            WeightDtype::F16 | WeightDtype::Bf16 => 2,
+        }
+    }
+
+    /// The safetensors name: `F32`, `F16`, `BF16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "F32",
+            WeightDtype::F16 => "F16",
+            WeightDtype::Bf16 => "BF16",
+        }
+    }
+
+    /// The type of a safetensors tensor, if the kernels can decode it.
+    pub fn from_safetensors(dtype: safetensors::Dtype) -> Option<Self> {
+        match dtype {
+            safetensors::Dtype::F32 => Some(WeightDtype::F32),
+            safetensors::Dtype::F16 => Some(WeightDtype::F16),
+            safetensors::Dtype::BF16 => Some(WeightDtype::Bf16),
+            _ => None,
+        }
+    }
+
+    /// `DTYPE_*` in `matmul_common.wgsl`.
+    fn code(self) -> u32 {
+        match self {
+            WeightDtype::F32 => 0,
+            WeightDtype::F16 => 1,
+            WeightDtype::Bf16 => 2,
+        }
+    }
+}
+
+/// `Y [m, n] = X [m, k] · Wᵀ + b`, W being `[n, k]` (`out_features`, `in_features`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct MatmulShape {
+    /// Batch rows (tokens, images).
+    pub m: u32,
+    /// Output features: rows of W.
+    pub n: u32,
+    /// Input features: columns of W.
+    pub k: u32,
+}
+
+impl MatmulShape {
+    /// Floating-point operations of the product, `2 m n k` (the bias is not counted).
+    pub fn flops(&self) -> f64 {
+        2.0 * f64::from(self.m) * f64::from(self.n) * f64::from(self.k)
+    }
+}
+
+/// Which kernel runs a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Kernel {
+    /// GEMV for one batch row, GEMM otherwise.
+    Auto,
+    /// One workgroup row per batch row, decoding W afresh for each: meant for batch 1.
+    Gemv,
+    /// 64 x 64 output tiles; W decoded once per tile row of 64 batch rows.
+    Gemm,
+}
+
+impl Kernel {
+    /// The kernel `Auto` stands for at batch `m`; others are themselves.
+    pub fn resolve(self, m: u32) -> Kernel {
+        match self {
+            Kernel::Auto if m == 1 => Kernel::Gemv,
+            Kernel::Auto => Kernel::Gemm,
+            k => k,
+        }
+    }
+
+    /// `gemv`, `gemm` or `auto`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Auto => "auto",
+            Kernel::Gemv => "gemv",
+            Kernel::Gemm => "gemm",
+        }
+    }
+}
+
+/// How an operand's bytes are locked: its tensor's cipher and where in the tensor they
+/// start (the byte offset fixes the keystream).
+#[derive(Clone, Copy, Debug)]
+pub struct TensorKey<'a> {
+    /// The tensor's cipher (master key and tensor nonce).
+    pub cipher: &'a TensorCipher,
+    /// Byte offset within the tensor of the operand's first byte: 0 for a whole tensor,
+    /// `r * k * size` for rows `r..` of a weight (a tensor-parallel shard). A multiple
+    /// of 4.
+    pub tensor_offset: u64,
+}
+
+/// A weight or bias operand in a GPU buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuTensor<'a> {
+    /// The buffer (needs `STORAGE` usage).
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset of the operand in `buffer`, a multiple of 4 (any multiple: the kernel
+    /// binds an aligned window around it), so a whole locked safetensors data section
+    /// can live in one buffer.
+    pub offset: u64,
+    /// Element type.
+    pub dtype: WeightDtype,
+    /// `Some` if the bytes are locked, `None` for plaintext.
+    pub locked: Option<TensorKey<'a>>,
+}
+
+/// A weight or bias operand in host memory, for [`FusedMatmul::run`].
+#[derive(Clone, Copy, Debug)]
+pub struct HostTensor<'a> {
+    /// The operand's bytes, little-endian elements.
+    pub bytes: &'a [u8],
+    /// Element type.
+    pub dtype: WeightDtype,
+    /// `Some` if the bytes are locked, `None` for plaintext.
+    pub locked: Option<TensorKey<'a>>,
+}
+
+/// One application of a `Linear` layer: its operands and shape.
+#[derive(Clone, Copy, Debug)]
+pub struct Linear<'a> {
+    /// `X`, `m * k` f32 from offset 0 (`STORAGE` usage).
+    pub x: &'a wgpu::Buffer,
+    /// `W`, `n * k` elements, row-major.
+    pub w: GpuTensor<'a>,
+    /// `b`, `n` elements, if any. If both it and W are locked, they must be under the
+    /// same master key (tensors of one file are).
+    pub bias: Option<GpuTensor<'a>>,
+    /// `Y`, `m * n` f32 written from offset 0 (`STORAGE` usage); not one of the inputs.
+    pub y: &'a wgpu::Buffer,
+    /// The dimensions.
+    pub shape: MatmulShape,
+    /// The kernel.
+    pub kernel: Kernel,
+}
+
+/// What one [`FusedMatmul::encode`] recorded, for callers that audit GPU memory.
+#[derive(Debug)]
+pub struct MatmulPass {
+    uniforms: wgpu::Buffer,
+    kernel: Kernel,
+}
+
+impl MatmulPass {
+    /// The one buffer the call created: the uniforms (round keys, dispatch parameters),
+    /// cleared to zeros after the pass. It has `COPY_SRC` usage so it can be read back.
+    pub fn uniforms(&self) -> &wgpu::Buffer {
+        &self.uniforms
+    }
+
+    /// The kernel that ran (`Auto` resolved).
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+}
+
+/// `Operand` of `matmul_common.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct OperandParams {
+    first_block: [u32; 2],
+    nonce: [u32; 2],
+    word_base: u32,
+    word_lo: u32,
+    word_hi: u32,
+    shift: u32,
+    dtype: u32,
+    locked: u32,
+    pad: [u32; 2],
+}
+
+/// `MatmulParams` of `matmul_common.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct MatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    has_bias: u32,
+    w: OperandParams,
+    bias: OperandParams,
+}
+
+const PARAMS_SIZE: u64 = std::mem::size_of::<MatmulParams>() as u64;
+
+/// An operand's storage window and its parameters.
+struct BoundOperand<'a> {
+    buffer: &'a wgpu::Buffer,
+    offset: u64,
+    size: u64,
+    params: OperandParams,
+}
+
+impl BoundOperand<'_> {
+    fn entry(&self, binding: u32) -> wgpu::BindGroupEntry<'_> {
+        buffer_entry(binding, self.buffer, self.offset, self.size)
+    }
+}
+
+fn buffer_entry(
+    binding: u32,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    size: u64,
+) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry {
+        binding,
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer,
+            offset,
+            size: wgpu::BufferSize::new(size),
+        }),
+    }
+}
+
+/// The fused (and plain) matmul kernels of one device: layouts, the AES tables and the
+/// pipelines, each compiled on first use and kept.
+pub struct FusedMatmul {
+    ctx: GpuContext,
+    tables: wgpu::Buffer,
+    aes_layout: wgpu::BindGroupLayout,
+    io_layout: wgpu::BindGroupLayout,
+    pipeline_layout: wgpu::PipelineLayout,
+    gemm_module: wgpu::ShaderModule,
+    gemv_module: wgpu::ShaderModule,
+    /// Indexed by [`FusedMatmul::pipeline_index`]: kernel, dtype, locked.
+    pipelines: [OnceLock<wgpu::ComputePipeline>; 12],
+}
+
+impl FusedMatmul {
+    /// Parses the kernels and creates the layouts and tables on `ctx`'s device (which may
+    /// be the caller's own, see [`GpuContext::from_device`]).
+    pub fn new(ctx: &GpuContext) -> Self {
+        let device = ctx.device();
+        let module = |label, kernel| {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(
+                    format!("{AES_CTR_WGSL}\n{MATMUL_COMMON_WGSL}\n{kernel}").into(),
+                ),
+            })
+        };
+        let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: wgpu::BufferSize::new(4),
+            },
+            count: None,
+        };
+        let io_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("deeplock matmul group 1 (x, w, bias, y, params)"),
+            entries: &[
+                storage(0, true),
+                storage(1, true),
+                storage(2, true),
+                storage(3, false),
+                wgpu::BindGroupLayoutEntry {
+                    binding: 4,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: wgpu::BufferSize::new(PARAMS_SIZE),
+                    },
+                    count: None,
+                },
+            ],
+        });
+        let aes_layout = aes::bind_group_layout(device);
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("deeplock matmul pipeline layout"),
+            bind_group_layouts: &[Some(&aes_layout), Some(&io_layout)],
+            immediate_size: 0,
+        });
+        FusedMatmul {
+            ctx: ctx.clone(),
+            // Public constants; COPY_SRC so that audits can read back every buffer bound.
+            tables: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("deeplock matmul aes tables"),
+                contents: bytemuck::cast_slice(&aes::table_words()),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            }),
+            gemm_module: module(
+                "deeplock aes_ctr + matmul_common + matmul_gemm.wgsl",
+                MATMUL_GEMM_WGSL,
+            ),
+            gemv_module: module(
+                "deeplock aes_ctr + matmul_common + matmul_gemv.wgsl",
+                MATMUL_GEMV_WGSL,
+            ),
+            aes_layout,
+            io_layout,
+            pipeline_layout,
+            pipelines: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    /// The context the kernels run on.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// The AES lookup tables every pass binds (S-box, inverse S-box, T-tables: public
+    /// constants), created once; `COPY_SRC`, for audits.
+    pub fn tables(&self) -> &wgpu::Buffer {
+        &self.tables
+    }
+
+    fn pipeline_index(kernel: Kernel, dtype: WeightDtype, locked: bool) -> usize {
+        let k = usize::from(kernel == Kernel::Gemv);
+        6 * k + 2 * dtype.code() as usize + usize::from(locked)
+    }
+
+    fn pipeline(&self, kernel: Kernel, dtype: WeightDtype, locked: bool) -> &wgpu::ComputePipeline {
+        self.pipelines[Self::pipeline_index(kernel, dtype, locked)].get_or_init(|| {
+            let (module, entry_point) = match kernel {
+                Kernel::Gemv => (&self.gemv_module, "gemv_main"),
+                _ => (&self.gemm_module, "gemm_main"),
+            };
+            let label = format!(
+                "deeplock matmul {} {} {}",
+                kernel.name(),
+                dtype.name(),
+                if locked { "locked" } else { "plain" }
+            );
+            self.ctx
+                .device()
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(&label),
+                    layout: Some(&self.pipeline_layout),
+                    module,
+                    entry_point: Some(entry_point),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &[
+                            ("LOCKED", if locked { 1.0 } else { 0.0 }),
+                            ("DTYPE", f64::from(dtype.code())),
+                        ],
+                        // Every workgroup variable is written before it is read.
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                })
+        })
+    }
+
+    /// Records `Y = X · Wᵀ + b` into `encoder` as one compute pass (timed by `timer` if
+    /// given), decoding W (and b) on the fly when they are locked. Nothing runs until the
+    /// caller submits. Only `y` is written; no buffer ever receives plaintext weights
+    /// (see the module documentation). Errors, before anything is recorded, for shapes
+    /// the device cannot dispatch and operands that do not fit their buffers.
+    pub fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        op: &Linear<'_>,
+        timer: Option<&KernelTimer>,
+    ) -> Result<MatmulPass> {
+        let MatmulShape { m, n, k } = op.shape;
+        if m == 0 || n == 0 || k == 0 {
+            return Err(Error::Invalid(format!(
+                "matmul dimensions must be at least 1, not m={m} n={n} k={k}"
+            )));
+        }
+        let kernel = op.kernel.resolve(m);
+        let workgroups = match kernel {
+            Kernel::Gemv => (n.div_ceil(GEMV_ROWS), m),
+            _ => (n.div_ceil(GEMM_TILE.1), m.div_ceil(GEMM_TILE.0)),
+        };
+        let device = self.ctx.device();
+        let limits = device.limits();
+        let max_wg = limits.max_compute_workgroups_per_dimension;
+        if workgroups.0 > max_wg || workgroups.1 > max_wg {
+            return Err(Error::Invalid(format!(
+                "a {} of m={m} n={n} needs {}x{} workgroups; this device allows {max_wg} per dimension",
+                kernel.name(),
+                workgroups.0,
+                workgroups.1
+            )));
+        }
+        let (m64, n64, k64) = (u64::from(m), u64::from(n), u64::from(k));
+        for (what, buffer) in [("x", op.x), ("w", op.w.buffer)]
+            .into_iter()
+            .chain(op.bias.map(|b| ("bias", b.buffer)))
+        {
+            if buffer == op.y {
+                return Err(Error::Invalid(format!(
+                    "the matmul output buffer is also its {what}; write Y to a buffer of its own"
+                )));
+            }
+        }
+        let x_bytes = self.activations("x", op.x, m64 * k64)?;
+        let y_bytes = self.activations("y", op.y, m64 * n64)?;
+        let w = self.bind_operand("w", &op.w, n64 * k64)?;
+        let bias = op
+            .bias
+            .as_ref()
+            .map(|b| self.bind_operand("bias", b, n64))
+            .transpose()?;
+        let key_cipher = match (op.w.locked, op.bias.and_then(|b| b.locked)) {
+            (Some(wk), Some(bk)) => {
+                if wk.cipher.round_keys().round(0) != bk.cipher.round_keys().round(0) {
+                    return Err(Error::Invalid(
+                        "the weight and the bias are locked under different master keys; one pass decodes one model's tensors".into(),
+                    ));
+                }
+                Some(wk.cipher)
+            }
+            (wk, bk) => wk.or(bk).map(|key| key.cipher),
+        };
+        let params = MatmulParams {
+            m,
+            n,
+            k,
+            has_bias: u32::from(bias.is_some()),
+            w: w.params,
+            bias: bias.as_ref().map_or(OperandParams::default(), |b| b.params),
+        };
+
+        // The uniforms: the key (group 0) at 0, the parameters at the next aligned offset.
+        let align = u64::from(limits.min_uniform_buffer_offset_alignment);
+        let params_offset = KEY_UNIFORM_SIZE.next_multiple_of(align);
+        let mut bytes = Zeroizing::new(vec![0u8; (params_offset + PARAMS_SIZE) as usize]);
+        if let Some(cipher) = key_cipher {
+            let mut key = AesKeyUniform::new(cipher);
+            bytes[..KEY_UNIFORM_SIZE as usize].copy_from_slice(bytemuck::bytes_of(&key));
+            key.wipe();
+        }
+        bytes[params_offset as usize..].copy_from_slice(bytemuck::bytes_of(&params));
+        let uniforms = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("deeplock matmul key and params"),
+            contents: &bytes,
+            usage: wgpu::BufferUsages::UNIFORM
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+        });
+        let aes_group = aes::bind_group(device, &self.aes_layout, &self.tables, &uniforms);
+        let io_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("deeplock matmul group 1"),
+            layout: &self.io_layout,
+            entries: &[
+                buffer_entry(0, op.x, 0, x_bytes),
+                w.entry(1),
+                // Never read without a bias; something must be bound.
+                bias.as_ref().unwrap_or(&w).entry(2),
+                buffer_entry(3, op.y, 0, y_bytes),
+                buffer_entry(4, &uniforms, params_offset, PARAMS_SIZE),
+            ],
+        });
+        let pipeline = self.pipeline(kernel, op.w.dtype, op.w.locked.is_some());
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(match (kernel, op.w.locked.is_some()) {
+                    (Kernel::Gemv, true) => "deeplock fused gemv pass",
+                    (Kernel::Gemv, false) => "deeplock plain gemv pass",
+                    (_, true) => "deeplock fused gemm pass",
+                    (_, false) => "deeplock plain gemm pass",
+                }),
+                timestamp_writes: timer.map(KernelTimer::pass_writes),
+            });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &aes_group, &[0]);
+            pass.set_bind_group(1, &io_group, &[]);
+            pass.dispatch_workgroups(workgroups.0, workgroups.1, 1);
+        }
+        // Do not leave the round keys in GPU memory once the pass has run.
+        encoder.clear_buffer(&uniforms, 0, None);
+        if let Some(timer) = timer {
+            timer.resolve(encoder);
+        }
+        Ok(MatmulPass { uniforms, kernel })
+    }
+
+    /// Byte length of an f32 activation operand of `elements` elements, checked against
+    /// its buffer and the device's binding limit.
+    fn activations(&self, what: &str, buffer: &wgpu::Buffer, elements: u64) -> Result<u64> {
+        let bytes = 4 * elements;
+        let max = self.ctx.device().limits().max_storage_buffer_binding_size;
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) || buffer.size() < bytes {
+            return Err(Error::Invalid(format!(
+                "matmul {what} needs a STORAGE buffer of at least {bytes} bytes (it has {:?}, {} bytes)",
+                buffer.usage(),
+                buffer.size()
+            )));
+        }
+        if bytes > max || elements > u64::from(u32::MAX) {
+            return Err(Error::Invalid(format!(
+                "matmul {what} is {bytes} bytes, more than this device binds at once ({max}); split the batch"
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// The storage window and kernel parameters of an operand of `elements` elements.
+    fn bind_operand<'a>(
+        &self,
+        what: &str,
+        t: &GpuTensor<'a>,
+        elements: u64,
+    ) -> Result<BoundOperand<'a>> {
+        let bytes = elements * t.dtype.size();
+        let tensor_offset = t.locked.map_or(0, |key| key.tensor_offset);
+        let invalid = |why: String| Err(Error::Invalid(format!("matmul {what}: {why}")));
+        if t.offset % 4 != 0 || tensor_offset % 4 != 0 {
+            return invalid(format!(
+                "its buffer offset ({}) and tensor offset ({tensor_offset}) must be multiples of 4",
+                t.offset
+            ));
+        }
+        if !t.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return invalid(format!(
+                "its buffer needs STORAGE usage (it has {:?})",
+                t.buffer.usage()
+            ));
+        }
+        // The last word may run past the operand's last byte; it must still be in the buffer.
+        let end = (t.offset + bytes).next_multiple_of(4);
+        if end > t.buffer.size() {
+            return invalid(format!(
+                "{bytes} bytes at offset {} (rounded up to whole words) do not fit its {}-byte buffer",
+                t.offset,
+                t.buffer.size()
+            ));
+        }
+        let shift = tensor_offset % 16;
+        if tensor_offset.checked_add(bytes).is_none()
+            || shift + bytes + U32_HEADROOM > u64::from(u32::MAX)
+        {
+            return invalid(format!(
+                "{bytes} bytes at tensor offset {tensor_offset} are too large for one pass"
+            ));
+        }
+        let limits = self.ctx.device().limits();
+        let align = u64::from(limits.min_storage_buffer_offset_alignment);
+        let start = t.offset / align * align;
+        let size = end - start;
+        if size > limits.max_storage_buffer_binding_size {
+            return invalid(format!(
+                "{size} bytes are more than this device binds at once ({})",
+                limits.max_storage_buffer_binding_size
+            ));
+        }
+        let word0 = ((t.offset - start) / 4) as u32;
+        let first_block = tensor_offset / 16;
+        let nonce = t.locked.map_or([0; 8], |key| key.cipher.nonce().0);
+        Ok(BoundOperand {
+            buffer: t.buffer,
+            offset: start,
+            size,
+            params: OperandParams {
+                first_block: [first_block as u32, (first_block >> 32) as u32],
+                nonce: [
+                    u32::from_le_bytes([nonce[0], nonce[1], nonce[2], nonce[3]]),
+                    u32::from_le_bytes([nonce[4], nonce[5], nonce[6], nonce[7]]),
+                ],
+                word_base: word0.wrapping_sub((shift / 4) as u32),
+                word_lo: (shift / 4) as u32,
+                word_hi: (shift + bytes).div_ceil(4) as u32,
+                shift: shift as u32,
+                dtype: t.dtype.code(),
+                locked: u32::from(t.locked.is_some()),
+                pad: [0; 2],
+            },
+        })
+    }
+
+    /// `Y = X · Wᵀ + b` from host memory, end to end: upload, one pass, read back. For
+    /// tests and one-off use; an inference loop keeps its operands on the GPU and calls
+    /// [`FusedMatmul::encode`].
+    pub fn run(
+        &self,
+        x: &[f32],
+        w: &HostTensor<'_>,
+        bias: Option<&HostTensor<'_>>,
+        shape: MatmulShape,
+        kernel: Kernel,
+    ) -> Result<Vec<f32>> {
+        let (m, n, k) = (shape.m as usize, shape.n as usize, shape.k as usize);
+        let expect = |what: &str, got: usize, want: usize| {
+            if got == want {
+                Ok(())
+            } else {
+                Err(Error::Invalid(format!(
+                    "matmul {what} has {got} bytes; shape m={m} n={n} k={k} needs {want}"
+                )))
+            }
+        };
+        expect("x", 4 * x.len(), 4 * m * k)?;
+        expect("w", w.bytes.len(), n * k * w.dtype.size() as usize)?;
+        if let Some(b) = bias {
+            expect("bias", b.bytes.len(), n * b.dtype.size() as usize)?;
+        }
+        let device = self.ctx.device();
+        let upload = |label, bytes: &[u8]| {
+            let mut padded = Zeroizing::new(bytes.to_vec());
+            padded.resize(bytes.len().next_multiple_of(4).max(4), 0);
+            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: &padded,
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+        };
+        let xb = upload("deeplock matmul run x", bytemuck::cast_slice(x));
+        let wb = upload("deeplock matmul run w", w.bytes);
+        let bb = bias.map(|b| upload("deeplock matmul run bias", b.bytes));
+        let y_bytes = (4 * m * n) as u64;
+        let yb = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("deeplock matmul run y"),
+            size: y_bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("deeplock matmul run y read-back"),
+            size: y_bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("deeplock matmul run"),
+        });
+        fn tensor<'a>(buffer: &'a wgpu::Buffer, t: &HostTensor<'a>) -> GpuTensor<'a> {
+            GpuTensor {
+                buffer,
+                offset: 0,
+                dtype: t.dtype,
+                locked: t.locked,
+            }
+        }
+        let op = Linear {
+            x: &xb,
+            w: tensor(&wb, w),
+            bias: bb.as_ref().zip(bias).map(|(buffer, b)| tensor(buffer, b)),
+            y: &yb,
+            shape,
+            kernel,
+        };
+        self.encode(&mut encoder, &op, None)?;
+        encoder.copy_buffer_to_buffer(&yb, 0, &staging, 0, y_bytes);
+        let submission = self.ctx.queue().submit([encoder.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| drop(tx.send(r)));
+        wait_for_map(&self.ctx, Some(submission), &rx)?
+            .map_err(|e| Error::Gpu(format!("matmul read-back failed: {e}")))?;
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::Gpu(format!("matmul read-back failed: {e}")))?;
+            view.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host structs must match the WGSL uniform layout (Operand: 48 bytes, placed
+    /// at 16 and 64).
+    #[test]
+    fn params_have_the_wgsl_layout() {
+        assert_eq!(std::mem::size_of::<OperandParams>(), 48);
+        assert_eq!(PARAMS_SIZE, 112);
+        assert_eq!(std::mem::offset_of!(MatmulParams, w), 16);
+        assert_eq!(std::mem::offset_of!(MatmulParams, bias), 64);
+    }
+
+    #[test]
+    fn auto_is_gemv_for_one_row_only() {
+        assert_eq!(Kernel::Auto.resolve(1), Kernel::Gemv);
+        assert_eq!(Kernel::Auto.resolve(2), Kernel::Gemm);
+        assert_eq!(Kernel::Gemv.resolve(9), Kernel::Gemv);
+    }
+
+    #[test]
+    fn pipeline_indices_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for kernel in [Kernel::Gemm, Kernel::Gemv] {
+            for dtype in WeightDtype::ALL {
+                for locked in [false, true] {
+                    assert!(seen.insert(FusedMatmul::pipeline_index(kernel, dtype, locked)));
+                }
+            }
+        }
+        assert!(seen.iter().all(|&i| i < 12));
+    }
+}
