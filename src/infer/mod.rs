@@ -25,11 +25,13 @@
 
 pub mod arch;
 mod cpu;
+mod gpu;
 mod model;
 
 pub use crate::zoo::Tensor;
 pub use arch::{Arch, ConvSpec, DenseSpec, LayerSpec, Padding};
 pub use cpu::{accuracy, argmax};
+pub use gpu::{GpuModel, Unlock};
 pub use model::{Conv, Dense, Layer, Model, Shape, MAX_VALUES};
 
 #[cfg(test)]
