@@ -105,6 +105,13 @@ enum Step {
     },
 }
 
+/// A step of [`GpuModel::build`]'s plan: a layer kernel from activation to activation,
+/// bound once every activation buffer exists, or a finished step.
+enum Planned {
+    Layer(usize, usize, Op, Params),
+    Step(Step),
+}
+
 /// A weight or bias on the GPU, with its cipher when it is still locked there.
 struct Weight {
     buffer: wgpu::Buffer,
@@ -245,8 +252,8 @@ impl GpuModel {
         };
         let shapes = model.shapes();
         let mut cur = alloc(shapes[0].len(), "input")?;
-        // (activation src, dst, op, params) of each layer kernel, bound once buffers exist.
-        let mut plan: Vec<(usize, usize, Option<(Op, Params)>, Option<[u32; 5]>)> = Vec::new();
+        // Layer kernels are bound once every activation buffer exists.
+        let mut plan: Vec<Planned> = Vec::new();
         let u = |v: usize| v as u32;
         for (i, layer) in model.layers().iter().enumerate() {
             let (input, output) = (shapes[i], shapes[i + 1]);
@@ -268,15 +275,18 @@ impl GpuModel {
                         pad_w: u(c.pad[1]),
                         unused: [0; 2],
                     };
-                    plan.push((cur, cols, Some((Op::Im2col, params)), None));
+                    plan.push(Planned::Layer(cur, cols, Op::Im2col, params));
                     let out = alloc(out_len, &format!("layer {i} conv"))?;
                     let (wi, bi) = layer_tensors(arch, i, names);
-                    plan.push((
-                        cols,
-                        out,
-                        None,
-                        Some([u(wi), u(bi), u(oh * ow), u(co), u(k)]),
-                    ));
+                    plan.push(Planned::Step(Step::Matmul {
+                        x: cols,
+                        y: out,
+                        w: wi,
+                        b: bi,
+                        rows: u(oh * ow),
+                        n: u(co),
+                        k: u(k),
+                    }));
                     cur = out;
                 }
                 (&Layer::MaxPool { size }, Shape::Image([c, h, w]), Shape::Image([_, oh, ow])) => {
@@ -291,7 +301,7 @@ impl GpuModel {
                         kh: u(size),
                         ..Params::default()
                     };
-                    plan.push((cur, out, Some((Op::MaxPool, params)), None));
+                    plan.push(Planned::Layer(cur, out, Op::MaxPool, params));
                     cur = out;
                 }
                 (Layer::Relu, _, _) => {
@@ -300,7 +310,7 @@ impl GpuModel {
                         total: u(out_len),
                         ..Params::default()
                     };
-                    plan.push((cur, out, Some((Op::Relu, params)), None));
+                    plan.push(Planned::Layer(cur, out, Op::Relu, params));
                     cur = out;
                 }
                 (Layer::Flatten, Shape::Image([c, h, w]), _) => {
@@ -312,18 +322,21 @@ impl GpuModel {
                         c: u(c),
                         ..Params::default()
                     };
-                    plan.push((cur, out, Some((Op::Flatten, params)), None));
+                    plan.push(Planned::Layer(cur, out, Op::Flatten, params));
                     cur = out;
                 }
                 (Layer::Dense(d), _, _) => {
                     let out = alloc(out_len, &format!("layer {i} dense"))?;
                     let (wi, bi) = layer_tensors(arch, i, names);
-                    plan.push((
-                        cur,
-                        out,
-                        None,
-                        Some([u(wi), u(bi), 1, u(d.outputs), u(d.inputs)]),
-                    ));
+                    plan.push(Planned::Step(Step::Matmul {
+                        x: cur,
+                        y: out,
+                        w: wi,
+                        b: bi,
+                        rows: 1,
+                        n: u(d.outputs),
+                        k: u(d.inputs),
+                    }));
                     cur = out;
                 }
                 (l, s, _) => unreachable!("Model::new checked shapes: {l:?} on {s:?}"),
@@ -332,8 +345,8 @@ impl GpuModel {
         let kernels = LayerKernels::new(device);
         let steps = plan
             .into_iter()
-            .map(|(src, dst, layer, mm)| match (layer, mm) {
-                (Some((op, params)), _) => {
+            .map(|planned| match planned {
+                Planned::Layer(src, dst, op, params) => {
                     let uniform = device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some("deeplock infer layer params"),
                         size: std::mem::size_of::<Params>() as u64,
@@ -348,16 +361,7 @@ impl GpuModel {
                         group,
                     }
                 }
-                (None, Some([w, b, rows, n, k])) => Step::Matmul {
-                    x: src,
-                    y: dst,
-                    w: w as usize,
-                    b: b as usize,
-                    rows,
-                    n,
-                    k,
-                },
-                (None, None) => unreachable!("every step is a kernel or a matmul"),
+                Planned::Step(step) => step,
             })
             .collect();
         let outputs = model.outputs();
