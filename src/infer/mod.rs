@@ -25,6 +25,7 @@
 
 pub mod arch;
 mod cpu;
+mod fast;
 mod gpu;
 mod model;
 
