@@ -17,6 +17,7 @@
 //! Accuracy runs on the CPU fast path (`Model::predict_fast`). On a software GPU adapter
 //! (lavapipe) the GPU is timed on a few queries only, and the output says so.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -68,8 +69,9 @@ fn main() -> deeplock::Result<()> {
     let fashion_locked = lock(&fashion, dir.path(), &key)?;
 
     // Figure 1a.
+    let show_progress = !args.json && std::io::stderr().is_terminal();
     let progress = |s: String| {
-        if !args.json {
+        if show_progress {
             eprint!("\r{s}   ");
         }
     };
@@ -202,8 +204,7 @@ fn main() -> deeplock::Result<()> {
         }
         latency.push(entry);
     }
-    progress(String::new());
-    if !args.json {
+    if show_progress {
         eprintln!();
     }
     let report = json!({
@@ -313,7 +314,7 @@ fn print_table(r: &Value, no_gpu: bool) {
         println!(
             "  {:<18} {:>10} {:<5} {:>10.3} {:>12.3} {:>12} {:>8.2}x {:>14.0} {:>14}",
             e["model"].as_str().unwrap_or(""),
-            e["params"],
+            e["params"].to_string(),
             "CPU",
             f(&c["unlocked_ms"]),
             f(&c["locked_per_query_ms"]),
