@@ -460,8 +460,6 @@ impl GpuModel {
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("deeplock infer forward"),
         });
-        // The matmul passes' uniforms must live until the submission is recorded.
-        let mut passes = Vec::new();
         for step in &self.steps {
             match step {
                 Step::Layer {
@@ -516,7 +514,7 @@ impl GpuModel {
                         },
                         kernel: Kernel::Auto,
                     };
-                    passes.push(self.matmul.encode(&mut encoder, &op, None)?);
+                    self.matmul.encode(&mut encoder, &op, None)?;
                 }
             }
         }
@@ -539,7 +537,6 @@ impl GpuModel {
             bytemuck::cast_slice::<u8, f32>(&view).to_vec()
         };
         self.staging.unmap();
-        drop(passes);
         Ok(out)
     }
 }
