@@ -2,24 +2,34 @@
 // matmul_common.wgsl.
 //
 // A workgroup (16 x 16 invocations) computes a TILE_M x TILE_N tile of Y, each
-// invocation a 4 x 4 block of it in registers, stepping through K in slices of TILE_K.
+// invocation a TM x 4 block of it in registers, stepping through K in slices of TILE_K.
 // Per step it stages X's slice (TILE_M x TILE_K) and W's (TILE_N x TILE_K) in workgroup
 // memory. W's slice is decoded on the way in: the TILE_N row spans of TILE_K elements
 // are covered by 16-byte keystream-aligned blocks, each invocation takes one or more
 // blocks, computes their keystream, decodes them in registers and scatters the decoded
 // f32 values into `w_tile`. So each workgroup runs one AES block per 16 bytes of W per
-// slice (plus at most one per row span where spans do not start on a 16-byte boundary),
-// and every decoded weight then serves TILE_M batch rows: the AES cost per multiply-add
-// falls as 1 / min(M, TILE_M), and is paid again by each of the ceil(M / TILE_M) tile rows.
+// slice (plus one per row span where spans do not start on a 16-byte boundary), and
+// every decoded weight then serves TILE_M batch rows: the AES cost per multiply-add
+// falls as 1 / min(M, TILE_M), and is paid again by each of the ceil(M / TILE_M) tile
+// rows. Hence two tile heights: TM = 4 (TILE_M = 64) for batches up to 64, TM = 8
+// (TILE_M = 128) above, halving the decode per multiply-add.
 
-const TILE_M: u32 = 64u;
+// Batch rows per invocation, 4 or 8 (pipeline constant).
+override TM: u32;
+override TILE_M: u32 = 16u * TM;
+const TM_MAX: u32 = 8u;
 const TILE_N: u32 = 64u;
 const TILE_K: u32 = 32u;
 const THREADS: u32 = 256u;
+// Row strides of the slices, one word more than a row so that the invocations storing
+// one column (consecutive kk) hit different banks of workgroup memory.
+override X_STRIDE: u32 = TILE_M + 1u;
+const W_STRIDE: u32 = TILE_N + 1u;
+override X_TILE_LEN: u32 = TILE_K * X_STRIDE;
 
-// Slices, k-major: x_tile[kk * TILE_M + mm], w_tile[kk * TILE_N + nn].
-var<workgroup> x_tile: array<f32, TILE_K * TILE_M>;
-var<workgroup> w_tile: array<f32, TILE_K * TILE_N>;
+// Slices, k-major: x_tile[kk * X_STRIDE + mm], w_tile[kk * W_STRIDE + nn].
+var<workgroup> x_tile: array<f32, X_TILE_LEN>;
+var<workgroup> w_tile: array<f32, TILE_K * W_STRIDE>;
 var<workgroup> bias_tile: array<f32, TILE_N>;
 
 // X's slice at (m0, k0); zeros outside X, so they add nothing.
@@ -33,7 +43,7 @@ fn load_x_tile(local_index: u32, m0: u32, k0: u32) {
         if (m < params.m && kk < params.k) {
             v = x[m * params.k + kk];
         }
-        x_tile[c * TILE_M + r] = v;
+        x_tile[c * X_STRIDE + r] = v;
     }
 }
 
@@ -49,26 +59,29 @@ fn put_word(word: u32, a: u32, span_first: u32, r: u32, valid: u32) {
         // Wrapping: elements before the span give huge c.
         let c = v / 4u - span_first;
         if (c < TILE_K) {
-            w_tile[c * TILE_N + r] = select(0.0, bitcast<f32>(word), c < valid);
+            w_tile[c * W_STRIDE + r] = select(0.0, bitcast<f32>(word), c < valid);
         }
     } else {
         let c0 = v / 2u - span_first;
         if (c0 < TILE_K) {
-            w_tile[c0 * TILE_N + r] = select(0.0, decode_element(word, 0u, DTYPE), c0 < valid);
+            w_tile[c0 * W_STRIDE + r] = select(0.0, decode_element(word, 0u, DTYPE), c0 < valid);
         }
         let c1 = c0 + 1u;
         if (c1 < TILE_K) {
-            w_tile[c1 * TILE_N + r] = select(0.0, decode_element(word, 1u, DTYPE), c1 < valid);
+            w_tile[c1 * W_STRIDE + r] = select(0.0, decode_element(word, 1u, DTYPE), c1 < valid);
         }
     }
 }
 
 // W's slice at (n0, k0), decoded. Row r's span is W elements (n0 + r) * K + k0 .. + TILE_K;
-// `slots` blocks from the one holding its first byte cover it. A block holding no element
-// below K is not loaded or decoded, only zero-filled.
+// `slots` blocks from the one holding its first byte cover it: TILE_K * size / 16 when
+// every span starts on a block boundary (so the decode splits evenly over the
+// invocations), one more otherwise. A block holding no element below K is not loaded
+// or decoded, only zero-filled.
 fn load_w_tile(local_index: u32, n0: u32, k0: u32) {
     let es = dtype_bytes(DTYPE);
-    let slots = TILE_K * es / 16u + 1u;
+    let aligned = params.w.shift == 0u && (params.k * es) % 16u == 0u;
+    let slots = TILE_K * es / 16u + select(1u, 0u, aligned);
     let valid = min(TILE_K, params.k - k0);
     for (var s = local_index; s < TILE_N * slots; s += THREADS) {
         let r = s / slots;
@@ -92,7 +105,7 @@ fn load_w_tile(local_index: u32, n0: u32, k0: u32) {
     }
 }
 
-// Writes one row of an invocation's 4 x 4 block (columns n0 + 4 tx ..).
+// Writes one row of an invocation's TM x 4 block (columns n0 + 4 tx ..).
 fn store_row(m: u32, n0: u32, tx: u32, acc: vec4<f32>) {
     if (m >= params.m) {
         return;
@@ -127,37 +140,35 @@ fn gemm_main(
     }
     let tx = local_id.x;
     let ty = local_id.y;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    // Row i of the invocation's block; loops over TM have constant bounds once the
+    // pipeline constant is set, so compilers unroll them and keep `acc` in registers.
+    var acc: array<vec4<f32>, TM_MAX>;
+    for (var i = 0u; i < TM; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
     for (var k0 = 0u; k0 < params.k; k0 += TILE_K) {
         load_x_tile(local_index, m0, k0);
         load_w_tile(local_index, n0, k0);
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
-            let xb = kk * TILE_M + ty * 4u;
-            let a = vec4<f32>(x_tile[xb], x_tile[xb + 1u], x_tile[xb + 2u], x_tile[xb + 3u]);
-            let wb = kk * TILE_N + tx * 4u;
+            let wb = kk * W_STRIDE + tx * 4u;
             let b = vec4<f32>(w_tile[wb], w_tile[wb + 1u], w_tile[wb + 2u], w_tile[wb + 3u]);
-            acc0 += a.x * b;
-            acc1 += a.y * b;
-            acc2 += a.z * b;
-            acc3 += a.w * b;
+            let xb = kk * X_STRIDE + ty * TM;
+            for (var i = 0u; i < TM; i++) {
+                acc[i] += x_tile[xb + i] * b;
+            }
         }
         workgroupBarrier();
     }
-    let m = m0 + ty * 4u;
-    store_row(m, n0, tx, acc0);
-    store_row(m + 1u, n0, tx, acc1);
-    store_row(m + 2u, n0, tx, acc2);
-    store_row(m + 3u, n0, tx, acc3);
+    for (var i = 0u; i < TM; i++) {
+        store_row(m0 + ty * TM + i, n0, tx, acc[i]);
+    }
     if (LOCKED) {
         // Do not leave decoded weights in workgroup memory for whatever runs next on this
         // compute unit (a kernel that reads workgroup memory uninitialised could see
         // them, cf. "LeftoverLocals", CVE-2023-4969). Best effort: registers cannot be
         // cleared from WGSL.
-        for (var i = local_index; i < TILE_K * TILE_N; i += THREADS) {
+        for (var i = local_index; i < TILE_K * W_STRIDE; i += THREADS) {
             w_tile[i] = 0.0;
         }
     }

@@ -45,3 +45,8 @@ pub use scheme::{Direction, Nonce, Salt, TensorCipher};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// docs/FUSED.md's example (the fused matmul's README section), compiled as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/FUSED.md")]
+pub struct FusedDoctests;

@@ -357,6 +357,7 @@ fn run_keyed(
     };
     let pass = fm.encode(&mut encoder, &op, None).unwrap();
     assert_eq!(pass.kernel(), kernel.resolve(m));
+    assert_eq!(pass.tile_rows(), fm.tile_rows(kernel, m).unwrap());
     ctx.queue().submit([encoder.finish()]);
     let y_bytes = read_back(ctx, &y);
     let words: &[u32] = bytemuck::cast_slice(&y_bytes);
@@ -817,13 +818,14 @@ fn bench_matmul_reports_consistent_records() {
     let cases = [
         MatmulCase::new(1, 40, 72, WeightDtype::F32),
         MatmulCase::new(9, 33, 64, WeightDtype::Bf16),
+        MatmulCase::new(70, 9, 40, WeightDtype::F16),
     ];
     let runs = Runs {
         warmup: 0,
         timed: 1,
     };
     let records = bench_matmul(fm.context(), &cases, runs).unwrap();
-    assert_eq!(records.len(), 2);
+    assert_eq!(records.len(), 3);
     for (r, case) in records.iter().zip(&cases) {
         assert_eq!((r.m, r.n, r.k), (case.shape.m, case.shape.n, case.shape.k));
         assert_eq!(r.dtype, case.dtype.name());
@@ -832,7 +834,8 @@ fn bench_matmul_reports_consistent_records() {
         assert!(r.fused_vs_plain_error < 1e-5);
     }
     assert_eq!(records[0].kernel, "gemv");
-    assert_eq!(records[1].kernel, "gemm");
+    assert_eq!(records[1].kernel, "gemm64");
+    assert_eq!(records[2].kernel, "gemm128");
     let json = serde_json::to_value(&records).unwrap();
     assert!(json[0]["gflops_fused"].as_f64().unwrap() > 0.0);
     assert!(matmul_table(&records).contains("9x33x64 BF16"));

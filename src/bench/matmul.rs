@@ -109,7 +109,8 @@ pub struct MatmulRecord {
     pub k: u32,
     /// Element type of W (`F32`, `BF16`, `F16`).
     pub dtype: String,
-    /// The kernel that ran (`gemv` for batch 1, `gemm` otherwise).
+    /// The kernel that ran: `gemv` for batch 1, else `gemm64` or `gemm128` (batch rows
+    /// per tile, each decoding W once).
     pub kernel: String,
     /// Median milliseconds of the fused kernel on locked W.
     pub fused_ms: f64,
@@ -437,7 +438,10 @@ pub fn bench_matmul(
             n: case.shape.n,
             k: case.shape.k,
             dtype: case.dtype.name().into(),
-            kernel: Kernel::Auto.resolve(case.shape.m).name().into(),
+            kernel: match matmul.tile_rows(Kernel::Auto, case.shape.m)? {
+                1 => "gemv".into(),
+                rows => format!("gemm{rows}"),
+            },
             fused_ms: fused * 1e3,
             plain_ms: plain * 1e3,
             unlock_then_plain_ms: unlock_then_plain * 1e3,

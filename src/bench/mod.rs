@@ -3,6 +3,9 @@
 //! every throughput is reported next to its yardstick on the same device in the same
 //! run (memcpy or a copy kernel; plain AES-128-CTR), because absolute numbers on shared
 //! machines drift while ratios hold.
+//!
+//! [`matmul`] (`deeplock bench --matmul`) measures the fused unlock-then-matmul kernels
+//! against the same kernels on plaintext weights and against unlocking first.
 
 mod cpu;
 mod gpu;

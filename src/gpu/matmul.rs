@@ -5,7 +5,7 @@
 //! `aes_ctr.wgsl` and `matmul_common.wgsl`) load locked weight bytes from storage,
 //! compute the deeplock v1 keystream for each 16-byte block they load, undo the S-box
 //! layer in registers and multiply: the GEMM through a decoded tile in workgroup memory
-//! shared by up to 64 batch rows, the GEMV straight from registers.
+//! shared by up to 64 or 128 batch rows, the GEMV straight from registers.
 //!
 //! **Property: no storage buffer ever holds plaintext weights.** The only buffers an
 //! [`FusedMatmul::encode`] binds are the caller's X, locked W, bias and Y, the shared
@@ -33,10 +33,14 @@ use super::{AES_CTR_WGSL, MATMUL_COMMON_WGSL, MATMUL_GEMM_WGSL, MATMUL_GEMV_WGSL
 use crate::error::{Error, Result};
 use crate::scheme::TensorCipher;
 
-/// Output tile of one GEMM workgroup, rows (batch) by columns (`matmul_gemm.wgsl`).
-const GEMM_TILE: (u32, u32) = (64, 64);
+/// Output columns of one GEMM workgroup (`TILE_N` in `matmul_gemm.wgsl`).
+const GEMM_TILE_N: u32 = 64;
+/// `TILE_K` in `matmul_gemm.wgsl`.
+const GEMM_TILE_K: u32 = 32;
 /// Outputs per GEMV workgroup (`matmul_gemv.wgsl`).
 const GEMV_ROWS: u32 = 4;
+/// Invocations per workgroup, both kernels.
+const THREADS: u32 = 256;
 /// Headroom kept below 2^32 for the kernels' u32 byte arithmetic, which runs a few
 /// blocks past an operand's last byte before its loop bounds stop it.
 const U32_HEADROOM: u64 = 1 << 16;
@@ -118,7 +122,8 @@ pub enum Kernel {
     Auto,
     /// One workgroup row per batch row, decoding W afresh for each: meant for batch 1.
     Gemv,
-    /// 64 x 64 output tiles; W decoded once per tile row of 64 batch rows.
+    /// Output tiles of 64 (batch up to 64) or 128 batch rows by 64 columns; W decoded
+    /// once per tile row.
     Gemm,
 }
 
@@ -198,11 +203,54 @@ pub struct Linear<'a> {
     pub kernel: Kernel,
 }
 
+/// A compiled kernel: the GEMV, or the GEMM with `tm` batch rows per invocation
+/// (`TM`: tiles of 16 * tm rows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    Gemv,
+    Gemm { tm: u32 },
+}
+
+impl Variant {
+    const ALL: [Variant; 3] = [
+        Variant::Gemv,
+        Variant::Gemm { tm: 4 },
+        Variant::Gemm { tm: 8 },
+    ];
+
+    /// Workgroup memory the kernel declares, in bytes: the AES tables and its tiles.
+    fn workgroup_bytes(self) -> u32 {
+        let words = match self {
+            Variant::Gemv => THREADS,
+            // x_tile and w_tile (rows padded by a word), bias_tile.
+            Variant::Gemm { tm } => {
+                GEMM_TILE_K * (16 * tm + 1) + GEMM_TILE_K * (GEMM_TILE_N + 1) + GEMM_TILE_N
+            }
+        };
+        4 * (aes::TABLE_WORDS as u32 + words)
+    }
+
+    /// Batch rows one workgroup covers.
+    fn tile_rows(self) -> u32 {
+        match self {
+            Variant::Gemv => 1,
+            Variant::Gemm { tm } => 16 * tm,
+        }
+    }
+
+    fn kernel(self) -> Kernel {
+        match self {
+            Variant::Gemv => Kernel::Gemv,
+            Variant::Gemm { .. } => Kernel::Gemm,
+        }
+    }
+}
+
 /// What one [`FusedMatmul::encode`] recorded, for callers that audit GPU memory.
 #[derive(Debug)]
 pub struct MatmulPass {
     uniforms: wgpu::Buffer,
-    kernel: Kernel,
+    variant: Variant,
 }
 
 impl MatmulPass {
@@ -214,7 +262,13 @@ impl MatmulPass {
 
     /// The kernel that ran (`Auto` resolved).
     pub fn kernel(&self) -> Kernel {
-        self.kernel
+        self.variant.kernel()
+    }
+
+    /// Batch rows one workgroup covered, each decoding W once: 1 for the GEMV, 64 or
+    /// 128 for the GEMM (see [`FusedMatmul::tile_rows`]).
+    pub fn tile_rows(&self) -> u32 {
+        self.variant.tile_rows()
     }
 }
 
@@ -278,7 +332,37 @@ fn buffer_entry(
 }
 
 /// The fused (and plain) matmul kernels of one device: layouts, the AES tables and the
-/// pipelines, each compiled on first use and kept.
+/// pipelines, each compiled on first use and kept. Create one per device and reuse it.
+///
+/// A `Linear` layer of an inference loop, on the loop's own device, buffers and encoder:
+///
+/// ```no_run
+/// use deeplock::gpu::{
+///     FusedMatmul, GpuTensor, Kernel, Linear, MatmulShape, TensorKey, WeightDtype,
+/// };
+/// use deeplock::TensorCipher;
+///
+/// /// `fc1` of the CIFAR-10-sized model on one image: y = x · W^T, W still locked.
+/// fn fc1(
+///     fused: &FusedMatmul, // FusedMatmul::new(&GpuContext::from_device(&device, &queue))
+///     encoder: &mut wgpu::CommandEncoder,
+///     x: &wgpu::Buffer,        // 2304 f32
+///     w_locked: &wgpu::Buffer, // fc1.weight as in the locked file: [512, 2304] BF16
+///     y: &wgpu::Buffer,        // 512 f32
+///     cipher: &TensorCipher,   // TensorCipher::for_tensor(&key, &salt, "fc1.weight")
+/// ) -> deeplock::Result<()> {
+///     let w = GpuTensor {
+///         buffer: w_locked,
+///         offset: 0,
+///         dtype: WeightDtype::Bf16,
+///         locked: Some(TensorKey { cipher, tensor_offset: 0 }),
+///     };
+///     let shape = MatmulShape { m: 1, n: 512, k: 2304 };
+///     let op = Linear { x, w, bias: None, y, shape, kernel: Kernel::Auto };
+///     fused.encode(encoder, &op, None)?;
+///     Ok(())
+/// }
+/// ```
 pub struct FusedMatmul {
     ctx: GpuContext,
     tables: wgpu::Buffer,
@@ -287,8 +371,8 @@ pub struct FusedMatmul {
     pipeline_layout: wgpu::PipelineLayout,
     gemm_module: wgpu::ShaderModule,
     gemv_module: wgpu::ShaderModule,
-    /// Indexed by [`FusedMatmul::pipeline_index`]: kernel, dtype, locked.
-    pipelines: [OnceLock<wgpu::ComputePipeline>; 12],
+    /// Indexed by [`FusedMatmul::pipeline_index`]: variant, dtype, locked.
+    pipelines: [OnceLock<wgpu::ComputePipeline>; 18],
 }
 
 impl FusedMatmul {
@@ -373,23 +457,37 @@ impl FusedMatmul {
         &self.tables
     }
 
-    fn pipeline_index(kernel: Kernel, dtype: WeightDtype, locked: bool) -> usize {
-        let k = usize::from(kernel == Kernel::Gemv);
-        6 * k + 2 * dtype.code() as usize + usize::from(locked)
+    fn pipeline_index(variant: Variant, dtype: WeightDtype, locked: bool) -> usize {
+        let v = Variant::ALL
+            .iter()
+            .position(|&v| v == variant)
+            .expect("a variant");
+        6 * v + 2 * dtype.code() as usize + usize::from(locked)
     }
 
-    fn pipeline(&self, kernel: Kernel, dtype: WeightDtype, locked: bool) -> &wgpu::ComputePipeline {
-        self.pipelines[Self::pipeline_index(kernel, dtype, locked)].get_or_init(|| {
-            let (module, entry_point) = match kernel {
-                Kernel::Gemv => (&self.gemv_module, "gemv_main"),
-                _ => (&self.gemm_module, "gemm_main"),
+    fn pipeline(
+        &self,
+        variant: Variant,
+        dtype: WeightDtype,
+        locked: bool,
+    ) -> &wgpu::ComputePipeline {
+        self.pipelines[Self::pipeline_index(variant, dtype, locked)].get_or_init(|| {
+            let (module, entry_point, tm) = match variant {
+                Variant::Gemv => (&self.gemv_module, "gemv_main", None),
+                Variant::Gemm { tm } => (&self.gemm_module, "gemm_main", Some(tm)),
             };
             let label = format!(
-                "deeplock matmul {} {} {}",
-                kernel.name(),
+                "deeplock matmul {}{} {} {}",
+                variant.kernel().name(),
+                tm.map_or(String::new(), |_| variant.tile_rows().to_string()),
                 dtype.name(),
                 if locked { "locked" } else { "plain" }
             );
+            let mut constants = vec![
+                ("LOCKED", if locked { 1.0 } else { 0.0 }),
+                ("DTYPE", f64::from(dtype.code())),
+            ];
+            constants.extend(tm.map(|tm| ("TM", f64::from(tm))));
             self.ctx
                 .device()
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -398,16 +496,47 @@ impl FusedMatmul {
                     module,
                     entry_point: Some(entry_point),
                     compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: &[
-                            ("LOCKED", if locked { 1.0 } else { 0.0 }),
-                            ("DTYPE", f64::from(dtype.code())),
-                        ],
-                        // Every workgroup variable is written before it is read.
+                        constants: &constants,
+                        // No output depends on workgroup memory not written first (the
+                        // GEMM's tile rows past N feed only outputs past N, never
+                        // stored): zeroing it would be wasted work.
                         zero_initialize_workgroup_memory: false,
                     },
                     cache: None,
                 })
         })
+    }
+
+    /// The kernel variant for `kernel` at batch `m` that fits the device's workgroup
+    /// memory: the GEMM takes 128-row tiles above batch 64 where 30.5 KiB fit, else
+    /// 64-row ones (22.5 KiB).
+    fn variant(&self, kernel: Kernel, m: u32) -> Result<Variant> {
+        let limit = self
+            .ctx
+            .device()
+            .limits()
+            .max_compute_workgroup_storage_size;
+        let fits = |v: Variant| v.workgroup_bytes() <= limit;
+        let variant = match kernel.resolve(m) {
+            Kernel::Gemv => Variant::Gemv,
+            _ if m > 64 && fits(Variant::Gemm { tm: 8 }) => Variant::Gemm { tm: 8 },
+            _ => Variant::Gemm { tm: 4 },
+        };
+        if !fits(variant) {
+            return Err(Error::Gpu(format!(
+                "the {} kernel needs {} bytes of workgroup memory; this device was opened with {limit} (open it with the adapter's limits, as GpuContext::new does)",
+                variant.kernel().name(),
+                variant.workgroup_bytes()
+            )));
+        }
+        Ok(variant)
+    }
+
+    /// Batch rows one workgroup covers in a product of batch `m` with `kernel`: W is
+    /// decoded once per such tile row, so the AES work per multiply-add falls as
+    /// 1 / min(m, tile rows). 1 for the GEMV; 64, or 128 above batch 64, for the GEMM.
+    pub fn tile_rows(&self, kernel: Kernel, m: u32) -> Result<u32> {
+        self.variant(kernel, m).map(Variant::tile_rows)
     }
 
     /// Records `Y = X · Wᵀ + b` into `encoder` as one compute pass (timed by `timer` if
@@ -427,10 +556,10 @@ impl FusedMatmul {
                 "matmul dimensions must be at least 1, not m={m} n={n} k={k}"
             )));
         }
-        let kernel = op.kernel.resolve(m);
-        let workgroups = match kernel {
-            Kernel::Gemv => (n.div_ceil(GEMV_ROWS), m),
-            _ => (n.div_ceil(GEMM_TILE.1), m.div_ceil(GEMM_TILE.0)),
+        let variant = self.variant(op.kernel, m)?;
+        let workgroups = match variant {
+            Variant::Gemv => (n.div_ceil(GEMV_ROWS), m),
+            Variant::Gemm { .. } => (n.div_ceil(GEMM_TILE_N), m.div_ceil(variant.tile_rows())),
         };
         let device = self.ctx.device();
         let limits = device.limits();
@@ -438,7 +567,7 @@ impl FusedMatmul {
         if workgroups.0 > max_wg || workgroups.1 > max_wg {
             return Err(Error::Invalid(format!(
                 "a {} of m={m} n={n} needs {}x{} workgroups; this device allows {max_wg} per dimension",
-                kernel.name(),
+                variant.kernel().name(),
                 workgroups.0,
                 workgroups.1
             )));
@@ -512,12 +641,12 @@ impl FusedMatmul {
                 buffer_entry(4, &uniforms, params_offset, PARAMS_SIZE),
             ],
         });
-        let pipeline = self.pipeline(kernel, op.w.dtype, op.w.locked.is_some());
+        let pipeline = self.pipeline(variant, op.w.dtype, op.w.locked.is_some());
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(match (kernel, op.w.locked.is_some()) {
-                    (Kernel::Gemv, true) => "deeplock fused gemv pass",
-                    (Kernel::Gemv, false) => "deeplock plain gemv pass",
+                label: Some(match (variant, op.w.locked.is_some()) {
+                    (Variant::Gemv, true) => "deeplock fused gemv pass",
+                    (Variant::Gemv, false) => "deeplock plain gemv pass",
                     (_, true) => "deeplock fused gemm pass",
                     (_, false) => "deeplock plain gemm pass",
                 }),
@@ -533,7 +662,7 @@ impl FusedMatmul {
         if let Some(timer) = timer {
             timer.resolve(encoder);
         }
-        Ok(MatmulPass { uniforms, kernel })
+        Ok(MatmulPass { uniforms, variant })
     }
 
     /// Byte length of an f32 activation operand of `elements` elements, checked against
@@ -735,6 +864,27 @@ mod tests {
     }
 
     #[test]
+    fn dtypes_from_safetensors() {
+        use safetensors::Dtype;
+        assert_eq!(
+            WeightDtype::from_safetensors(Dtype::BF16),
+            Some(WeightDtype::Bf16)
+        );
+        assert_eq!(
+            WeightDtype::from_safetensors(Dtype::F16),
+            Some(WeightDtype::F16)
+        );
+        assert_eq!(
+            WeightDtype::from_safetensors(Dtype::F32),
+            Some(WeightDtype::F32)
+        );
+        assert_eq!(WeightDtype::from_safetensors(Dtype::F64), None);
+        assert!(WeightDtype::ALL
+            .iter()
+            .all(|d| d.size() == 4 || d.name().ends_with("16")));
+    }
+
+    #[test]
     fn auto_is_gemv_for_one_row_only() {
         assert_eq!(Kernel::Auto.resolve(1), Kernel::Gemv);
         assert_eq!(Kernel::Auto.resolve(2), Kernel::Gemm);
@@ -744,13 +894,22 @@ mod tests {
     #[test]
     fn pipeline_indices_are_distinct() {
         let mut seen = std::collections::HashSet::new();
-        for kernel in [Kernel::Gemm, Kernel::Gemv] {
+        for variant in Variant::ALL {
             for dtype in WeightDtype::ALL {
                 for locked in [false, true] {
-                    assert!(seen.insert(FusedMatmul::pipeline_index(kernel, dtype, locked)));
+                    assert!(seen.insert(FusedMatmul::pipeline_index(variant, dtype, locked)));
                 }
             }
         }
-        assert!(seen.iter().all(|&i| i < 12));
+        assert!(seen.iter().all(|&i| i < 18));
+    }
+
+    /// The sizes `matmul_gemm.wgsl` and `aes_ctr.wgsl` declare: 22.5 KiB and 30.5 KiB
+    /// for the GEMM (both within lavapipe's and most GPUs' 32 KiB), 7 KiB for the GEMV.
+    #[test]
+    fn workgroup_memory() {
+        assert_eq!(Variant::Gemv.workgroup_bytes(), 7168);
+        assert_eq!(Variant::Gemm { tm: 4 }.workgroup_bytes(), 23040);
+        assert_eq!(Variant::Gemm { tm: 8 }.workgroup_bytes(), 31232);
     }
 }
