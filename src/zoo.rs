@@ -35,6 +35,37 @@ pub const CIFAR10_CNN: [(&str, &[usize]); 12] = [
     ("fc2.bias", &[10]),
 ];
 
+/// The architecture of [`CIFAR10_CNN`] for [`crate::infer`], as Keras' `cifar10_cnn`
+/// builds it (its dropout layers do nothing at inference): conv 3x3 `same` 3→32, ReLU,
+/// conv 3x3 `valid` 32→32, ReLU, max-pool 2, conv 3x3 `same` 32→64, ReLU, conv 3x3
+/// `valid` 64→64, ReLU, max-pool 2, flatten (64 x 6 x 6 = 2304), dense 512, ReLU,
+/// dense 10; input 3x32x32.
+pub const CIFAR10_CNN_ARCH: &str = r#"{
+  "input": [3, 32, 32],
+  "layers": [
+    {"conv": {"weight": "conv1.weight", "bias": "conv1.bias", "padding": "same"}},
+    "relu",
+    {"conv": {"weight": "conv2.weight", "bias": "conv2.bias", "padding": "valid"}},
+    "relu",
+    {"maxpool": 2},
+    {"conv": {"weight": "conv3.weight", "bias": "conv3.bias", "padding": "same"}},
+    "relu",
+    {"conv": {"weight": "conv4.weight", "bias": "conv4.bias", "padding": "valid"}},
+    "relu",
+    {"maxpool": 2},
+    "flatten",
+    {"dense": {"weight": "fc1.weight", "bias": "fc1.bias"}},
+    "relu",
+    {"dense": {"weight": "fc2.weight", "bias": "fc2.bias"}}
+  ]
+}"#;
+
+/// [`CIFAR10_CNN_ARCH`], parsed.
+pub fn cifar10_cnn_arch() -> crate::infer::Arch {
+    crate::infer::Arch::from_json(CIFAR10_CNN_ARCH, Path::new("zoo::CIFAR10_CNN_ARCH"))
+        .expect("the built-in architecture parses")
+}
+
 /// Number of parameters of [`CIFAR10_CNN`].
 pub const CIFAR10_CNN_PARAMS: usize = 1_250_858;
 

@@ -138,3 +138,26 @@ fn locked_model_runs_with_the_right_key_and_is_chance_with_wrong_ones() {
     println!("wrong keys: accuracies {accs:.3?}, mean {mean:.3}");
     assert!((0.05..=0.25).contains(&mean), "{accs:?}");
 }
+
+#[test]
+fn fast_cpu_path_matches_the_reference_on_real_images() {
+    let Some(test) = test_set("fast_cpu_path_matches_the_reference_on_real_images") else {
+        return;
+    };
+    let model = Model::load(&model_path(), &arch(), None).unwrap();
+    let input = test.batch_f32(0..N);
+    let expect = model.forward(&input, N).unwrap();
+    let got = model.forward_fast(&input, N).unwrap();
+    let diff = got
+        .iter()
+        .zip(&expect)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    let scale = expect.iter().map(|b| b.abs()).fold(0.0, f32::max);
+    println!("fast path: relative error {:.2e}", diff / scale);
+    assert!(diff / scale < 1e-4, "{diff} of {scale}");
+    assert_eq!(
+        model.predict_fast(&input, N).unwrap(),
+        model.predict(&input, N).unwrap()
+    );
+}

@@ -695,7 +695,7 @@ impl FusedMatmul {
         let bytes = elements * t.dtype.size();
         let tensor_offset = t.locked.map_or(0, |key| key.tensor_offset);
         let invalid = |why: String| Err(Error::Invalid(format!("matmul {what}: {why}")));
-        if t.offset % 4 != 0 || tensor_offset % 4 != 0 {
+        if !t.offset.is_multiple_of(4) || !tensor_offset.is_multiple_of(4) {
             return invalid(format!(
                 "its buffer offset ({}) and tensor offset ({tensor_offset}) must be multiples of 4",
                 t.offset

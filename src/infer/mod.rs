@@ -1,7 +1,9 @@
-//! Inference on the CPU: the reference that locked-model inference (and the GPU kernels
-//! that unlock weights as they use them) is checked against, and what reproduces the
-//! paper's results: the right key gives the trained model's accuracy, a wrong key a
-//! useless one.
+//! Inference of locked models: on the CPU, the f64 reference ([`Model::forward`]) that
+//! everything else is checked against and a fast f32 path ([`Model::forward_fast`]); on
+//! the GPU, [`GpuModel`], with the weights either kept locked in GPU memory and decoded
+//! inside the matmul kernels at every query or unlocked once at load ([`Unlock`]). This
+//! is what reproduces the paper's results (`examples/paper.rs`): the right key gives the
+//! trained model's accuracy, a wrong key a useless one, at a measured cost per query.
 //!
 //! A model is a safetensors file of F32 tensors in PyTorch layout (conv `[out, in, kh,
 //! kw]`, dense `[out, in]`), locked or not, plus an architecture description ([`Arch`],
@@ -25,11 +27,14 @@
 
 pub mod arch;
 mod cpu;
+mod fast;
+mod gpu;
 mod model;
 
 pub use crate::zoo::Tensor;
 pub use arch::{Arch, ConvSpec, DenseSpec, LayerSpec, Padding};
 pub use cpu::{accuracy, argmax};
+pub use gpu::{GpuModel, Unlock};
 pub use model::{Conv, Dense, Layer, Model, Shape, MAX_VALUES};
 
 #[cfg(test)]

@@ -259,10 +259,8 @@ impl Model {
     ///
     /// Only the tensors `arch` names are read; they must be F32.
     pub fn load(path: &Path, arch: &Arch, key: Option<&MasterKey>) -> Result<Self> {
-        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let header = Header::read(&mut file, path)?;
-        let lock = LockInfo::from_header(&header, path)?;
-        let unlock = match (&lock, key) {
+        let raw = RawTensors::read(path, arch)?;
+        let unlock = match (&raw.lock, key) {
             (None, _) => None,
             (Some(info), Some(key)) => Some((info, key)),
             (Some(_), None) => return Err(Error::format(
@@ -270,48 +268,24 @@ impl Model {
                 "the model is locked (it has deeplock metadata); pass the key it was locked with",
             )),
         };
-        let mut tensors = Vec::new();
-        for name in arch.tensor_names() {
-            let entry = header.tensors.iter().find(|t| t.name == name).ok_or_else(|| {
-                Error::format(
-                    path,
-                    format!("no tensor {name:?}, which the architecture uses; list the file's tensors with `deeplock inspect {}`", path.display()),
-                )
-            })?;
-            if entry.dtype != "F32" {
-                return Err(Error::format(
-                    path,
-                    format!(
-                        "tensor {name:?} is {}; inference runs F32 weights only for now: convert the model to float32",
-                        entry.dtype
-                    ),
-                ));
-            }
-            let len = usize::try_from(entry.len()).map_err(|_| {
-                Error::format(
-                    path,
-                    format!("tensor {name:?} is too large for this machine"),
-                )
-            })?;
-            let mut bytes = vec![0u8; len];
-            file.seek(SeekFrom::Start(header.data_start() + entry.start))
-                .and_then(|_| file.read_exact(&mut bytes))
-                .map_err(|e| Error::io(path, e))?;
-            if let Some((info, key)) = unlock {
-                if info.locked.iter().any(|n| n == name) {
-                    let cipher = TensorCipher::for_tensor(key, &info.salt, name);
-                    CpuLocker::new().apply_parallel(&cipher, Direction::Unlock, 0, &mut bytes);
+        let tensors: Vec<Tensor> = raw
+            .tensors
+            .into_iter()
+            .map(|mut t| {
+                if let Some((info, key)) = unlock {
+                    if info.locked.contains(&t.name) {
+                        let cipher = TensorCipher::for_tensor(key, &info.salt, &t.name);
+                        CpuLocker::new().apply_parallel(
+                            &cipher,
+                            Direction::Unlock,
+                            0,
+                            &mut t.bytes,
+                        );
+                    }
                 }
-            }
-            tensors.push(Tensor {
-                name: name.to_owned(),
-                shape: entry.shape.clone(),
-                values: bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                    .collect(),
-            });
-        }
+                t.into_tensor()
+            })
+            .collect();
         Self::new(arch, &tensors).map_err(|e| Error::format(path, e.to_string()))
     }
 
@@ -357,4 +331,81 @@ fn bias(layer: usize, t: &Tensor, outputs: usize) -> Result<Vec<f32>> {
         )));
     }
     Ok(t.values.clone())
+}
+
+/// A tensor as stored in the file: its bytes, locked or not.
+pub(crate) struct RawTensor {
+    pub(crate) name: String,
+    pub(crate) shape: Vec<usize>,
+    /// Little-endian F32 values, or their locked form.
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl RawTensor {
+    /// The bytes read as f32 values: the weights if they are plaintext, noise otherwise
+    /// (still good for checking shapes, which is all the GPU runtime builds a [`Model`]
+    /// from a locked file for).
+    pub(crate) fn into_tensor(self) -> Tensor {
+        Tensor {
+            values: self
+                .bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect(),
+            name: self.name,
+            shape: self.shape,
+        }
+    }
+}
+
+/// The tensors an architecture uses, read from a safetensors file as they are stored,
+/// with the file's lock information: what both runtimes load from (the CPU unlocks in
+/// memory, the GPU uploads the bytes as they are).
+pub(crate) struct RawTensors {
+    /// In the order of [`Arch::tensor_names`].
+    pub(crate) tensors: Vec<RawTensor>,
+    pub(crate) lock: Option<LockInfo>,
+}
+
+impl RawTensors {
+    /// Reads only the tensors `arch` names; they must be F32.
+    pub(crate) fn read(path: &Path, arch: &Arch) -> Result<Self> {
+        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let header = Header::read(&mut file, path)?;
+        let lock = LockInfo::from_header(&header, path)?;
+        let mut tensors = Vec::new();
+        for name in arch.tensor_names() {
+            let entry = header.tensors.iter().find(|t| t.name == name).ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("no tensor {name:?}, which the architecture uses; list the file's tensors with `deeplock inspect {}`", path.display()),
+                )
+            })?;
+            if entry.dtype != "F32" {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "tensor {name:?} is {}; inference runs F32 weights only for now: convert the model to float32",
+                        entry.dtype
+                    ),
+                ));
+            }
+            let len = usize::try_from(entry.len()).map_err(|_| {
+                Error::format(
+                    path,
+                    format!("tensor {name:?} is too large for this machine"),
+                )
+            })?;
+            let mut bytes = vec![0u8; len];
+            file.seek(SeekFrom::Start(header.data_start() + entry.start))
+                .and_then(|_| file.read_exact(&mut bytes))
+                .map_err(|e| Error::io(path, e))?;
+            tensors.push(RawTensor {
+                name: name.to_owned(),
+                shape: entry.shape.clone(),
+                bytes,
+            });
+        }
+        Ok(RawTensors { tensors, lock })
+    }
 }

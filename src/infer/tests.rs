@@ -324,3 +324,22 @@ fn load_refuses_other_dtypes_and_missing_tensors() {
     let e = Model::load(&path, &a, None).unwrap_err().to_string();
     assert!(e.contains("no tensor \"c.weight\""), "{e}");
 }
+
+#[test]
+fn fast_path_matches_the_reference_on_the_cifar10_cnn() {
+    // 3 input channels, `same` and `valid` padding, a chunk and a remainder of inputs.
+    let arch = crate::zoo::cifar10_cnn_arch();
+    let model = Model::new(&arch, &crate::zoo::cifar10_cnn(5)).unwrap();
+    let batch = 19;
+    let mut rng = crate::zoo::SplitMix64(9);
+    let x: Vec<f32> = (0..batch * 3 * 32 * 32)
+        .map(|_| rng.next_signed_unit())
+        .collect();
+    let expect = model.forward(&x, batch).unwrap();
+    let got = model.forward_fast(&x, batch).unwrap();
+    let scale = expect.iter().map(|v| v.abs()).fold(0.0, f32::max);
+    for (a, b) in got.iter().zip(&expect) {
+        assert!((a - b).abs() <= 1e-4 * scale, "{a} {b}");
+    }
+    assert!(model.forward_fast(&x[1..], batch).is_err());
+}

@@ -1,0 +1,208 @@
+//! The GPU inference runtime against the CPU reference, on the real Fashion-MNIST test
+//! images with the committed trained model, in both unlock modes, and on the CIFAR-10-sized
+//! network (3 input channels, `same` padding). Without an adapter the tests print a skip
+//! line and pass, unless `DEEPLOCK_REQUIRE_GPU=1` (CI), where they fail.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use deeplock::engine::CpuEngine;
+use deeplock::files::{self, Options};
+use deeplock::gpu::GpuContext;
+use deeplock::infer::{accuracy, Arch, GpuModel, Model, Unlock};
+use deeplock::mnist::{Dataset, Split, FASHION_MNIST_HINT};
+use deeplock::zoo::{self, SplitMix64};
+use deeplock::{CpuLocker, MasterKey};
+
+/// Test images (the first of the test set), one batch: a few hundred, quick on lavapipe.
+const N: usize = 256;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn arch() -> Arch {
+    Arch::read(&fixture("fashion_mnist_cnn.arch.json")).unwrap()
+}
+
+/// One context for the file (opening a device is slow on lavapipe), or `None` after a
+/// skip line where there is no adapter and none is required.
+fn context(test: &str) -> Option<&'static GpuContext> {
+    static CTX: OnceLock<Option<GpuContext>> = OnceLock::new();
+    let ctx = CTX
+        .get_or_init(|| match GpuContext::new() {
+            Ok(ctx) => {
+                eprintln!("adapter: {}", ctx.describe());
+                Some(ctx)
+            }
+            Err(e) if std::env::var("DEEPLOCK_REQUIRE_GPU").as_deref() == Ok("1") => {
+                panic!("DEEPLOCK_REQUIRE_GPU=1 but there is no usable GPU adapter: {e}")
+            }
+            Err(_) => None,
+        })
+        .as_ref();
+    if ctx.is_none() {
+        eprintln!("{test}: SKIPPED: no GPU adapter; set DEEPLOCK_REQUIRE_GPU=1 to make this fail");
+    }
+    ctx
+}
+
+/// The real test set, or `None` (with a note) where it is not installed.
+fn test_set(test: &str) -> Option<Dataset> {
+    if !Dataset::fashion_mnist_installed() {
+        assert!(
+            std::env::var_os("DEEPLOCK_REQUIRE_DATA").is_none_or(|v| v != "1"),
+            "DEEPLOCK_REQUIRE_DATA=1 but Fashion-MNIST is missing: {FASHION_MNIST_HINT}"
+        );
+        eprintln!("{test}: skipped, Fashion-MNIST is not installed; {FASHION_MNIST_HINT}");
+        return None;
+    }
+    Some(Dataset::fashion_mnist(Split::Test).unwrap())
+}
+
+/// The largest difference relative to the largest reference logit.
+fn relative_error(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let diff = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| f64::from((a - b).abs()))
+        .fold(0.0, f64::max);
+    let scale = want.iter().map(|b| f64::from(b.abs())).fold(0.0, f64::max);
+    diff / scale
+}
+
+fn lock(src: &Path, dir: &Path, key: &MasterKey) -> PathBuf {
+    let out = dir.join("locked.safetensors");
+    let mut engine = CpuEngine::new(CpuLocker::new());
+    files::lock(src, &out, key, &mut engine, &Options::default()).unwrap();
+    out
+}
+
+#[test]
+fn gpu_matches_the_cpu_reference_on_real_images_in_both_modes() {
+    let test_name = "gpu_matches_the_cpu_reference_on_real_images_in_both_modes";
+    let (Some(ctx), Some(test)) = (context(test_name), test_set(test_name)) else {
+        return;
+    };
+    let arch = arch();
+    let input = test.batch_f32(0..N);
+    let plain = Model::load(&fixture("fashion_mnist_cnn.safetensors"), &arch, None).unwrap();
+    let expect = plain.forward(&input, N).unwrap();
+    let trained = plain.predict(&input, N).unwrap();
+
+    let gpu_plain = GpuModel::load(
+        ctx,
+        &fixture("fashion_mnist_cnn.safetensors"),
+        &arch,
+        None,
+        Unlock::PerQuery,
+        N,
+    )
+    .unwrap();
+    assert!(!gpu_plain.file_was_locked() && !gpu_plain.decodes_per_query());
+    let logits = gpu_plain.forward(&input, N).unwrap();
+    let err = relative_error(&logits, &expect);
+    println!("plain file: relative error {err:.2e}");
+    assert!(err < 1e-4, "{err}");
+    assert_eq!(gpu_plain.predict(&input, N).unwrap(), trained);
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::from_bytes(*b"fashion-mnist-k1");
+    let locked = lock(&fixture("fashion_mnist_cnn.safetensors"), dir.path(), &key);
+    for mode in [Unlock::PerQuery, Unlock::AtLoad] {
+        // A batch limit below N: the forward pass runs in pieces, and must not care.
+        let gpu = GpuModel::load(ctx, &locked, &arch, Some(&key), mode, 100).unwrap();
+        assert!(gpu.file_was_locked());
+        assert_eq!(gpu.decodes_per_query(), mode == Unlock::PerQuery);
+        let logits = gpu.forward(&input, N).unwrap();
+        let err = relative_error(&logits, &expect);
+        println!("locked file, {}: relative error {err:.2e}", mode.name());
+        assert!(err < 1e-4, "{}: {err}", mode.name());
+        let predicted: Vec<usize> = logits.chunks(10).map(deeplock::infer::argmax).collect();
+        assert_eq!(predicted, trained, "{}", mode.name());
+    }
+    assert!(GpuModel::load(ctx, &locked, &arch, None, Unlock::AtLoad, 1).is_err());
+}
+
+#[test]
+fn gpu_with_a_wrong_key_is_at_chance() {
+    let test_name = "gpu_with_a_wrong_key_is_at_chance";
+    let (Some(ctx), Some(test)) = (context(test_name), test_set(test_name)) else {
+        return;
+    };
+    let arch = arch();
+    let input = test.batch_f32(0..N);
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::from_bytes(*b"fashion-mnist-k1");
+    let locked = lock(&fixture("fashion_mnist_cnn.safetensors"), dir.path(), &key);
+    let trained = Model::load(&locked, &arch, Some(&key))
+        .unwrap()
+        .predict(&input, N)
+        .unwrap();
+    let mut rng = SplitMix64(0x0bad_cafe);
+    for mode in [Unlock::PerQuery, Unlock::AtLoad] {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+        bytes[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
+        let wrong = MasterKey::from_bytes(bytes);
+        let gpu = GpuModel::load(ctx, &locked, &arch, Some(&wrong), mode, N).unwrap();
+        let logits = gpu.forward(&input, N).unwrap();
+        // The CPU reference decodes the same garbage: the two agree on it too (NaN where
+        // it has NaN), so the garbage is the wrong key's, not the GPU path's.
+        let cpu = Model::load(&locked, &arch, Some(&wrong))
+            .unwrap()
+            .forward(&input, N)
+            .unwrap();
+        assert!(logits
+            .iter()
+            .zip(&cpu)
+            .all(|(a, b)| a.is_nan() == b.is_nan()));
+        let predicted: Vec<usize> = logits.chunks(10).map(deeplock::infer::argmax).collect();
+        let acc = accuracy(&predicted, &test.labels[..N]);
+        let agree = predicted
+            .iter()
+            .zip(&trained)
+            .filter(|(a, b)| a == b)
+            .count();
+        println!(
+            "wrong key, {}: accuracy {acc:.3}, {agree} of {N} as trained",
+            mode.name()
+        );
+        assert!(acc < 0.3, "{acc}");
+        assert!(agree < N / 4, "{agree}");
+    }
+}
+
+#[test]
+fn gpu_runs_the_cifar10_cnn_as_the_cpu_reference() {
+    let Some(ctx) = context("gpu_runs_the_cifar10_cnn_as_the_cpu_reference") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("cifar.safetensors");
+    zoo::write_safetensors(&plain, &zoo::cifar10_cnn(7)).unwrap();
+    let arch = zoo::cifar10_cnn_arch();
+    let key = MasterKey::from_bytes(*b"cifar10-cnn-key1");
+    let locked = lock(&plain, dir.path(), &key);
+    let batch = 2;
+    let mut rng = SplitMix64(3);
+    let input: Vec<f32> = (0..batch * 3 * 32 * 32)
+        .map(|_| rng.next_signed_unit())
+        .collect();
+    let expect = Model::load(&plain, &arch, None)
+        .unwrap()
+        .forward(&input, batch)
+        .unwrap();
+    for mode in [Unlock::PerQuery, Unlock::AtLoad] {
+        let gpu = GpuModel::load(ctx, &locked, &arch, Some(&key), mode, batch).unwrap();
+        let err = relative_error(&gpu.forward(&input, batch).unwrap(), &expect);
+        println!("cifar10_cnn, {}: relative error {err:.2e}", mode.name());
+        assert!(err < 1e-4, "{}: {err}", mode.name());
+        // One input: the GEMV kernels.
+        let one = gpu.forward(&input[..3 * 32 * 32], 1).unwrap();
+        assert!(relative_error(&one, &expect[..10]) < 1e-4);
+    }
+}
