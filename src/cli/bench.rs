@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
+use deeplock::bench::matmul::{bench_matmul, matmul_table, MatmulCase};
 use deeplock::bench::{self, Record, Runs, Workload};
+use deeplock::gpu::GpuContext;
 use deeplock::{Error, Result};
 
 /// Which devices `bench` measures.
@@ -32,6 +34,10 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Measure the fused unlock-then-matmul kernels instead (every GPU adapter): fused
+    /// against plain and unlock-then-plain, GEMV and GEMM, F32 and BF16 weights.
+    #[arg(long, conflicts_with_all = ["size", "plot"])]
+    matmul: bool,
     /// Also draw throughput against size to this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
@@ -51,6 +57,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         warmup: 2,
         timed: args.runs.max(1),
     };
+    if args.matmul {
+        return run_matmul(runs, args.json);
+    }
     let mut records: Vec<Record> = Vec::new();
     if args.device != BenchDevice::Gpu {
         for w in &workloads {
@@ -75,6 +84,49 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     } else {
         print!("{}", bench::table(&records));
+    }
+    Ok(())
+}
+
+/// `bench --matmul`: the reference shapes on real GPUs, scaled-down ones on software
+/// adapters (which emulate a GPU on the CPU far too slowly for 4096 x 4096 weights).
+fn run_matmul(runs: Runs, json: bool) -> Result<()> {
+    let mut records = Vec::new();
+    for adapter in bench::adapters() {
+        let ctx = match GpuContext::from_adapter(&adapter) {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                eprintln!(
+                    "deeplock bench: skipping adapter {}: {e}",
+                    adapter.get_info().name
+                );
+                continue;
+            }
+        };
+        let cases = if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu {
+            eprintln!(
+                "deeplock bench: {} is a software adapter: scaled-down shapes; ratios describe the emulation, not a GPU",
+                ctx.adapter_info().name
+            );
+            MatmulCase::software()
+        } else {
+            MatmulCase::defaults()
+        };
+        records.extend(bench_matmul(&ctx, &cases, runs)?);
+    }
+    if records.is_empty() {
+        return Err(Error::Gpu(
+            "no GPU adapter could be opened; install a Vulkan, Metal or DX12 driver".into(),
+        ));
+    }
+    if json {
+        let doc = serde_json::json!({ "matmul": records });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("JSON serializes")
+        );
+    } else {
+        print!("{}", matmul_table(&records));
     }
     Ok(())
 }
