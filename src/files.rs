@@ -118,6 +118,18 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The safetensors files of a model: the file itself, or every shard under a directory.
+fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    Ok(list_dir(path)?
+        .into_iter()
+        .filter(|r| is_safetensors(r))
+        .map(|r| path.join(r))
+        .collect())
+}
+
 /// One safetensors file's plan: its input header, output header and each tensor's
 /// cipher (`None` to copy its bytes unchanged).
 struct FilePlan {
@@ -329,15 +341,7 @@ fn run(
 
 fn check_only_matches(input: &Path, only: Option<&GlobSet>) -> Result<()> {
     let Some(g) = only else { return Ok(()) };
-    let paths: Vec<PathBuf> = if input.is_dir() {
-        list_dir(input)?
-            .into_iter()
-            .filter(|r| is_safetensors(r))
-            .map(|r| input.join(r))
-            .collect()
-    } else {
-        vec![input.to_path_buf()]
-    };
+    let paths = model_files(input)?;
     for p in paths {
         if read_header(&p)?.tensors.iter().any(|t| g.is_match(&t.name)) {
             return Ok(());
@@ -409,15 +413,7 @@ impl Inspection {
 
 /// Inspects a safetensors file, or every shard of a checkpoint directory.
 pub fn inspect(path: &Path) -> Result<Vec<Inspection>> {
-    let files: Vec<PathBuf> = if path.is_dir() {
-        list_dir(path)?
-            .into_iter()
-            .filter(|r| is_safetensors(r))
-            .map(|r| path.join(r))
-            .collect()
-    } else {
-        vec![path.to_path_buf()]
-    };
+    let files = model_files(path)?;
     files
         .into_iter()
         .map(|p| {

@@ -5,25 +5,13 @@
 mod common;
 
 use common::*;
-use deeplock::gpu::GpuContext;
 use deeplock::header::Header;
 use deeplock::lock_info::LockInfo;
 use deeplock::{reference, Direction, MasterKey, TensorCipher};
 use rand::{Rng, SeedableRng};
 
 fn have_gpu() -> bool {
-    match GpuContext::new() {
-        Ok(_) => true,
-        Err(e) if std::env::var("DEEPLOCK_REQUIRE_GPU").as_deref() == Ok("1") => {
-            panic!("DEEPLOCK_REQUIRE_GPU=1 but there is no usable GPU adapter: {e}")
-        }
-        Err(e) => {
-            eprintln!(
-                "SKIPPED: no GPU adapter ({e}); set DEEPLOCK_REQUIRE_GPU=1 to make this fail"
-            );
-            false
-        }
-    }
+    gpu_context().is_some()
 }
 
 fn run_ok(dir: &std::path::Path, args: &[&str]) {

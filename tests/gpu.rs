@@ -4,6 +4,8 @@
 //! never pass without having run them. Random inputs come from a fresh seed, printed; set
 //! `DEEPLOCK_TEST_SEED` to replay one.
 
+mod common;
+
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
@@ -14,20 +16,8 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
-/// The context, or `None` (after a skip line) where there is no adapter and none is required.
 fn context() -> Option<GpuContext> {
-    match GpuContext::new() {
-        Ok(ctx) => Some(ctx),
-        Err(e) if std::env::var("DEEPLOCK_REQUIRE_GPU").as_deref() == Ok("1") => {
-            panic!("DEEPLOCK_REQUIRE_GPU=1 but there is no usable GPU adapter: {e}")
-        }
-        Err(e) => {
-            eprintln!(
-                "SKIPPED: no GPU adapter ({e}); set DEEPLOCK_REQUIRE_GPU=1 to make this fail"
-            );
-            None
-        }
-    }
+    common::gpu_context()
 }
 
 /// One locker for the whole file: compiling the kernels is the slow part on lavapipe.
@@ -43,12 +33,7 @@ fn shared() -> Option<&'static GpuLocker> {
 }
 
 fn rng(test: &str) -> StdRng {
-    let seed = std::env::var("DEEPLOCK_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    eprintln!("{test}: seed {seed} (replay with DEEPLOCK_TEST_SEED={seed})");
-    StdRng::seed_from_u64(seed)
+    common::seeded_rng(test)
 }
 
 fn random_cipher(rng: &mut StdRng, name: &str) -> TensorCipher {

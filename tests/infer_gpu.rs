@@ -3,6 +3,8 @@
 //! network (3 input channels, `same` padding). Without an adapter the tests print a skip
 //! line and pass, unless `DEEPLOCK_REQUIRE_GPU=1` (CI), where they fail.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -32,15 +34,10 @@ fn arch() -> Arch {
 fn context(test: &str) -> Option<&'static GpuContext> {
     static CTX: OnceLock<Option<GpuContext>> = OnceLock::new();
     let ctx = CTX
-        .get_or_init(|| match GpuContext::new() {
-            Ok(ctx) => {
-                eprintln!("adapter: {}", ctx.describe());
-                Some(ctx)
-            }
-            Err(e) if std::env::var("DEEPLOCK_REQUIRE_GPU").as_deref() == Ok("1") => {
-                panic!("DEEPLOCK_REQUIRE_GPU=1 but there is no usable GPU adapter: {e}")
-            }
-            Err(_) => None,
+        .get_or_init(|| {
+            let ctx = common::gpu_context()?;
+            eprintln!("adapter: {}", ctx.describe());
+            Some(ctx)
         })
         .as_ref();
     if ctx.is_none() {

@@ -4,6 +4,8 @@
 //! `DEEPLOCK_REQUIRE_GPU=1`, where it fails. Random data from a fresh seed every run,
 //! printed; `DEEPLOCK_TEST_SEED` replays one.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::OnceLock;
 
@@ -15,7 +17,7 @@ use deeplock::gpu::{
 };
 use deeplock::{reference, Direction, MasterKey, Salt, TensorCipher};
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, RngCore};
 use wgpu::util::DeviceExt;
 
 /// A NaN with a payload no kernel computes: output elements still holding it were never
@@ -24,20 +26,8 @@ const POISON: u32 = 0x7fa5_dead;
 /// Poisoned f32 after the output, which must stay untouched.
 const GUARD: usize = 67;
 
-/// The context, or `None` (after a skip line) where there is no adapter and none is required.
 fn context() -> Option<GpuContext> {
-    match GpuContext::new() {
-        Ok(ctx) => Some(ctx),
-        Err(e) if std::env::var("DEEPLOCK_REQUIRE_GPU").as_deref() == Ok("1") => {
-            panic!("DEEPLOCK_REQUIRE_GPU=1 but there is no usable GPU adapter: {e}")
-        }
-        Err(e) => {
-            eprintln!(
-                "SKIPPED: no GPU adapter ({e}); set DEEPLOCK_REQUIRE_GPU=1 to make this fail"
-            );
-            None
-        }
-    }
+    common::gpu_context()
 }
 
 /// One set of kernels for the whole file: compiling pipelines is slow on lavapipe.
@@ -53,12 +43,7 @@ fn shared() -> Option<&'static FusedMatmul> {
 }
 
 fn rng(test: &str) -> StdRng {
-    let seed = std::env::var("DEEPLOCK_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    eprintln!("{test}: seed {seed} (replay with DEEPLOCK_TEST_SEED={seed})");
-    StdRng::seed_from_u64(seed)
+    common::seeded_rng(test)
 }
 
 fn random_cipher(rng: &mut StdRng, name: &str) -> TensorCipher {

@@ -5,11 +5,12 @@ mod demo;
 mod keyfile;
 mod report;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use deeplock::engine::{self, DeviceChoice};
 use deeplock::files::{self, Options};
+use deeplock::Direction;
 
 #[derive(Parser)]
 #[command(
@@ -120,6 +121,44 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// `lock` and `unlock`: load the key, pick the engine, stream with a progress bar.
+#[allow(clippy::too_many_arguments)]
+fn transform(
+    dir: Direction,
+    input: &Path,
+    output: &Path,
+    key: &KeyArg,
+    device: Device,
+    only: Vec<String>,
+    force: bool,
+    verbose: bool,
+) -> deeplock::Result<i32> {
+    let key = keyfile::load(&key.key_file)?;
+    let mut engine = engine::select(device.into())?;
+    let (verb, done) = match dir {
+        Direction::Lock => ("locking", "locked"),
+        Direction::Unlock => ("unlocking", "unlocked"),
+    };
+    if verbose {
+        eprintln!("deeplock: {verb} on {}", engine.describe());
+    }
+    let bar = report::progress(report::total_data_bytes(input)?, verb);
+    let progress = |n: u64| bar.inc(n);
+    let opts = Options {
+        only,
+        force,
+        progress: Some(&progress),
+        ..Options::default()
+    };
+    let r = match dir {
+        Direction::Lock => files::lock(input, output, &key, engine.as_mut(), &opts)?,
+        Direction::Unlock => files::unlock(input, output, &key, engine.as_mut(), &opts)?,
+    };
+    bar.finish_and_clear();
+    report::print_done(done, input, output, &r);
+    Ok(0)
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -143,51 +182,32 @@ fn run(cli: Cli) -> deeplock::Result<i32> {
             device,
             only,
             force,
-        } => {
-            let key = keyfile::load(&key.key_file)?;
-            let mut engine = engine::select(device.into())?;
-            if verbose {
-                eprintln!("deeplock: locking on {}", engine.describe());
-            }
-            let total = report::total_data_bytes(&input)?;
-            let bar = report::progress(total, "locking");
-            let progress = |n: u64| bar.inc(n);
-            let opts = Options {
-                only,
-                force,
-                progress: Some(&progress),
-                ..Options::default()
-            };
-            let r = files::lock(&input, &output, &key, engine.as_mut(), &opts)?;
-            bar.finish_and_clear();
-            report::print_done("locked", &input, &output, &r);
-            Ok(0)
-        }
+        } => transform(
+            Direction::Lock,
+            &input,
+            &output,
+            &key,
+            device,
+            only,
+            force,
+            verbose,
+        ),
         Command::Unlock {
             input,
             output,
             key,
             device,
             force,
-        } => {
-            let key = keyfile::load(&key.key_file)?;
-            let mut engine = engine::select(device.into())?;
-            if verbose {
-                eprintln!("deeplock: unlocking on {}", engine.describe());
-            }
-            let total = report::total_data_bytes(&input)?;
-            let bar = report::progress(total, "unlocking");
-            let progress = |n: u64| bar.inc(n);
-            let opts = Options {
-                force,
-                progress: Some(&progress),
-                ..Options::default()
-            };
-            let r = files::unlock(&input, &output, &key, engine.as_mut(), &opts)?;
-            bar.finish_and_clear();
-            report::print_done("unlocked", &input, &output, &r);
-            Ok(0)
-        }
+        } => transform(
+            Direction::Unlock,
+            &input,
+            &output,
+            &key,
+            device,
+            Vec::new(),
+            force,
+            verbose,
+        ),
         Command::Inspect { file, json } => {
             let found = files::inspect(&file)?;
             if json {

@@ -100,3 +100,33 @@ pub fn deeplock(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
 
 /// The spec's known-answer key.
 pub const KAT_KEY: &str = "000102030405060708090a0b0c0d0e0f";
+
+/// A GPU context, or `None` after a skip line where there is no adapter and none is
+/// required. With `DEEPLOCK_REQUIRE_GPU=1` (set by scripts/test.sh, so in CI) a missing
+/// adapter panics: GPU tests must never pass without having run.
+pub fn gpu_context() -> Option<deeplock::gpu::GpuContext> {
+    match deeplock::gpu::GpuContext::new() {
+        Ok(ctx) => Some(ctx),
+        Err(e) if std::env::var("DEEPLOCK_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("DEEPLOCK_REQUIRE_GPU=1 but there is no usable GPU adapter: {e}")
+        }
+        Err(e) => {
+            eprintln!(
+                "SKIPPED: no GPU adapter ({e}); set DEEPLOCK_REQUIRE_GPU=1 to make this fail"
+            );
+            None
+        }
+    }
+}
+
+/// A generator from a fresh random seed, printed, or from `DEEPLOCK_TEST_SEED` to
+/// replay a failure.
+pub fn seeded_rng(test: &str) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed = std::env::var("DEEPLOCK_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("{test}: seed {seed} (replay with DEEPLOCK_TEST_SEED={seed})");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
