@@ -98,6 +98,47 @@ fn bench_parallel(
     });
 }
 
+/// The CIFAR-10-sized model as `deeplock demo` generates it: 12 f32 tensors, each with
+/// its own nonce, locked tensor by tensor (reference, fast path on one thread and on
+/// all threads).
+fn cifar10_model(c: &mut Criterion) {
+    let key = MasterKey::from_bytes(KEY);
+    let salt = deeplock::Salt([1; 16]);
+    let model = deeplock::zoo::cifar10_cnn(42);
+    let ciphers: Vec<TensorCipher> = model
+        .iter()
+        .map(|t| TensorCipher::for_tensor(&key, &salt, &t.name))
+        .collect();
+    let mut tensors: Vec<Vec<u8>> = model
+        .iter()
+        .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let bytes: usize = tensors.iter().map(Vec::len).sum();
+    let mut g = c.benchmark_group("cifar10_cnn-model");
+    g.throughput(Throughput::Bytes(bytes as u64))
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3));
+    let fast = CpuLocker::new();
+    let mut run = |name: &str, f: &dyn Fn(&TensorCipher, &mut [u8])| {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for (c, t) in ciphers.iter().zip(tensors.iter_mut()) {
+                    f(c, black_box(t));
+                }
+            })
+        });
+    };
+    run("lock reference", &|c, t| reference::apply(c, Direction::Lock, 0, t));
+    run(&format!("lock {}", fast.backend().name()), &|c, t| {
+        fast.apply(c, Direction::Lock, 0, t)
+    });
+    run(
+        &format!("lock {} parallel x{}", fast.backend().name(), rayon::current_num_threads()),
+        &|c, t| fast.apply_parallel(c, Direction::Lock, 0, t),
+    );
+    g.finish();
+}
+
 fn cpu(c: &mut Criterion) {
     let paths = |reference, parallel| Paths {
         reference,
@@ -108,5 +149,5 @@ fn cpu(c: &mut Criterion) {
     bench_size(c, "256MiB", 256 << 20, 10, paths(false, true));
 }
 
-criterion_group!(benches, cpu);
+criterion_group!(benches, cpu, cifar10_model);
 criterion_main!(benches);
