@@ -128,12 +128,18 @@ fn cifar10_model(c: &mut Criterion) {
             })
         });
     };
-    run("lock reference", &|c, t| reference::apply(c, Direction::Lock, 0, t));
+    run("lock reference", &|c, t| {
+        reference::apply(c, Direction::Lock, 0, t)
+    });
     run(&format!("lock {}", fast.backend().name()), &|c, t| {
         fast.apply(c, Direction::Lock, 0, t)
     });
     run(
-        &format!("lock {} parallel x{}", fast.backend().name(), rayon::current_num_threads()),
+        &format!(
+            "lock {} parallel x{}",
+            fast.backend().name(),
+            rayon::current_num_threads()
+        ),
         &|c, t| fast.apply_parallel(c, Direction::Lock, 0, t),
     );
     g.finish();
