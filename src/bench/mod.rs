@@ -211,8 +211,8 @@ pub fn table(records: &[Record]) -> String {
     let mut last = String::new();
     for r in records {
         let who = format!(
-            "{} {} ({}, {}, {})",
-            r.device, r.adapter, r.backend, r.device_type, r.driver
+            "{} {} (vendor {:#06x}, {}, {}, {})",
+            r.device, r.adapter, r.vendor, r.backend, r.device_type, r.driver
         );
         if who != last {
             let _ = writeln!(s, "\n{who}");
