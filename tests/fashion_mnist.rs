@@ -3,12 +3,14 @@
 //! right key, it classifies as trained, with identical logits; loaded with a wrong key it
 //! is no better than chance.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use deeplock::engine::CpuEngine;
 use deeplock::files::{self, Options};
 use deeplock::infer::{accuracy, Arch, Model};
-use deeplock::mnist::{Dataset, Split, FASHION_MNIST_HINT};
+use deeplock::mnist::Dataset;
 use deeplock::zoo::SplitMix64;
 use deeplock::{CpuLocker, Error, MasterKey};
 
@@ -30,18 +32,8 @@ fn arch() -> Arch {
     Arch::read(&fixture("fashion_mnist_cnn.arch.json")).unwrap()
 }
 
-/// The real test set, or `None` (with a note) where it is not installed.
-/// scripts/test.sh installs it and sets DEEPLOCK_REQUIRE_DATA=1, so CI never skips.
 fn test_set(test: &str) -> Option<Dataset> {
-    if !Dataset::fashion_mnist_installed() {
-        assert!(
-            std::env::var_os("DEEPLOCK_REQUIRE_DATA").is_none_or(|v| v != "1"),
-            "DEEPLOCK_REQUIRE_DATA=1 but Fashion-MNIST is missing: {FASHION_MNIST_HINT}"
-        );
-        eprintln!("{test}: skipped, Fashion-MNIST is not installed; {FASHION_MNIST_HINT}");
-        return None;
-    }
-    Some(Dataset::fashion_mnist(Split::Test).unwrap())
+    common::fashion_test_set(test)
 }
 
 #[test]

@@ -12,7 +12,7 @@ use deeplock::engine::CpuEngine;
 use deeplock::files::{self, Options};
 use deeplock::gpu::GpuContext;
 use deeplock::infer::{accuracy, Arch, GpuModel, Model, Unlock};
-use deeplock::mnist::{Dataset, Split, FASHION_MNIST_HINT};
+use deeplock::mnist::Dataset;
 use deeplock::zoo::{self, SplitMix64};
 use deeplock::{CpuLocker, MasterKey};
 
@@ -46,17 +46,8 @@ fn context(test: &str) -> Option<&'static GpuContext> {
     ctx
 }
 
-/// The real test set, or `None` (with a note) where it is not installed.
 fn test_set(test: &str) -> Option<Dataset> {
-    if !Dataset::fashion_mnist_installed() {
-        assert!(
-            std::env::var_os("DEEPLOCK_REQUIRE_DATA").is_none_or(|v| v != "1"),
-            "DEEPLOCK_REQUIRE_DATA=1 but Fashion-MNIST is missing: {FASHION_MNIST_HINT}"
-        );
-        eprintln!("{test}: skipped, Fashion-MNIST is not installed; {FASHION_MNIST_HINT}");
-        return None;
-    }
-    Some(Dataset::fashion_mnist(Split::Test).unwrap())
+    common::fashion_test_set(test)
 }
 
 /// The largest difference relative to the largest reference logit.

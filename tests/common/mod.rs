@@ -130,3 +130,18 @@ pub fn seeded_rng(test: &str) -> rand::rngs::StdRng {
     eprintln!("{test}: seed {seed} (replay with DEEPLOCK_TEST_SEED={seed})");
     rand::rngs::StdRng::seed_from_u64(seed)
 }
+
+/// The real Fashion-MNIST test set, or `None` (with a note) where it is not installed.
+/// scripts/test.sh installs it and sets DEEPLOCK_REQUIRE_DATA=1, so CI never skips.
+pub fn fashion_test_set(test: &str) -> Option<deeplock::mnist::Dataset> {
+    use deeplock::mnist::{Dataset, Split, FASHION_MNIST_HINT};
+    if !Dataset::fashion_mnist_installed() {
+        assert!(
+            std::env::var_os("DEEPLOCK_REQUIRE_DATA").is_none_or(|v| v != "1"),
+            "DEEPLOCK_REQUIRE_DATA=1 but Fashion-MNIST is missing: {FASHION_MNIST_HINT}"
+        );
+        eprintln!("{test}: skipped, Fashion-MNIST is not installed; {FASHION_MNIST_HINT}");
+        return None;
+    }
+    Some(Dataset::fashion_mnist(Split::Test).unwrap())
+}
