@@ -286,6 +286,12 @@ fn run(
 ) -> Result<Report> {
     let started = Instant::now();
     output::check(input, output, opts.force)?;
+    // A locked model is made to be shipped: as readable as its input. Unlocked weights
+    // are the plaintext the lock protected: owner-only.
+    let access = match dir {
+        Direction::Lock => output::Access::Like(input.to_path_buf()),
+        Direction::Unlock => output::Access::Private,
+    };
     let mut report = Report::default();
     let mut do_file = |src: &Path, dst_file: &mut File, plan: FilePlan, report: &mut Report| {
         stream(src, &plan, dir, engine, opts, dst_file)?;
@@ -313,7 +319,7 @@ fn run(
                 input.display()
             )));
         }
-        output::write_dir(output, opts.force, |tmp| {
+        output::write_dir(output, opts.force, &access, |tmp| {
             let mut plans = plans.into_iter();
             for rel in &files {
                 let (src, dst) = (input.join(rel), tmp.join(rel));
@@ -333,7 +339,9 @@ fn run(
         })?;
     } else {
         let p = plan(input)?;
-        output::write_file(output, opts.force, |f| do_file(input, f, p, &mut report))?;
+        output::write_file(output, opts.force, &access, |f| {
+            do_file(input, f, p, &mut report)
+        })?;
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

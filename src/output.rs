@@ -57,12 +57,51 @@ fn temp_prefix(path: &Path) -> String {
     )
 }
 
-/// Writes the file `path` through `write`, into a temporary file beside it that is
-/// synced and renamed over `path` only if `write` succeeds. Without `force` an existing
-/// `path` is never replaced, even if it appears while writing.
+/// Who may read an output.
+#[derive(Clone, Debug)]
+pub enum Access {
+    /// Owner only (0600 files, 0700 directories): for plaintext an unlock produces.
+    Private,
+    /// Readable by everyone, writable by the owner (0644): reports, plots.
+    Readable,
+    /// The permissions of this existing path (a locked model is meant to be shipped,
+    /// so it may be as readable as its input was).
+    Like(PathBuf),
+}
+
+impl Access {
+    /// Applies to `path` (the finished temporary file or directory).
+    fn apply(&self, path: &Path) -> Result<()> {
+        match self {
+            // Temporary files and directories are created owner-only already.
+            Access::Private => Ok(()),
+            Access::Readable => {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let perms = fs::Permissions::from_mode(0o644);
+                    fs::set_permissions(path, perms).map_err(|e| Error::io(path, e))?;
+                }
+                Ok(())
+            }
+            Access::Like(model) => {
+                let perms = fs::metadata(model)
+                    .map_err(|e| Error::io(model, e))?
+                    .permissions();
+                fs::set_permissions(path, perms).map_err(|e| Error::io(path, e))
+            }
+        }
+    }
+}
+
+/// Writes the file `path` through `write`, into a temporary file beside it (created
+/// owner-only) that is synced, given `access`, and renamed over `path` only if `write`
+/// succeeds. Without `force` an existing `path` is never replaced, even if it appears
+/// while writing.
 pub fn write_file<T>(
     path: &Path,
     force: bool,
+    access: &Access,
     write: impl FnOnce(&mut File) -> Result<T>,
 ) -> Result<T> {
     let dir = parent_dir(path);
@@ -72,6 +111,7 @@ pub fn write_file<T>(
         .map_err(|e| Error::io(dir, e))?;
     let value = write(tmp.as_file_mut())?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    access.apply(tmp.path())?;
     let persisted = if force {
         tmp.persist(path).map(drop)
     } else {
@@ -89,15 +129,22 @@ pub fn write_file<T>(
     Ok(value)
 }
 
-/// Builds the directory `path` through `fill`, in a temporary directory beside it that
-/// is renamed to `path` only if `fill` succeeds (replacing an existing one with `force`).
-pub fn write_dir<T>(path: &Path, force: bool, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+/// Builds the directory `path` through `fill`, in a temporary directory beside it
+/// (created owner-only, then given `access`) that is renamed to `path` only if `fill`
+/// succeeds (replacing an existing one with `force`).
+pub fn write_dir<T>(
+    path: &Path,
+    force: bool,
+    access: &Access,
+    fill: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
     let dir = parent_dir(path);
     let tmp = tempfile::Builder::new()
         .prefix(&temp_prefix(path))
         .tempdir_in(dir)
         .map_err(|e| Error::io(dir, e))?;
     let value = fill(tmp.path())?;
+    access.apply(tmp.path())?;
     if fs::symlink_metadata(path).is_ok() {
         if !force {
             return Err(Error::OutputExists {

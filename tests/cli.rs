@@ -173,6 +173,31 @@ fn a_key_file_others_can_read_is_used_with_a_warning() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("chmod 600"));
 }
 
+#[cfg(unix)]
+#[test]
+fn locked_outputs_are_as_readable_as_their_input_and_unlocked_ones_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let mode = |n: &str| std::fs::metadata(f.path(n)).unwrap().permissions().mode() & 0o777;
+    std::fs::set_permissions(
+        f.path("model.safetensors"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    f.lock();
+    assert_eq!(mode("locked.safetensors"), 0o644);
+    let o = f.run(&[
+        "unlock",
+        "locked.safetensors",
+        "-o",
+        "back.safetensors",
+        "--key-file",
+        "key",
+    ]);
+    assert!(o.status.success());
+    assert_eq!(mode("back.safetensors"), 0o600);
+}
+
 #[test]
 fn keygen_makes_a_private_key_and_never_overwrites() {
     let f = Fixture::new();

@@ -71,7 +71,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if let Some(path) = &args.plot {
         let svg = bench::plot(&records, "deeplock bench: lock throughput by size");
-        deeplock::output::write_file(path, true, |f| {
+        let readable = deeplock::output::Access::Readable;
+        deeplock::output::write_file(path, true, &readable, |f| {
             use std::io::Write;
             f.write_all(svg.as_bytes()).map_err(|e| Error::io(path, e))
         })?;
