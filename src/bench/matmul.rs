@@ -22,8 +22,8 @@ use super::{median_seconds, Runs};
 use crate::cpu::CpuLocker;
 use crate::error::{Error, Result};
 use crate::gpu::{
-    FusedMatmul, GpuContext, GpuLocker, GpuTensor, Kernel, KernelTimer, Linear, MatmulShape,
-    Region, TensorKey, WeightDtype,
+    f32s, read_mapped, FusedMatmul, GpuContext, GpuLocker, GpuTensor, Kernel, KernelTimer, Linear,
+    MatmulShape, Region, TensorKey, WeightDtype,
 };
 use crate::key::MasterKey;
 use crate::scheme::{Direction, Salt, TensorCipher};
@@ -368,25 +368,15 @@ impl<'a> MatmulBench<'a> {
                 label: Some("deeplock bench matmul read-back"),
             });
         encoder.copy_buffer_to_buffer(&self.y, 0, &staging, 0, self.y.size());
-        ctx.queue().submit([encoder.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| drop(tx.send(r)));
-        ctx.device()
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
-        rx.recv()
-            .map_err(|_| Error::Gpu("a GPU read-back was abandoned (device lost?)".into()))?
-            .map_err(|e| Error::Gpu(format!("matmul read-back failed: {e}")))?;
-        let out = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| Error::Gpu(format!("matmul read-back failed: {e}")))?;
-            view.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        };
-        staging.unmap();
-        Ok(out)
+        let submission = ctx.queue().submit([encoder.finish()]);
+        read_mapped(
+            ctx,
+            &staging,
+            0..self.y.size(),
+            Some(submission),
+            "matmul",
+            f32s,
+        )
     }
 }
 

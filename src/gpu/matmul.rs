@@ -27,7 +27,7 @@ use zeroize::Zeroizing;
 
 use super::aes::{self, AesKeyUniform, KEY_UNIFORM_SIZE};
 use super::context::GpuContext;
-use super::slot::wait_for_map;
+use super::slot::{f32s, read_mapped};
 use super::timer::KernelTimer;
 use super::{AES_CTR_WGSL, MATMUL_COMMON_WGSL, MATMUL_GEMM_WGSL, MATMUL_GEMV_WGSL};
 use crate::error::{Error, Result};
@@ -832,20 +832,14 @@ impl FusedMatmul {
         self.encode(&mut encoder, &op, None)?;
         encoder.copy_buffer_to_buffer(&yb, 0, &staging, 0, y_bytes);
         let submission = self.ctx.queue().submit([encoder.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| drop(tx.send(r)));
-        wait_for_map(&self.ctx, Some(submission), &rx)?
-            .map_err(|e| Error::Gpu(format!("matmul read-back failed: {e}")))?;
-        let out = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| Error::Gpu(format!("matmul read-back failed: {e}")))?;
-            view.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        };
-        staging.unmap();
-        Ok(out)
+        read_mapped(
+            &self.ctx,
+            &staging,
+            0..y_bytes,
+            Some(submission),
+            "matmul",
+            f32s,
+        )
     }
 }
 

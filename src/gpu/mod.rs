@@ -30,6 +30,7 @@ pub use matmul::{
     FusedMatmul, GpuTensor, HostTensor, Kernel, Linear, MatmulPass, MatmulShape, TensorKey,
     WeightDtype,
 };
+pub(crate) use slot::{f32s, read_mapped};
 pub use timer::KernelTimer;
 
 /// WGSL source of the AES-128-CTR core: tables in workgroup memory, the AES rounds,

@@ -169,3 +169,38 @@ pub(crate) fn wait_for_map(
     rx.recv()
         .map_err(|_| Error::Gpu("a GPU read-back was abandoned (device lost?)".into()))
 }
+
+/// Reads back `range` of `buffer`, a `MAP_READ` buffer that `submission` (or, if `None`,
+/// all submitted work) copies into: maps it, waits, hands the bytes to `read`, unmaps.
+/// `what` names the data in errors.
+pub(crate) fn read_mapped<T>(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    range: std::ops::Range<u64>,
+    submission: Option<wgpu::SubmissionIndex>,
+    what: &str,
+    read: impl FnOnce(&[u8]) -> T,
+) -> Result<T> {
+    let (tx, rx) = mpsc::channel();
+    buffer.map_async(wgpu::MapMode::Read, range.clone(), move |r| {
+        drop(tx.send(r))
+    });
+    wait_for_map(ctx, submission, &rx)?
+        .map_err(|e| Error::Gpu(format!("{what} read-back failed: {e}")))?;
+    let value = {
+        let view = buffer
+            .get_mapped_range(range)
+            .map_err(|e| Error::Gpu(format!("{what} read-back failed: {e}")))?;
+        read(&view)
+    };
+    buffer.unmap();
+    Ok(value)
+}
+
+/// Little-endian f32 values from bytes.
+pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::context::GpuContext;
-use super::slot::wait_for_map;
+use super::slot::read_mapped;
 use crate::error::{Error, Result};
 
 /// Two timestamps around one compute pass: pass it to
@@ -70,19 +70,9 @@ impl KernelTimer {
 
     /// GPU time between the start and the end of the last timed pass. Waits for the GPU.
     pub fn elapsed(&self, ctx: &GpuContext) -> Result<Duration> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.readback
-            .map_async(wgpu::MapMode::Read, .., move |r| drop(tx.send(r)));
-        wait_for_map(ctx, None, &rx)?
-            .map_err(|e| Error::Gpu(format!("timestamp read-back failed: {e}")))?;
-        let ticks: [u64; 2] = {
-            let view = self
-                .readback
-                .get_mapped_range(..)
-                .map_err(|e| Error::Gpu(format!("timestamp read-back failed: {e}")))?;
-            bytemuck::pod_read_unaligned(&view)
-        };
-        self.readback.unmap();
+        let ticks: [u64; 2] = read_mapped(ctx, &self.readback, 0..16, None, "timestamp", |b| {
+            bytemuck::pod_read_unaligned(b)
+        })?;
         let ns = ticks[1].wrapping_sub(ticks[0]) as f64 * self.period_ns;
         Ok(Duration::from_nanos(ns as u64))
     }

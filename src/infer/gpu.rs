@@ -18,8 +18,8 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::{
-    FusedMatmul, GpuContext, GpuLocker, GpuTensor, Kernel, Linear, MatmulShape, Region, TensorKey,
-    WeightDtype,
+    f32s, read_mapped, FusedMatmul, GpuContext, GpuLocker, GpuTensor, Kernel, Linear, MatmulShape,
+    Region, TensorKey, WeightDtype,
 };
 use crate::infer::arch::{Arch, LayerSpec};
 use crate::infer::cpu::argmax;
@@ -522,22 +522,14 @@ impl GpuModel {
         let logits = self.acts.last().expect("an input and an output");
         encoder.copy_buffer_to_buffer(logits, 0, &self.staging, 0, bytes);
         let submission = queue.submit([encoder.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.staging
-            .map_async(wgpu::MapMode::Read, 0..bytes, move |r| drop(tx.send(r)));
-        wait(&self.ctx, Some(submission))?;
-        rx.recv()
-            .map_err(|_| Error::Gpu("the logits read-back was abandoned".into()))?
-            .map_err(|e| Error::Gpu(format!("logits read-back failed: {e}")))?;
-        let out = {
-            let view = self
-                .staging
-                .get_mapped_range(0..bytes)
-                .map_err(|e| Error::Gpu(format!("logits read-back failed: {e}")))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
-        };
-        self.staging.unmap();
-        Ok(out)
+        read_mapped(
+            &self.ctx,
+            &self.staging,
+            0..bytes,
+            Some(submission),
+            "logits",
+            f32s,
+        )
     }
 }
 
