@@ -31,6 +31,112 @@ pub struct Chunk {
     pub spans: Vec<Span>,
 }
 
+/// Packs consecutive tensors into chunks of at most `chunk_size` bytes (a tensor split
+/// across chunks where it does not fit; many small ones sharing one), submits each full
+/// chunk to an engine, and hands the chunks it finishes, in order, to a sink, reusing
+/// their buffers. The file streamer and the benchmarks both feed engines through it.
+pub struct ChunkPacker {
+    dir: Direction,
+    chunk_size: usize,
+    data: Vec<u8>,
+    spans: Vec<Span>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl ChunkPacker {
+    /// A packer for `dir` with chunks of `chunk_size` bytes (at least 16).
+    pub fn new(dir: Direction, chunk_size: usize) -> Self {
+        ChunkPacker {
+            dir,
+            chunk_size: chunk_size.max(16),
+            data: Vec::new(),
+            spans: Vec::new(),
+            spare: Vec::new(),
+        }
+    }
+
+    /// Switches direction for the next stream, keeping the buffers of the last one (after
+    /// [`ChunkPacker::finish`], when nothing is pending).
+    pub fn set_direction(&mut self, dir: Direction) {
+        debug_assert!(self.data.is_empty() && self.spans.is_empty());
+        self.dir = dir;
+    }
+
+    /// Adds a tensor of `len` bytes, transformed with `cipher` (or passed through when
+    /// `None`); `fill` writes its bytes, piece by piece, in order.
+    pub fn add_tensor(
+        &mut self,
+        engine: &mut dyn Engine,
+        cipher: Option<&Arc<TensorCipher>>,
+        len: u64,
+        mut fill: impl FnMut(&mut [u8]) -> Result<()>,
+        sink: &mut dyn FnMut(&Chunk) -> Result<()>,
+    ) -> Result<()> {
+        let mut done = 0u64;
+        while done < len {
+            if self.data.capacity() == 0 {
+                self.data = self.spare.pop().unwrap_or_default();
+                self.data.clear();
+                self.data.reserve(self.chunk_size);
+            }
+            let room = (self.chunk_size - self.data.len()) as u64;
+            let take = room.min(len - done) as usize;
+            let start = self.data.len();
+            self.data.resize(start + take, 0);
+            fill(&mut self.data[start..])?;
+            self.spans.push(Span {
+                cipher: cipher.cloned(),
+                tensor_offset: done,
+                range: start..start + take,
+            });
+            done += take as u64;
+            if self.data.len() == self.chunk_size {
+                self.submit(engine, sink)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits what is left and waits for every chunk in flight.
+    pub fn finish(
+        &mut self,
+        engine: &mut dyn Engine,
+        sink: &mut dyn FnMut(&Chunk) -> Result<()>,
+    ) -> Result<()> {
+        if !self.data.is_empty() {
+            self.submit(engine, sink)?;
+        }
+        let done = engine.finish()?;
+        self.drain(done, sink)
+    }
+
+    fn submit(
+        &mut self,
+        engine: &mut dyn Engine,
+        sink: &mut dyn FnMut(&Chunk) -> Result<()>,
+    ) -> Result<()> {
+        let chunk = Chunk {
+            dir: self.dir,
+            data: std::mem::take(&mut self.data),
+            spans: std::mem::take(&mut self.spans),
+        };
+        let done = engine.submit(chunk)?;
+        self.drain(done, sink)
+    }
+
+    fn drain(
+        &mut self,
+        done: Vec<Chunk>,
+        sink: &mut dyn FnMut(&Chunk) -> Result<()>,
+    ) -> Result<()> {
+        for c in done {
+            sink(&c)?;
+            self.spare.push(c.data);
+        }
+        Ok(())
+    }
+}
+
 /// Something that locks and unlocks chunks.
 pub trait Engine {
     /// Starts work on `chunk`; returns the chunks finished so far, in submission order.

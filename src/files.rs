@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use crate::engine::{Chunk, Engine, Span};
+use crate::engine::{Chunk, ChunkPacker, Engine};
 use crate::error::{Error, Result};
 use crate::header::{Header, TensorEntry};
 use crate::key::MasterKey;
@@ -223,55 +223,23 @@ fn stream(
     let mut w = BufWriter::with_capacity(1 << 20, out);
     w.write_all(&plan.output.to_bytes())
         .map_err(|e| Error::io(path, e))?;
-    let mut spare: Vec<Vec<u8>> = Vec::new();
-    let mut write_done = |done: Vec<Chunk>, spare: &mut Vec<Vec<u8>>| -> Result<()> {
-        for c in done {
-            w.write_all(&c.data).map_err(|e| Error::io(path, e))?;
-            if let Some(p) = opts.progress {
-                p(c.data.len() as u64);
-            }
-            spare.push(c.data);
+    let mut sink = |c: &Chunk| -> Result<()> {
+        w.write_all(&c.data).map_err(|e| Error::io(path, e))?;
+        if let Some(p) = opts.progress {
+            p(c.data.len() as u64);
         }
         Ok(())
     };
-    let chunk_size = opts.chunk_size.max(16);
-    let mut data = Vec::new();
-    let mut spans = Vec::new();
+    let mut packer = ChunkPacker::new(dir, opts.chunk_size);
     for (t, cipher) in plan.input.tensors.iter().zip(&plan.ciphers) {
-        let mut done_in_tensor = 0u64;
-        while done_in_tensor < t.len() {
-            if data.capacity() == 0 {
-                data = spare.pop().unwrap_or_default();
-                data.clear();
-                data.reserve(chunk_size);
-            }
-            let room = (chunk_size - data.len()) as u64;
-            let take = room.min(t.len() - done_in_tensor) as usize;
-            let start = data.len();
-            data.resize(start + take, 0);
-            input.read_exact(&mut data[start..]).map_err(|e| {
+        let fill = |buf: &mut [u8]| {
+            input.read_exact(buf).map_err(|e| {
                 Error::format(path, format!("read failed inside tensor {:?}: {e}", t.name))
-            })?;
-            spans.push(Span {
-                cipher: cipher.clone(),
-                tensor_offset: done_in_tensor,
-                range: start..start + take,
-            });
-            done_in_tensor += take as u64;
-            if data.len() == chunk_size {
-                let chunk = Chunk {
-                    dir,
-                    data: std::mem::take(&mut data),
-                    spans: std::mem::take(&mut spans),
-                };
-                write_done(engine.submit(chunk)?, &mut spare)?;
-            }
-        }
+            })
+        };
+        packer.add_tensor(engine, cipher.as_ref(), t.len(), fill, &mut sink)?;
     }
-    if !data.is_empty() {
-        write_done(engine.submit(Chunk { dir, data, spans })?, &mut spare)?;
-    }
-    write_done(engine.finish()?, &mut spare)?;
+    packer.finish(engine, &mut sink)?;
     w.flush().map_err(|e| Error::io(path, e))?;
     Ok(())
 }

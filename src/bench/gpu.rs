@@ -6,7 +6,7 @@ use std::sync::Arc;
 use wgpu::util::DeviceExt;
 
 use super::{median_seconds, Rate, Record, Runs, Seconds, Workload};
-use crate::engine::{Chunk, Engine, Span};
+use crate::engine::{Chunk, ChunkPacker};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuEngine, GpuLocker, KernelTimer, Region};
 use crate::key::MasterKey;
@@ -89,7 +89,7 @@ pub struct DeviceBench {
     data: wgpu::Buffer,
     timer: Option<KernelTimer>,
     copy: CopyKernel,
-    spare: Vec<Vec<u8>>,
+    packer: ChunkPacker,
 }
 
 impl DeviceBench {
@@ -120,7 +120,7 @@ impl DeviceBench {
             data,
             timer: KernelTimer::new(ctx).ok(),
             copy,
-            spare: Vec::new(),
+            packer: ChunkPacker::new(Direction::Lock, crate::files::DEFAULT_CHUNK),
         })
     }
 
@@ -159,11 +159,11 @@ impl DeviceBench {
         let w = &self.workload;
         stream_once(
             &mut self.engine,
+            &mut self.packer,
             w,
             &self.ciphers,
             dir,
             &self.host[..w.bytes()],
-            &mut self.spare,
         )
     }
 
@@ -251,50 +251,27 @@ pub fn bench_gpu(ctx: &GpuContext, w: &Workload, runs: Runs) -> Result<Record> {
 /// the file streamer's size, as `deeplock lock --device gpu` does.
 fn stream_once(
     engine: &mut GpuEngine,
+    packer: &mut ChunkPacker,
     w: &Workload,
     ciphers: &[Arc<TensorCipher>],
     dir: Direction,
     host: &[u8],
-    spare: &mut Vec<Vec<u8>>,
 ) -> Result<()> {
-    let chunk_size = crate::files::DEFAULT_CHUNK;
-    let mut data = Vec::new();
-    let mut spans = Vec::new();
+    packer.set_direction(dir);
+    let mut sink = |_: &Chunk| Ok(());
     let mut at = 0usize;
-    let mut finished = Vec::new();
     for (len, c) in w.tensors.iter().zip(ciphers) {
-        let mut done = 0usize;
-        while done < *len {
-            if data.capacity() == 0 {
-                data = spare.pop().unwrap_or_default();
-                data.clear();
-            }
-            let take = (chunk_size - data.len()).min(len - done);
-            let start = data.len();
-            data.extend_from_slice(&host[at + done..at + done + take]);
-            spans.push(Span {
-                cipher: Some(c.clone()),
-                tensor_offset: done as u64,
-                range: start..start + take,
-            });
-            done += take;
-            if data.len() == chunk_size {
-                let chunk = Chunk {
-                    dir,
-                    data: std::mem::take(&mut data),
-                    spans: std::mem::take(&mut spans),
-                };
-                finished.extend(engine.submit(chunk)?);
-            }
-        }
+        let mut src = &host[at..at + len];
+        let fill = |buf: &mut [u8]| {
+            let (piece, rest) = src.split_at(buf.len());
+            buf.copy_from_slice(piece);
+            src = rest;
+            Ok(())
+        };
+        packer.add_tensor(engine, Some(c), *len as u64, fill, &mut sink)?;
         at += len;
     }
-    if !data.is_empty() {
-        finished.extend(engine.submit(Chunk { dir, data, spans })?);
-    }
-    finished.extend(engine.finish()?);
-    spare.extend(finished.into_iter().map(|c| c.data));
-    Ok(())
+    packer.finish(engine, &mut sink)
 }
 
 /// The copy kernel over `size` bytes of a buffer into a buffer of its own, bound in
