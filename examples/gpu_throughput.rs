@@ -1,5 +1,6 @@
 //! Lock throughput of the GPU path against the CPU fast path, on the same data:
-//! the kernels alone (timestamp queries), host bytes end to end with
+//! the kernels alone (timestamp queries; lock and unlock, for each layout of the AES
+//! tables the device holds: the tuning sweep to run on a new GPU), host bytes end to end with
 //! `GpuLocker::apply`, the streaming `GpuEngine`, and `CpuLocker::apply_parallel`.
 //! Each figure is the best of a few runs, in GB/s (10^9 bytes per second).
 //!
@@ -32,7 +33,7 @@ fn timed(f: impl FnOnce() -> deeplock::Result<()>) -> deeplock::Result<Duration>
 
 fn report(what: &str, bytes: usize, d: Duration) {
     println!(
-        "{what:<34} {:>8.3} GB/s  ({:.1} ms)",
+        "{what:<36} {:>8.3} GB/s  ({:.1} ms)",
         bytes as f64 / d.as_secs_f64() / 1e9,
         d.as_secs_f64() * 1e3
     );
@@ -65,19 +66,33 @@ fn main() -> deeplock::Result<()> {
             tensor_offset: 0,
             range: 0..len as u64,
         };
-        let d = best(|| {
-            let mut encoder = ctx.device().create_command_encoder(&Default::default());
-            locker.encode(
-                &mut encoder,
-                &buffer,
-                Direction::Lock,
-                std::slice::from_ref(&region),
-                Some(&timer),
-            )?;
-            ctx.queue().submit([encoder.finish()]);
-            timer.elapsed(&ctx)
-        })?;
-        report("GPU lock, kernel only", len, d);
+        // Every layout of the AES tables the device holds: the default (the most copies)
+        // should be the fastest on GPUs with banked workgroup memory.
+        let mut copies = 1;
+        while copies <= locker.table_copies() {
+            let layout = GpuLocker::with_table_copies(&ctx, copies)?;
+            for dir in [Direction::Lock, Direction::Unlock] {
+                let d = best(|| {
+                    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+                    layout.encode(
+                        &mut encoder,
+                        &buffer,
+                        dir,
+                        std::slice::from_ref(&region),
+                        Some(&timer),
+                    )?;
+                    ctx.queue().submit([encoder.finish()]);
+                    timer.elapsed(&ctx)
+                })?;
+                let verb = format!("{dir:?}").to_lowercase();
+                report(
+                    &format!("GPU {verb}, kernel, {copies} table copies"),
+                    len,
+                    d,
+                );
+            }
+            copies *= 2;
+        }
     } else {
         println!("GPU lock, kernel only: no timestamp queries on this adapter");
     }

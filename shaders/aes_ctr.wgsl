@@ -3,11 +3,16 @@
 // Compose this file in front of a kernel's own source (see `deeplock::gpu::AES_CTR_WGSL`).
 // It owns bind group 0; kernels put their own bindings in group 1 and above:
 //
-//   @group(0) @binding(0)  aes_table_src  storage, read  1536 u32: T0..T3, S-box, inverse
-//                                                       S-box (built on the CPU by
+//   @group(0) @binding(0)  aes_table_src  storage, read  320 u32: T0, then the inverse
+//                                                       S-box packed 4 bytes a word (built
+//                                                       on the CPU by
 //                                                       `deeplock::gpu::aes::table_words`)
 //   @group(0) @binding(1)  aes_key        uniform        AesKey: round keys + tensor nonce
 //                                                       (dynamic offset, one per tensor)
+//
+// and the pipeline constant AES_TABLE_COPIES (a power of two, 1 to 32; host:
+// `deeplock::gpu::aes::table_copies`): how many interleaved copies of the tables each
+// workgroup keeps, so that the invocations of a warp read different memory banks.
 //
 // Use, in every entry point that calls the functions below:
 //   1. call `aes_load_tables(local_invocation_index, WORKGROUP_SIZE)` first, in uniform
@@ -22,14 +27,12 @@
 // `RoundKeys::words_le` packs the round keys. An AES state is 4 such words, one per column.
 // 64-bit block indices are vec2<u32>(low, high).
 
-// Offsets into `aes_tables` (in u32 entries).
-const AES_TE0: u32 = 0u;
-const AES_TE1: u32 = 256u;
-const AES_TE2: u32 = 512u;
-const AES_TE3: u32 = 768u;
-const AES_SBOX: u32 = 1024u;
-const AES_INV_SBOX: u32 = 1280u;
-const AES_TABLE_WORDS: u32 = 1536u;
+// Table entries (u32 words): T0 at 0..256, the packed inverse S-box at 256..320.
+const AES_INV_SBOX: u32 = 256u;
+const AES_TABLE_WORDS: u32 = 320u;
+
+override AES_TABLE_COPIES: u32 = 1u;
+override AES_WORKGROUP_WORDS: u32 = AES_TABLE_WORDS * AES_TABLE_COPIES;
 
 // The key schedule and nonce of one tensor. `round_keys[r]` is round key r, four columns.
 struct AesKey {
@@ -41,17 +44,34 @@ struct AesKey {
 @group(0) @binding(0) var<storage, read> aes_table_src: array<u32>;
 @group(0) @binding(1) var<uniform> aes_key: AesKey;
 
-// Lookup tables in workgroup memory: fast, and loaded once per workgroup. (A WGSL `const`
-// array would be copied into each invocation's private memory, which is slow.)
-var<workgroup> aes_tables: array<u32, AES_TABLE_WORDS>;
+// The tables in workgroup memory: fast, and loaded once per workgroup. (A WGSL `const`
+// array would be copied into each invocation's private memory, which is slow.) Entry e
+// of copy c is at e * AES_TABLE_COPIES + c: consecutive copies of one entry fall in
+// consecutive banks.
+var<workgroup> aes_tables: array<u32, AES_WORKGROUP_WORDS>;
+// The copy this invocation reads: its index modulo the number of copies, so neighbours
+// in a warp read neighbouring banks.
+var<private> aes_copy: u32;
 
 // Copies the tables into workgroup memory, all invocations of the workgroup sharing the
 // work, then waits for the whole workgroup. Call once, first, in uniform control flow.
 fn aes_load_tables(local_index: u32, workgroup_size: u32) {
-    for (var i = local_index; i < AES_TABLE_WORDS; i += workgroup_size) {
-        aes_tables[i] = aes_table_src[i];
+    for (var i = local_index; i < AES_WORKGROUP_WORDS; i += workgroup_size) {
+        aes_tables[i] = aes_table_src[i / AES_TABLE_COPIES];
     }
+    aes_copy = local_index % AES_TABLE_COPIES;
     workgroupBarrier();
+}
+
+// T0[x]: (2·S[x], S[x], S[x], 3·S[x]), little-endian.
+fn aes_t0(x: u32) -> u32 {
+    return aes_tables[x * AES_TABLE_COPIES + aes_copy];
+}
+
+// Inverse S-box of the byte x.
+fn aes_inv_sbox(x: u32) -> u32 {
+    let word = aes_tables[(AES_INV_SBOX + (x >> 2u)) * AES_TABLE_COPIES + aes_copy];
+    return (word >> (8u * (x & 3u))) & 0xffu;
 }
 
 // `block + n` on 64-bit block indices, with carry into the high word (wraps at 2^64).
@@ -71,20 +91,25 @@ fn aes_counter_block(block: vec2<u32>) -> vec4<u32> {
 }
 
 // One column of a full round (SubBytes, ShiftRows, MixColumns) by T-table lookups:
-// row r of the output column comes from column c + r of the input.
+// row r of the output column comes from column c + r of the input, through Tr, which is
+// T0 rotated left by 8r bits.
 fn aes_round_column(a: u32, b: u32, c: u32, d: u32) -> u32 {
-    return aes_tables[AES_TE0 + (a & 0xffu)]
-        ^ aes_tables[AES_TE1 + ((b >> 8u) & 0xffu)]
-        ^ aes_tables[AES_TE2 + ((c >> 16u) & 0xffu)]
-        ^ aes_tables[AES_TE3 + (d >> 24u)];
+    let t1 = aes_t0((b >> 8u) & 0xffu);
+    let t2 = aes_t0((c >> 16u) & 0xffu);
+    let t3 = aes_t0(d >> 24u);
+    return aes_t0(a & 0xffu)
+        ^ ((t1 << 8u) | (t1 >> 24u))
+        ^ ((t2 << 16u) | (t2 >> 16u))
+        ^ ((t3 << 24u) | (t3 >> 8u));
 }
 
-// One column of the final round (SubBytes, ShiftRows; no MixColumns).
+// One column of the final round (SubBytes, ShiftRows; no MixColumns): S[x] is byte 1
+// (and byte 2) of T0[x], so each output byte is a mask, and a shift for rows 0 and 3.
 fn aes_final_column(a: u32, b: u32, c: u32, d: u32) -> u32 {
-    return aes_tables[AES_SBOX + (a & 0xffu)]
-        | (aes_tables[AES_SBOX + ((b >> 8u) & 0xffu)] << 8u)
-        | (aes_tables[AES_SBOX + ((c >> 16u) & 0xffu)] << 16u)
-        | (aes_tables[AES_SBOX + (d >> 24u)] << 24u);
+    return ((aes_t0(a & 0xffu) >> 8u) & 0xffu)
+        | (aes_t0((b >> 8u) & 0xffu) & 0xff00u)
+        | (aes_t0((c >> 16u) & 0xffu) & 0xff0000u)
+        | ((aes_t0(d >> 24u) << 16u) & 0xff000000u);
 }
 
 // AES-128 encryption of one block under the bound key.
@@ -146,20 +171,17 @@ fn aes_keystream_at(block: vec2<u32>, shift: u32) -> vec4<u32> {
     );
 }
 
-// Table lookup of each byte of `x` in the table at `base`.
-fn aes_sub_bytes(x: u32, base: u32) -> u32 {
-    return aes_tables[base + (x & 0xffu)]
-        | (aes_tables[base + ((x >> 8u) & 0xffu)] << 8u)
-        | (aes_tables[base + ((x >> 16u) & 0xffu)] << 16u)
-        | (aes_tables[base + (x >> 24u)] << 24u);
-}
-
 // Locks 4 plaintext bytes with their 4 keystream bytes: SBOX[p ^ ks] per byte.
 fn aes_lock_word(p: u32, ks: u32) -> u32 {
-    return aes_sub_bytes(p ^ ks, AES_SBOX);
+    let v = p ^ ks;
+    return aes_final_column(v, v, v, v);
 }
 
 // Unlocks 4 locked bytes with their 4 keystream bytes: INV_SBOX[l] ^ ks per byte.
 fn aes_unlock_word(l: u32, ks: u32) -> u32 {
-    return aes_sub_bytes(l, AES_INV_SBOX) ^ ks;
+    let inv = aes_inv_sbox(l & 0xffu)
+        | (aes_inv_sbox((l >> 8u) & 0xffu) << 8u)
+        | (aes_inv_sbox((l >> 16u) & 0xffu) << 16u)
+        | (aes_inv_sbox(l >> 24u) << 24u);
+    return inv ^ ks;
 }

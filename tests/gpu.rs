@@ -111,6 +111,34 @@ fn a_few_mib() {
     check_apply(locker, &cipher, rng.random_range(0..1u64 << 50), &data);
 }
 
+/// Every layout of the AES tables the device can hold (1, 2, 4, .. copies per workgroup)
+/// gives the reference's bytes; a count that is not a power of two, or too many for the
+/// device, is refused.
+#[test]
+fn every_table_layout() {
+    let Some(locker) = shared() else { return };
+    let ctx = locker.context();
+    let mut rng = rng("every_table_layout");
+    let mut copies = 1;
+    while copies <= locker.table_copies() {
+        let layout = GpuLocker::with_table_copies(ctx, copies).unwrap();
+        let cipher = random_cipher(&mut rng, "layout");
+        let len = rng.random_range(1..40_000);
+        let data = random_bytes(&mut rng, len);
+        check_apply(&layout, &cipher, rng.random_range(0..1u64 << 40), &data);
+        copies *= 2;
+    }
+    assert!(GpuLocker::with_table_copies(ctx, 3).is_err());
+    assert!(GpuLocker::with_table_copies(ctx, 64).is_err());
+    let limit = ctx.device().limits().max_compute_workgroup_storage_size;
+    if locker.table_copies() < 32 {
+        let err = GpuLocker::with_table_copies(ctx, 32)
+            .err()
+            .expect("too big");
+        assert!(err.to_string().contains(&limit.to_string()), "{err}");
+    }
+}
+
 /// Uploads `init` into a new storage buffer on `ctx`, runs `record` on it in the caller's
 /// own encoder, and reads the whole buffer back.
 fn run_on_buffer(

@@ -9,33 +9,70 @@ use zeroize::Zeroize;
 use crate::sbox::{INV_SBOX, SBOX};
 use crate::scheme::TensorCipher;
 
-/// Number of `u32` entries in the table buffer: T0..T3, S-box, inverse S-box, 256 each.
-pub const TABLE_WORDS: usize = 1536;
+/// Number of `u32` entries in the table buffer: T0 (256 words), then the inverse S-box
+/// packed four bytes to a word (64 words).
+pub const TABLE_WORDS: usize = 320;
+
+/// Word index of the packed inverse S-box in the table buffer.
+const INV_SBOX_AT: usize = 256;
+
+/// Most copies of the tables a workgroup keeps: one per bank of workgroup memory on
+/// NVIDIA and AMD GPUs (32 banks of 4 bytes).
+pub const MAX_TABLE_COPIES: u32 = 32;
 
 /// Multiplication by x in GF(2^8) (the AES "xtime").
 fn xtime(b: u8) -> u8 {
     (b << 1) ^ if b & 0x80 != 0 { 0x1b } else { 0 }
 }
 
-/// The table buffer's contents, in the order `aes_ctr.wgsl` indexes them:
-/// `Tr[x]` is the MixColumns image of a column holding `S[x]` in row r and zeros
-/// elsewhere, packed little-endian: `T0[x] = (2·S[x], S[x], S[x], 3·S[x])` and `Tr` is `T0`
-/// rotated by r bytes, so a full round is 16 lookups and XORs. Then the S-box and the inverse S-box,
-/// one byte per entry so a lookup needs no shift. Built from [`crate::sbox`] so the GPU
-/// and the CPU share one definition of the S-box.
+/// The table buffer's contents, in the order `aes_ctr.wgsl` indexes them.
+///
+/// `T0[x]` is the MixColumns image of a column holding `S[x]` in row 0 and zeros
+/// elsewhere, packed little-endian: `(2·S[x], S[x], S[x], 3·S[x])`. The kernel gets the
+/// other three T-tables by rotating it (`Tr[x] = T0[x]` rotated left by 8r bits) and the
+/// S-box from its byte 1, so one 1 KiB table serves every round: small enough to be
+/// replicated once per memory bank (see [`table_copies`]). Then the inverse S-box, four
+/// entries per word. Built from [`crate::sbox`] so the GPU and the CPU share one
+/// definition of the S-box.
 pub fn table_words() -> [u32; TABLE_WORDS] {
     let mut t = [0u32; TABLE_WORDS];
-    for x in 0..256 {
-        let s = SBOX[x];
+    for (x, &s) in SBOX.iter().enumerate() {
         let s2 = xtime(s);
-        let t0 = u32::from_le_bytes([s2, s, s, s2 ^ s]);
-        for (k, table) in t.chunks_exact_mut(256).take(4).enumerate() {
-            table[x] = t0.rotate_left(8 * k as u32);
-        }
-        t[1024 + x] = u32::from(s);
-        t[1280 + x] = u32::from(INV_SBOX[x]);
+        t[x] = u32::from_le_bytes([s2, s, s, s2 ^ s]);
+    }
+    for (word, inv) in t[INV_SBOX_AT..].iter_mut().zip(INV_SBOX.chunks_exact(4)) {
+        *word = u32::from_le_bytes([inv[0], inv[1], inv[2], inv[3]]);
     }
     t
+}
+
+/// Workgroup memory, in bytes, that `copies` copies of the tables take.
+pub fn workgroup_table_bytes(copies: u32) -> u32 {
+    copies * 4 * TABLE_WORDS as u32
+}
+
+/// How many copies of the tables to keep in a workgroup that has `available` bytes of
+/// workgroup memory to spare for them: the most, up to [`MAX_TABLE_COPIES`], as a power of
+/// two; at least 1.
+///
+/// Why copies: table lookups at data-dependent indices are the bulk of AES's work, and
+/// when two invocations of a warp read different words of one memory bank they are
+/// served one after the other. Entry `e` of copy `c` sits at word `e * copies + c` and
+/// invocation `i` reads copy `i % copies`, so with 32 copies every invocation of a warp
+/// has a bank to itself and lookups never conflict (Tezcan, "Optimization of Advanced
+/// Encryption Standard on Graphics Processing Units", IEEE Access 2021); with fewer,
+/// at most `32 / copies` invocations share a bank.
+pub fn table_copies(available: u32) -> u32 {
+    let mut copies = MAX_TABLE_COPIES;
+    while copies > 1 && workgroup_table_bytes(copies) > available {
+        copies /= 2;
+    }
+    copies
+}
+
+/// The pipeline constant that sets the number of table copies in `aes_ctr.wgsl`.
+pub fn copies_constant(copies: u32) -> (&'static str, f64) {
+    ("AES_TABLE_COPIES", f64::from(copies))
 }
 
 /// The `AesKey` uniform of `aes_ctr.wgsl`: one tensor's round keys and nonce.
@@ -154,14 +191,14 @@ mod tests {
     use super::*;
 
     /// FIPS-197 §5.1.3's MixColumns example column db 13 53 45 -> 8e 4d a1 bc, computed
-    /// from the T-tables the way aes_ctr.wgsl does (with the S-box undone on input).
+    /// from T0 and its rotations the way aes_ctr.wgsl does (with the S-box undone on input).
     #[test]
-    fn t_tables_mix_columns() {
+    fn t_table_rotations_mix_columns() {
         let t = table_words();
         let col = [0xdbu8, 0x13, 0x53, 0x45];
         let mut out = 0u32;
         for (row, &b) in col.iter().enumerate() {
-            out ^= t[256 * row + INV_SBOX[b as usize] as usize];
+            out ^= t[INV_SBOX[b as usize] as usize].rotate_left(8 * row as u32);
         }
         assert_eq!(out.to_le_bytes(), [0x8e, 0x4d, 0xa1, 0xbc]);
     }
@@ -169,8 +206,22 @@ mod tests {
     #[test]
     fn sbox_tables() {
         let t = table_words();
-        assert_eq!(t[1024 + 0x53], 0xed);
-        assert_eq!(t[1280 + 0x63], 0x00);
+        for x in 0..256 {
+            assert_eq!((t[x] >> 8) as u8, SBOX[x], "S-box from byte 1 of T0");
+            let packed = t[INV_SBOX_AT + x / 4].to_le_bytes()[x % 4];
+            assert_eq!(packed, INV_SBOX[x], "packed inverse S-box");
+        }
+        assert_eq!(SBOX[0x53], 0xed);
+    }
+
+    #[test]
+    fn copies_fit_and_are_powers_of_two() {
+        assert_eq!(table_copies(0), 1);
+        assert_eq!(table_copies(workgroup_table_bytes(3)), 2);
+        // lavapipe's 32 KiB, NVIDIA's 48 KiB.
+        assert_eq!(table_copies(32 << 10), 16);
+        assert_eq!(table_copies(48 << 10), 32);
+        assert_eq!(table_copies(u32::MAX), MAX_TABLE_COPIES);
     }
 
     #[test]

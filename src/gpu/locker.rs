@@ -20,7 +20,7 @@ use crate::scheme::{Direction, TensorCipher};
 const MAX_WINDOW_BYTES: u64 = 1 << 31;
 
 /// Default cap on workgroups per dispatch: enough to fill the largest GPUs (a few thousand
-/// resident 256-invocation workgroups), few enough that each workgroup's 6 KiB table load
+/// resident 256-invocation workgroups), few enough that each workgroup's table load (up to 40 KiB)
 /// is amortised over many 16-byte groups by the kernel's grid-stride loop.
 const DEFAULT_MAX_WORKGROUPS: u32 = 4096;
 
@@ -53,12 +53,43 @@ pub struct GpuLocker {
     /// The largest window the device can bind (aligned, at most [`MAX_WINDOW_BYTES`]).
     max_window_bytes: u64,
     window_bytes: u64,
+    /// Copies of the AES tables in each workgroup's memory.
+    table_copies: u32,
     max_workgroups: u32,
 }
 
 impl GpuLocker {
-    /// Compiles the kernels on `ctx`'s device.
+    /// Compiles the kernels on `ctx`'s device, with as many copies of the AES tables per
+    /// workgroup as its workgroup memory holds (up to one per memory bank; see
+    /// [`aes::table_copies`]).
     pub fn new(ctx: &GpuContext) -> Self {
+        let limit = ctx.device().limits().max_compute_workgroup_storage_size;
+        Self::build(ctx, aes::table_copies(limit))
+    }
+
+    /// Like [`GpuLocker::new`] with `copies` copies of the AES tables per workgroup (a
+    /// power of two from 1 to 32): for benchmarks that compare layouts, and tests that
+    /// check each one. Errors if `copies` is not such a number or does not fit the
+    /// device's workgroup memory.
+    pub fn with_table_copies(ctx: &GpuContext, copies: u32) -> Result<Self> {
+        let limit = ctx.device().limits().max_compute_workgroup_storage_size;
+        if !copies.is_power_of_two() || copies > aes::MAX_TABLE_COPIES {
+            return Err(Error::Invalid(format!(
+                "{copies} copies of the AES tables: use a power of two from 1 to {}",
+                aes::MAX_TABLE_COPIES
+            )));
+        }
+        if aes::workgroup_table_bytes(copies) > limit {
+            return Err(Error::Gpu(format!(
+                "{copies} copies of the AES tables take {} bytes of workgroup memory; this device has {limit}: use at most {}",
+                aes::workgroup_table_bytes(copies),
+                aes::table_copies(limit)
+            )));
+        }
+        Ok(Self::build(ctx, copies))
+    }
+
+    fn build(ctx: &GpuContext, table_copies: u32) -> Self {
         let device = ctx.device();
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("deeplock aes_ctr.wgsl + lock.wgsl"),
@@ -102,9 +133,9 @@ impl GpuLocker {
                 module: &module,
                 entry_point: Some(entry_point),
                 compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[aes::copies_constant(table_copies)],
                     // Every workgroup overwrites its tables before reading them.
                     zero_initialize_workgroup_memory: false,
-                    ..Default::default()
                 },
                 cache: None,
             })
@@ -124,6 +155,7 @@ impl GpuLocker {
             window_alignment,
             max_window_bytes,
             window_bytes: max_window_bytes,
+            table_copies,
             max_workgroups: DEFAULT_MAX_WORKGROUPS.min(limits.max_compute_workgroups_per_dimension),
         }
     }
@@ -131,6 +163,11 @@ impl GpuLocker {
     /// The context the kernels run on.
     pub fn context(&self) -> &GpuContext {
         &self.ctx
+    }
+
+    /// Copies of the AES tables each workgroup keeps (see [`aes::table_copies`]).
+    pub fn table_copies(&self) -> u32 {
+        self.table_copies
     }
 
     /// Sets the largest byte range bound to one kernel as storage, rounded down to the

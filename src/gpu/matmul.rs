@@ -218,8 +218,8 @@ impl Variant {
         Variant::Gemm { tm: 8 },
     ];
 
-    /// Workgroup memory the kernel declares, in bytes: the AES tables and its tiles.
-    fn workgroup_bytes(self) -> u32 {
+    /// Workgroup memory the kernel's own tiles take, in bytes (the AES tables come on top).
+    fn tile_bytes(self) -> u32 {
         let words = match self {
             Variant::Gemv => THREADS,
             // x_tile and w_tile (rows padded by a word), bias_tile.
@@ -227,7 +227,19 @@ impl Variant {
                 GEMM_TILE_K * (16 * tm + 1) + GEMM_TILE_K * (GEMM_TILE_N + 1) + GEMM_TILE_N
             }
         };
-        4 * (aes::TABLE_WORDS as u32 + words)
+        4 * words
+    }
+
+    /// Copies of the AES tables the kernel keeps on a device with `limit` bytes of
+    /// workgroup memory: as many as fit beside its tiles when it decodes W, one when it
+    /// does not (the plain kernel then loses no occupancy to tables it never reads, and
+    /// one copy is enough for a locked bias, decoded once per column).
+    fn table_copies(self, locked: bool, limit: u32) -> u32 {
+        if locked {
+            aes::table_copies(limit.saturating_sub(self.tile_bytes()))
+        } else {
+            1
+        }
     }
 
     /// Batch rows one workgroup covers.
@@ -483,9 +495,15 @@ impl FusedMatmul {
                 dtype.name(),
                 if locked { "locked" } else { "plain" }
             );
+            let limit = self
+                .ctx
+                .device()
+                .limits()
+                .max_compute_workgroup_storage_size;
             let mut constants = vec![
                 ("LOCKED", if locked { 1.0 } else { 0.0 }),
                 ("DTYPE", f64::from(dtype.code())),
+                aes::copies_constant(variant.table_copies(locked, limit)),
             ];
             constants.extend(tm.map(|tm| ("TM", f64::from(tm))));
             self.ctx
@@ -508,15 +526,17 @@ impl FusedMatmul {
     }
 
     /// The kernel variant for `kernel` at batch `m` that fits the device's workgroup
-    /// memory: the GEMM takes 128-row tiles above batch 64 where 30.5 KiB fit, else
-    /// 64-row ones (22.5 KiB).
+    /// memory: the GEMM takes 128-row tiles above batch 64 where their 24.5 KiB and one
+    /// copy of the AES tables fit, else 64-row ones (16.5 KiB); more table copies take
+    /// whatever memory is left.
     fn variant(&self, kernel: Kernel, m: u32) -> Result<Variant> {
         let limit = self
             .ctx
             .device()
             .limits()
             .max_compute_workgroup_storage_size;
-        let fits = |v: Variant| v.workgroup_bytes() <= limit;
+        let least = |v: Variant| v.tile_bytes() + aes::workgroup_table_bytes(1);
+        let fits = |v: Variant| least(v) <= limit;
         let variant = match kernel.resolve(m) {
             Kernel::Gemv => Variant::Gemv,
             _ if m > 64 && fits(Variant::Gemm { tm: 8 }) => Variant::Gemm { tm: 8 },
@@ -526,7 +546,7 @@ impl FusedMatmul {
             return Err(Error::Gpu(format!(
                 "the {} kernel needs {} bytes of workgroup memory; this device was opened with {limit} (open it with the adapter's limits, as GpuContext::new does)",
                 variant.kernel().name(),
-                variant.workgroup_bytes()
+                least(variant)
             )));
         }
         Ok(variant)
@@ -898,12 +918,30 @@ mod tests {
         assert!(seen.iter().all(|&i| i < 18));
     }
 
-    /// The sizes `matmul_gemm.wgsl` and `aes_ctr.wgsl` declare: 22.5 KiB and 30.5 KiB
-    /// for the GEMM (both within lavapipe's and most GPUs' 32 KiB), 7 KiB for the GEMV.
+    /// The sizes `matmul_gemm.wgsl` and `aes_ctr.wgsl` declare: the tiles (16.5 KiB and
+    /// 24.5 KiB for the GEMM, 1 KiB for the GEMV), plus 1.25 KiB per copy of the tables,
+    /// as many copies as fit in 32 KiB (lavapipe, Apple) or 48 KiB (NVIDIA, AMD) when W is
+    /// locked.
     #[test]
     fn workgroup_memory() {
-        assert_eq!(Variant::Gemv.workgroup_bytes(), 7168);
-        assert_eq!(Variant::Gemm { tm: 4 }.workgroup_bytes(), 23040);
-        assert_eq!(Variant::Gemm { tm: 8 }.workgroup_bytes(), 31232);
+        let gemm4 = Variant::Gemm { tm: 4 };
+        let gemm8 = Variant::Gemm { tm: 8 };
+        assert_eq!(Variant::Gemv.tile_bytes(), 1024);
+        assert_eq!(gemm4.tile_bytes(), 16896);
+        assert_eq!(gemm8.tile_bytes(), 25088);
+        let small = 32 << 10;
+        assert_eq!(Variant::Gemv.table_copies(true, small), 16);
+        assert_eq!(gemm4.table_copies(true, small), 8);
+        assert_eq!(gemm8.table_copies(true, small), 4);
+        assert_eq!(gemm8.table_copies(false, small), 1);
+        assert_eq!(gemm8.table_copies(true, 48 << 10), 16);
+        for v in Variant::ALL {
+            for limit in [small, 48 << 10] {
+                for locked in [false, true] {
+                    let tables = aes::workgroup_table_bytes(v.table_copies(locked, limit));
+                    assert!(v.tile_bytes() + tables <= limit, "{v:?} {limit}");
+                }
+            }
+        }
     }
 }
