@@ -53,14 +53,28 @@ struct Args {
     /// Seed of the wrong keys and of the CIFAR-10 CNN's weights.
     #[arg(long, default_value_t = 2022)]
     seed: u64,
+    /// Directory holding Fashion-MNIST's `t10k-{images-idx3,labels-idx1}-ubyte.gz` (where
+    /// Debian's `dataset-fashion-mnist` puts them by default).
+    #[arg(long, default_value = deeplock::mnist::FASHION_MNIST_DIR)]
+    data: PathBuf,
 }
 
-fn main() -> deeplock::Result<()> {
-    let args = Args::parse();
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("paper: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> deeplock::Result<()> {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let fashion = fixtures.join("fashion_mnist_cnn.safetensors");
     let fashion_arch = Arch::read(&fixtures.join("fashion_mnist_cnn.arch.json"))?;
-    let test = Dataset::fashion_mnist(Split::Test)?;
+    let hint = format!(
+        "{}, or pass --data DIR",
+        deeplock::mnist::FASHION_MNIST_HINT
+    );
+    let test = Dataset::read_dir(&args.data, Split::Test, &hint)?;
     let images = args.images.min(test.len());
     let input = test.batch_f32(0..images);
     let labels = &test.labels[..images];

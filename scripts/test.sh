@@ -38,6 +38,7 @@ export DEEPLOCK_REQUIRE_GPU="${DEEPLOCK_REQUIRE_GPU:-1}"
 # A missing data set fails the tests that need it instead of skipping them.
 export DEEPLOCK_REQUIRE_DATA="${DEEPLOCK_REQUIRE_DATA:-1}"
 
+for script in scripts/*.sh .ci/run; do bash -n "$script"; done
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
