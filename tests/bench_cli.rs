@@ -67,6 +67,7 @@ fn cpu_bench_json_has_every_field() {
     for f in ["aes_ctr_gbps", "lock_1t_gbps", "unlock_1t_gbps"] {
         assert!(r[f].as_f64().unwrap() > 0.0, "{f}");
     }
+    assert!(r["table_copies"].is_null());
 }
 
 #[test]
@@ -106,6 +107,8 @@ fn gpu_bench_json_has_every_field_and_plots() {
         check(&pair[0], "gpu", 1048576);
         check(&pair[1], "gpu", 65552);
         assert!(pair[0]["aes_ctr_gbps"].is_null());
+        let copies = pair[0]["table_copies"].as_u64().unwrap();
+        assert!(copies.is_power_of_two() && copies <= 32, "{copies}");
     }
     let plot = std::fs::read_to_string(&svg).unwrap();
     assert!(plot.starts_with("<svg") && plot.contains("<polyline") && plot.contains("gpu lock"));

@@ -95,6 +95,7 @@ pub fn bench_cpu(w: &Workload, runs: Runs) -> Record {
         aes_ctr_gbps: Some(r(aes_ctr)),
         lock_1t_gbps: Some(r(lock_1t)),
         unlock_1t_gbps: Some(r(unlock_1t)),
+        table_copies: None,
         seconds: Seconds {
             lock,
             unlock,

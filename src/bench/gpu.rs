@@ -233,6 +233,7 @@ pub fn bench_gpu(ctx: &GpuContext, w: &Workload, runs: Runs) -> Result<Record> {
         aes_ctr_gbps: None,
         lock_1t_gbps: None,
         unlock_1t_gbps: None,
+        table_copies: Some(b.locker.table_copies()),
         seconds: Seconds {
             lock,
             unlock,

@@ -177,6 +177,9 @@ pub struct Record {
     pub lock_1t_gbps: Option<f64>,
     /// Unlock on one CPU core (CPU only).
     pub unlock_1t_gbps: Option<f64>,
+    /// Copies of the AES tables in each workgroup of the lock kernel (GPU only; see
+    /// `gpu::aes::table_copies`).
+    pub table_copies: Option<u32>,
     /// The median seconds behind each figure, so GB/s can be checked as bytes/seconds.
     pub seconds: Seconds,
     /// Timed runs per figure (after warm-up).
