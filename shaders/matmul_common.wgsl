@@ -54,6 +54,13 @@ struct MatmulParams {
     k: u32,
     // 1 if there is a bias.
     has_bias: u32,
+    // GEMM split-K: the number of K ranges (workgroup.z) and the TILE_K slices of each.
+    // With splits > 1 each range's partial products go to `k_partials`, and
+    // gemm_reduce_main sums them into y.
+    splits: u32,
+    slices_per_split: u32,
+    pad0: u32,
+    pad1: u32,
     w: Operand,
     bias: Operand,
 }
@@ -64,6 +71,9 @@ struct MatmulParams {
 @group(1) @binding(2) var<storage, read> bias_data: array<u32>;
 @group(1) @binding(3) var<storage, read_write> y: array<f32>;
 @group(1) @binding(4) var<uniform> params: MatmulParams;
+// The GEMM's split-K partial sums, [splits][M][N] f32 (a scratch buffer of
+// FusedMatmul's; sums of products, never weights). Unused by the GEMV.
+@group(1) @binding(5) var<storage, read_write> k_partials: array<f32>;
 
 // Whether this dispatch needs the AES tables: for W, or for a locked bias.
 fn needs_aes_tables() -> bool {

@@ -13,6 +13,12 @@
 // falls as 1 / min(M, TILE_M), and is paid again by each of the ceil(M / TILE_M) tile
 // rows. Hence two tile heights: TM = 4 (TILE_M = 64) for batches up to 64, TM = 8
 // (TILE_M = 128) above, halving the decode per multiply-add.
+//
+// Split-K: a skinny product (few tiles of Y, long K) would occupy a few compute units
+// of a large GPU. Then workgroup.z picks one of params.splits ranges of K; each range's
+// partial tile goes to `k_partials`, and gemm_reduce_main adds the ranges up into y. The
+// decode work is the same (each W tile is still decoded once per tile row); the bias is
+// added by range 0 only.
 
 // Batch rows per invocation, 4 or 8 (pipeline constant).
 override TM: u32;
@@ -105,8 +111,9 @@ fn load_w_tile(local_index: u32, n0: u32, k0: u32) {
     }
 }
 
-// Writes one row of an invocation's TM x 4 block (columns n0 + 4 tx ..).
-fn store_row(m: u32, n0: u32, tx: u32, acc: vec4<f32>) {
+// Writes one row of an invocation's TM x 4 block (columns n0 + 4 tx ..): to y, or to
+// K range `split`'s part of `k_partials` when K is split.
+fn store_row(m: u32, n0: u32, tx: u32, acc: vec4<f32>, split: u32) {
     if (m >= params.m) {
         return;
     }
@@ -114,7 +121,12 @@ fn store_row(m: u32, n0: u32, tx: u32, acc: vec4<f32>) {
     for (var j = 0u; j < 4u; j++) {
         let n = n0 + c0 + j;
         if (n < params.n) {
-            y[m * params.n + n] = acc[j] + bias_tile[c0 + j];
+            let v = acc[j] + bias_tile[c0 + j];
+            if (params.splits == 1u) {
+                y[m * params.n + n] = v;
+            } else {
+                k_partials[(split * params.m + m) * params.n + n] = v;
+            }
         }
     }
 }
@@ -130,10 +142,11 @@ fn gemm_main(
     }
     let n0 = workgroup.x * TILE_N;
     let m0 = workgroup.y * TILE_M;
+    let split = workgroup.z;
     if (local_index < TILE_N) {
         // Read after the first slice's barrier.
         var b = 0.0;
-        if (n0 + local_index < params.n) {
+        if (split == 0u && n0 + local_index < params.n) {
             b = bias_value(n0 + local_index);
         }
         bias_tile[local_index] = b;
@@ -146,7 +159,9 @@ fn gemm_main(
     for (var i = 0u; i < TM; i++) {
         acc[i] = vec4<f32>(0.0);
     }
-    for (var k0 = 0u; k0 < params.k; k0 += TILE_K) {
+    let k_begin = split * params.slices_per_split * TILE_K;
+    let k_end = min(params.k, k_begin + params.slices_per_split * TILE_K);
+    for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         load_x_tile(local_index, m0, k0);
         load_w_tile(local_index, n0, k0);
         workgroupBarrier();
@@ -161,7 +176,7 @@ fn gemm_main(
         workgroupBarrier();
     }
     for (var i = 0u; i < TM; i++) {
-        store_row(m0 + ty * TM + i, n0, tx, acc[i]);
+        store_row(m0 + ty * TM + i, n0, tx, acc[i], split);
     }
     if (LOCKED) {
         // Do not leave decoded weights in workgroup memory for whatever runs next on this
@@ -172,4 +187,24 @@ fn gemm_main(
             w_tile[i] = 0.0;
         }
     }
+}
+
+// Split-K's second step: y = the sum over K ranges of `k_partials`, one invocation per
+// output, in a 2-D grid of workgroups (x fastest) when there are more than a dimension
+// allows.
+@compute @workgroup_size(THREADS)
+fn gemm_reduce_main(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+) {
+    let i = id.y * workgroups.x * THREADS + id.x;
+    let outputs = params.m * params.n;
+    if (i >= outputs) {
+        return;
+    }
+    var sum = 0.0;
+    for (var s = 0u; s < params.splits; s++) {
+        sum += k_partials[s * outputs + i];
+    }
+    y[i] = sum;
 }

@@ -259,6 +259,8 @@ impl Problem {
 struct Run {
     out: Vec<f32>,
     buffers: Vec<(&'static str, Vec<u8>)>,
+    /// Ranges the GEMM split K into.
+    k_splits: u32,
 }
 
 /// Copies the whole of `buffer` (which needs COPY_SRC) to the host.
@@ -343,6 +345,7 @@ fn run_keyed(
     let pass = fm.encode(&mut encoder, &op, None).unwrap();
     assert_eq!(pass.kernel(), kernel.resolve(m));
     assert_eq!(pass.tile_rows(), fm.tile_rows(kernel, m).unwrap());
+    assert_eq!(pass.k_splits(), fm.k_splits(kernel, p.shape).unwrap());
     ctx.queue().submit([encoder.finish()]);
     let y_bytes = read_back(ctx, &y);
     let words: &[u32] = bytemuck::cast_slice(&y_bytes);
@@ -357,6 +360,7 @@ fn run_keyed(
         ("w", read_back(ctx, &w)),
         ("uniforms", read_back(ctx, pass.uniforms())),
         ("tables", read_back(ctx, fm.tables())),
+        ("scratch", read_back(ctx, pass.scratch())),
     ];
     if let Some(b) = &bias {
         buffers.push(("bias", read_back(ctx, b)));
@@ -366,7 +370,11 @@ fn run_keyed(
         .map(|&w| f32::from_bits(w))
         .collect();
     buffers.push(("y", y_bytes));
-    Run { out, buffers }
+    Run {
+        out,
+        buffers,
+        k_splits: pass.k_splits(),
+    }
 }
 
 /// ‖out − ref‖ / ‖ref‖ (NaN if out has NaNs).
@@ -390,6 +398,73 @@ fn check(fm: &FusedMatmul, rng: &mut StdRng, p: &Problem, kernel: Kernel) {
         kernel.name(),
         p.describe()
     );
+}
+
+/// The GEMM with K split into ranges (forced to 2, 3, and one per 32-element slice of K)
+/// matches the reference, locked and plain, with a locked bias added exactly once; and by
+/// default a skinny product (few output tiles, long K) is split, a square one is not.
+#[test]
+fn split_k_matches_reference() {
+    let Some(shared) = shared() else { return };
+    let mut fm = FusedMatmul::new(shared.context());
+    let mut rng = rng("split_k_matches_reference");
+    for forced in [2, 3, 1000] {
+        fm.set_k_splits(Some(forced)).unwrap();
+        for (dtype, storage) in [
+            (WeightDtype::F32, Storage::Locked),
+            (WeightDtype::Bf16, Storage::Locked),
+            (WeightDtype::F16, Storage::Plain),
+        ] {
+            let s = shape(
+                rng.random_range(2..=150),
+                rng.random_range(1..=100),
+                rng.random_range(97..=300),
+            );
+            let mut p = Problem::random(&mut rng, s, dtype, storage);
+            let bias_cipher = cipher_under(&p.key, &mut rng, "fc.bias");
+            p.bias = Some(Operand::random(
+                &mut rng,
+                s.n as usize,
+                WeightDtype::F32,
+                Some(bias_cipher),
+            ));
+            let got = run(&fm, &mut rng, &p, Kernel::Gemm);
+            let slices = s.k.div_ceil(32);
+            let per = slices.div_ceil(forced.min(slices));
+            assert_eq!(got.k_splits, slices.div_ceil(per), "{}", p.describe());
+            let err = relative_error(&got.out, &p.reference());
+            assert!(
+                err < p.tolerance(),
+                "{forced} splits, {}: relative error {err:e}",
+                p.describe()
+            );
+        }
+    }
+    assert!(fm.set_k_splits(Some(0)).is_err());
+    fm.set_k_splits(None).unwrap();
+    let skinny = Problem::random(
+        &mut rng,
+        shape(8, 64, 1024),
+        WeightDtype::Bf16,
+        Storage::Locked,
+    );
+    let got = run(&fm, &mut rng, &skinny, Kernel::Gemm);
+    assert_eq!(
+        got.k_splits, 8,
+        "one output tile, 32 slices of K: 8 ranges of 4"
+    );
+    let err = relative_error(&got.out, &skinny.reference());
+    assert!(
+        err < skinny.tolerance(),
+        "default split: relative error {err:e}"
+    );
+    let square = Problem::random(
+        &mut rng,
+        shape(64, 64, 64),
+        WeightDtype::F32,
+        Storage::Plain,
+    );
+    assert_eq!(run(&fm, &mut rng, &square, Kernel::Gemm).k_splits, 1);
 }
 
 fn shape(m: u32, n: u32, k: u32) -> MatmulShape {
@@ -804,13 +879,15 @@ fn bench_matmul_reports_consistent_records() {
         MatmulCase::new(1, 40, 72, WeightDtype::F32),
         MatmulCase::new(9, 33, 64, WeightDtype::Bf16),
         MatmulCase::new(70, 9, 40, WeightDtype::F16),
+        // One output tile, a long K: split.
+        MatmulCase::new(8, 64, 1024, WeightDtype::Bf16),
     ];
     let runs = Runs {
         warmup: 0,
         timed: 1,
     };
     let records = bench_matmul(fm.context(), &cases, runs).unwrap();
-    assert_eq!(records.len(), 3);
+    assert_eq!(records.len(), cases.len());
     for (r, case) in records.iter().zip(&cases) {
         assert_eq!((r.m, r.n, r.k), (case.shape.m, case.shape.n, case.shape.k));
         assert_eq!(r.dtype, case.dtype.name());
@@ -821,7 +898,14 @@ fn bench_matmul_reports_consistent_records() {
     assert_eq!(records[0].kernel, "gemv");
     assert_eq!(records[1].kernel, "gemm64");
     assert_eq!(records[2].kernel, "gemm128");
+    assert_eq!(records[3].kernel, "gemm64");
+    let splits: Vec<u32> = records.iter().map(|r| r.k_splits).collect();
+    assert_eq!(splits, [1, 1, 1, 8]);
     let json = serde_json::to_value(&records).unwrap();
     assert!(json[0]["gflops_fused"].as_f64().unwrap() > 0.0);
-    assert!(matmul_table(&records).contains("9x33x64 BF16"));
+    let table = matmul_table(&records);
+    assert!(
+        table.contains("9x33x64 BF16") && table.contains("gemm64 k/8"),
+        "{table}"
+    );
 }

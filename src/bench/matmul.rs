@@ -112,6 +112,8 @@ pub struct MatmulRecord {
     /// The kernel that ran: `gemv` for batch 1, else `gemm64` or `gemm128` (batch rows
     /// per tile, each decoding W once).
     pub kernel: String,
+    /// Ranges the GEMM split K into, to run enough workgroups (1: not split).
+    pub k_splits: u32,
     /// Median milliseconds of the fused kernel on locked W.
     pub fused_ms: f64,
     /// Median milliseconds of the same kernel on plaintext W.
@@ -432,6 +434,7 @@ pub fn bench_matmul(
                 1 => "gemv".into(),
                 rows => format!("gemm{rows}"),
             },
+            k_splits: matmul.k_splits(Kernel::Auto, case.shape)?,
             fused_ms: fused * 1e3,
             plain_ms: plain * 1e3,
             unlock_then_plain_ms: unlock_then_plain * 1e3,
@@ -475,7 +478,7 @@ pub fn matmul_table(records: &[MatmulRecord]) -> String {
             let _ = writeln!(s, "\n{who}");
             let _ = writeln!(
                 s,
-                "  {:>20} {:>6} {:>10} {:>10} {:>12} {:>7} {:>7} {:>9} {:>9} {:>9}",
+                "  {:>20} {:>10} {:>10} {:>10} {:>12} {:>7} {:>7} {:>9} {:>9} {:>9}",
                 "case",
                 "kernel",
                 "fused ms",
@@ -491,9 +494,13 @@ pub fn matmul_table(records: &[MatmulRecord]) -> String {
         }
         let _ = writeln!(
             s,
-            "  {:>20} {:>6} {:>10.3} {:>10.3} {:>12.3} {:>7.2} {:>7.2} {:>9.1} {:>9.1} {:>9.2}",
+            "  {:>20} {:>10} {:>10.3} {:>10.3} {:>12.3} {:>7.2} {:>7.2} {:>9.1} {:>9.1} {:>9.2}",
             format!("{}x{}x{} {}", r.m, r.n, r.k, r.dtype),
-            r.kernel,
+            if r.k_splits > 1 {
+                format!("{} k/{}", r.kernel, r.k_splits)
+            } else {
+                r.kernel.clone()
+            },
             r.fused_ms,
             r.plain_ms,
             r.unlock_then_plain_ms,
@@ -504,6 +511,6 @@ pub fn matmul_table(records: &[MatmulRecord]) -> String {
             r.weight_gbps_fused
         );
     }
-    s.push_str("\n  Y = X·Wᵀ, m x n x k; median kernel times (timestamps where available); f/p = fused over plain (the decode's cost), u+p/p = unlock into scratch then plain, over plain; GF = 10^9 flop/s; W GB/s f = weight bytes over fused time\n");
+    s.push_str("\n  Y = X·Wᵀ, m x n x k; median kernel times (timestamps where available); k/N = K split into N ranges; f/p = fused over plain (the decode's cost), u+p/p = unlock into scratch then plain, over plain; GF = 10^9 flop/s; W GB/s f = weight bytes over fused time\n");
     s
 }

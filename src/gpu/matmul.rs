@@ -9,8 +9,10 @@
 //!
 //! **Property: no storage buffer ever holds plaintext weights.** The only buffers an
 //! [`FusedMatmul::encode`] binds are the caller's X, locked W, bias and Y, the shared
-//! AES lookup tables (public constants) and one uniform buffer per call holding the
-//! round keys and the dispatch parameters, which the call clears once the pass has run.
+//! AES lookup tables (public constants), one uniform buffer per call holding the
+//! round keys and the dispatch parameters, which the call clears once the pass has run,
+//! and, for a GEMM whose K is split over several workgroups, a scratch buffer of partial
+//! sums of products (never weights).
 //! Plaintext weights exist only in registers and in workgroup memory, for the duration
 //! of a workgroup (the GEMM zeroes its decoded tile before it ends). What it does not
 //! cover is in docs/FUSED.md.
@@ -19,7 +21,7 @@
 //! pipeline constant switching the decode off, so plain and fused timings differ by the
 //! decode alone.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use serde::Serialize;
 use wgpu::util::DeviceExt;
@@ -41,6 +43,13 @@ const GEMM_TILE_K: u32 = 32;
 const GEMV_ROWS: u32 = 4;
 /// Invocations per workgroup, both kernels.
 const THREADS: u32 = 256;
+/// Split-K aims at this many GEMM workgroups: several per compute unit on the largest
+/// GPUs (an H100 has 132), so that a skinny product (batch 64 against a 4096 x 4096
+/// weight: 64 output tiles) still fills the device.
+const TARGET_WORKGROUPS: u32 = 512;
+/// Fewest TILE_K slices of K per split: below this the extra partial sums and the
+/// per-workgroup setup (tables, bias) cost more than the parallelism brings.
+const MIN_SLICES_PER_SPLIT: u32 = 4;
 /// Headroom kept below 2^32 for the kernels' u32 byte arithmetic, which runs a few
 /// blocks past an operand's last byte before its loop bounds stop it.
 const U32_HEADROOM: u64 = 1 << 16;
@@ -242,6 +251,17 @@ impl Variant {
         }
     }
 
+    /// Workgroups of a dispatch over `shape` before any split of K: (columns, rows).
+    fn grid(self, shape: MatmulShape) -> (u32, u32) {
+        match self {
+            Variant::Gemv => (shape.n.div_ceil(GEMV_ROWS), shape.m),
+            Variant::Gemm { .. } => (
+                shape.n.div_ceil(GEMM_TILE_N),
+                shape.m.div_ceil(self.tile_rows()),
+            ),
+        }
+    }
+
     /// Batch rows one workgroup covers.
     fn tile_rows(self) -> u32 {
         match self {
@@ -262,7 +282,9 @@ impl Variant {
 #[derive(Debug)]
 pub struct MatmulPass {
     uniforms: wgpu::Buffer,
+    scratch: wgpu::Buffer,
     variant: Variant,
+    k_splits: u32,
 }
 
 impl MatmulPass {
@@ -281,6 +303,18 @@ impl MatmulPass {
     /// 128 for the GEMM (see [`FusedMatmul::tile_rows`]).
     pub fn tile_rows(&self) -> u32 {
         self.variant.tile_rows()
+    }
+
+    /// Ranges K was split into (1: not split; always 1 for the GEMV).
+    pub fn k_splits(&self) -> u32 {
+        self.k_splits
+    }
+
+    /// The split-K scratch buffer the pass bound (shared by the passes of one
+    /// [`FusedMatmul`]; holds partial sums of products when K was split). `COPY_SRC`, for
+    /// audits.
+    pub fn scratch(&self) -> &wgpu::Buffer {
+        &self.scratch
     }
 }
 
@@ -307,6 +341,9 @@ struct MatmulParams {
     n: u32,
     k: u32,
     has_bias: u32,
+    splits: u32,
+    slices_per_split: u32,
+    pad: [u32; 2],
     w: OperandParams,
     bias: OperandParams,
 }
@@ -325,6 +362,16 @@ impl BoundOperand<'_> {
     fn entry(&self, binding: u32) -> wgpu::BindGroupEntry<'_> {
         buffer_entry(binding, self.buffer, self.offset, self.size)
     }
+}
+
+/// A split-K scratch buffer of `bytes` bytes.
+fn scratch_buffer(device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("deeplock matmul split-K partial sums"),
+        size: bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    })
 }
 
 fn buffer_entry(
@@ -385,6 +432,14 @@ pub struct FusedMatmul {
     gemv_module: wgpu::ShaderModule,
     /// Indexed by [`FusedMatmul::pipeline_index`]: variant, dtype, locked.
     pipelines: [OnceLock<wgpu::ComputePipeline>; 18],
+    /// Split-K's summing kernel.
+    reduce: OnceLock<wgpu::ComputePipeline>,
+    /// Split-K's partial sums, grown to the largest pass so far. A pass's bind group
+    /// keeps the buffer it bound alive; passes run in submission order, so one buffer
+    /// serves them all.
+    scratch: Mutex<wgpu::Buffer>,
+    /// Forced number of K ranges (tests, benchmarks); `None`: by [`TARGET_WORKGROUPS`].
+    k_splits: Option<u32>,
 }
 
 impl FusedMatmul {
@@ -417,6 +472,7 @@ impl FusedMatmul {
                 storage(1, true),
                 storage(2, true),
                 storage(3, false),
+                storage(5, false),
                 wgpu::BindGroupLayoutEntry {
                     binding: 4,
                     visibility: wgpu::ShaderStages::COMPUTE,
@@ -455,7 +511,84 @@ impl FusedMatmul {
             io_layout,
             pipeline_layout,
             pipelines: std::array::from_fn(|_| OnceLock::new()),
+            reduce: OnceLock::new(),
+            scratch: Mutex::new(scratch_buffer(device, 4)),
+            k_splits: None,
         }
+    }
+
+    /// Forces the GEMM to split K into `splits` ranges (at most one per TILE_K = 32
+    /// slice of K; 1: never split), or with `None` goes back to the default: splitting
+    /// skinny products until about [`TARGET_WORKGROUPS`] workgroups run. For tests and
+    /// benchmarks; results agree either way up to float rounding.
+    pub fn set_k_splits(&mut self, splits: Option<u32>) -> Result<()> {
+        if splits == Some(0) {
+            return Err(Error::Invalid(
+                "split K into at least 1 range (1: not split)".into(),
+            ));
+        }
+        self.k_splits = splits;
+        Ok(())
+    }
+
+    /// How many ranges `variant` splits K into for `shape`, and the TILE_K slices per
+    /// range, so that no range is empty and the partial sums fit one storage binding.
+    /// The GEMV never splits.
+    fn k_split(&self, variant: Variant, shape: MatmulShape) -> (u32, u32) {
+        if variant == Variant::Gemv {
+            return (1, 0);
+        }
+        let (columns, rows) = variant.grid(shape);
+        let tiles = columns.saturating_mul(rows);
+        let slices = shape.k.div_ceil(GEMM_TILE_K);
+        let wanted = self.k_splits.unwrap_or_else(|| {
+            TARGET_WORKGROUPS
+                .div_ceil(tiles)
+                .min(slices / MIN_SLICES_PER_SPLIT)
+        });
+        let outputs = 4 * u64::from(shape.m) * u64::from(shape.n);
+        let limits = self.ctx.device().limits();
+        let fit = (limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            / outputs)
+            .min(u64::from(limits.max_compute_workgroups_per_dimension));
+        let splits = u64::from(wanted.clamp(1, slices)).min(fit).max(1) as u32;
+        let per = slices.div_ceil(splits);
+        (slices.div_ceil(per), per)
+    }
+
+    /// The scratch buffer, at least `bytes` long.
+    fn scratch(&self, bytes: u64) -> wgpu::Buffer {
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if scratch.size() < bytes {
+            *scratch = scratch_buffer(self.ctx.device(), bytes.next_power_of_two());
+        }
+        scratch.clone()
+    }
+
+    fn reduce_pipeline(&self) -> &wgpu::ComputePipeline {
+        self.reduce.get_or_init(|| {
+            self.ctx
+                .device()
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some("deeplock matmul split-K reduce"),
+                    layout: Some(&self.pipeline_layout),
+                    module: &self.gemm_module,
+                    entry_point: Some("gemm_reduce_main"),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        // The module's pipeline constants; this entry point reads none.
+                        constants: &[
+                            ("LOCKED", 0.0),
+                            ("DTYPE", 0.0),
+                            ("TM", 4.0),
+                            aes::copies_constant(1),
+                        ],
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                })
+        })
     }
 
     /// The context the kernels run on.
@@ -559,9 +692,17 @@ impl FusedMatmul {
         self.variant(kernel, m).map(Variant::tile_rows)
     }
 
+    /// Ranges a product of `shape` with `kernel` splits K into (see
+    /// [`FusedMatmul::set_k_splits`]): 1 for the GEMV and for products with enough output
+    /// tiles to fill a GPU.
+    pub fn k_splits(&self, kernel: Kernel, shape: MatmulShape) -> Result<u32> {
+        Ok(self.k_split(self.variant(kernel, shape.m)?, shape).0)
+    }
+
     /// Records `Y = X · Wᵀ + b` into `encoder` as one compute pass (timed by `timer` if
     /// given), decoding W (and b) on the fly when they are locked. Nothing runs until the
-    /// caller submits. Only `y` is written; no buffer ever receives plaintext weights
+    /// caller submits. Only `y` is written (and this `FusedMatmul`'s scratch buffer of
+    /// partial sums, when a skinny GEMM splits K); no buffer ever receives plaintext weights
     /// (see the module documentation). Errors, before anything is recorded, for shapes
     /// the device cannot dispatch and operands that do not fit their buffers.
     pub fn encode(
@@ -577,10 +718,8 @@ impl FusedMatmul {
             )));
         }
         let variant = self.variant(op.kernel, m)?;
-        let workgroups = match variant {
-            Variant::Gemv => (n.div_ceil(GEMV_ROWS), m),
-            Variant::Gemm { .. } => (n.div_ceil(GEMM_TILE_N), m.div_ceil(variant.tile_rows())),
-        };
+        let workgroups = variant.grid(op.shape);
+        let (splits, slices_per_split) = self.k_split(variant, op.shape);
         let device = self.ctx.device();
         let limits = device.limits();
         let max_wg = limits.max_compute_workgroups_per_dimension;
@@ -627,6 +766,9 @@ impl FusedMatmul {
             n,
             k,
             has_bias: u32::from(bias.is_some()),
+            splits,
+            slices_per_split,
+            pad: [0; 2],
             w: w.params,
             bias: bias.as_ref().map_or(OperandParams::default(), |b| b.params),
         };
@@ -649,6 +791,13 @@ impl FusedMatmul {
                 | wgpu::BufferUsages::COPY_SRC,
         });
         let aes_group = aes::bind_group(device, &self.aes_layout, &self.tables, &uniforms);
+        let outputs = m64 * n64;
+        let scratch_bytes = if splits > 1 {
+            4 * outputs * u64::from(splits)
+        } else {
+            4
+        };
+        let scratch = self.scratch(scratch_bytes);
         let io_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("deeplock matmul group 1"),
             layout: &self.io_layout,
@@ -659,6 +808,7 @@ impl FusedMatmul {
                 bias.as_ref().unwrap_or(&w).entry(2),
                 buffer_entry(3, op.y, 0, y_bytes),
                 buffer_entry(4, &uniforms, params_offset, PARAMS_SIZE),
+                buffer_entry(5, &scratch, 0, scratch_bytes),
             ],
         });
         let pipeline = self.pipeline(variant, op.w.dtype, op.w.locked.is_some());
@@ -675,14 +825,25 @@ impl FusedMatmul {
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &aes_group, &[0]);
             pass.set_bind_group(1, &io_group, &[]);
-            pass.dispatch_workgroups(workgroups.0, workgroups.1, 1);
+            pass.dispatch_workgroups(workgroups.0, workgroups.1, splits);
+            if splits > 1 {
+                let groups = outputs.div_ceil(u64::from(THREADS));
+                let x = groups.min(u64::from(max_wg));
+                pass.set_pipeline(self.reduce_pipeline());
+                pass.dispatch_workgroups(x as u32, groups.div_ceil(x) as u32, 1);
+            }
         }
         // Do not leave the round keys in GPU memory once the pass has run.
         encoder.clear_buffer(&uniforms, 0, None);
         if let Some(timer) = timer {
             timer.resolve(encoder);
         }
-        Ok(MatmulPass { uniforms, variant })
+        Ok(MatmulPass {
+            uniforms,
+            scratch,
+            variant,
+            k_splits: splits,
+        })
     }
 
     /// Byte length of an f32 activation operand of `elements` elements, checked against
