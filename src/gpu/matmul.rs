@@ -562,7 +562,10 @@ impl FusedMatmul {
     fn scratch(&self, bytes: u64) -> wgpu::Buffer {
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         if scratch.size() < bytes {
-            *scratch = scratch_buffer(self.ctx.device(), bytes.next_power_of_two());
+            // Room to grow, within the device's largest buffer (`k_split` keeps `bytes`
+            // within it).
+            let max = self.ctx.device().limits().max_buffer_size;
+            *scratch = scratch_buffer(self.ctx.device(), bytes.next_power_of_two().min(max));
         }
         scratch.clone()
     }
