@@ -558,16 +558,27 @@ impl FusedMatmul {
         (slices.div_ceil(per), per)
     }
 
-    /// The scratch buffer, at least `bytes` long.
-    fn scratch(&self, bytes: u64) -> wgpu::Buffer {
+    /// The scratch buffer, at least `bytes` long; a clear error, not a panic, when the
+    /// device is out of memory.
+    fn scratch(&self, bytes: u64) -> Result<wgpu::Buffer> {
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         if scratch.size() < bytes {
+            let device = self.ctx.device();
             // Room to grow, within the device's largest buffer (`k_split` keeps `bytes`
             // within it).
-            let max = self.ctx.device().limits().max_buffer_size;
-            *scratch = scratch_buffer(self.ctx.device(), bytes.next_power_of_two().min(max));
+            let size = bytes
+                .next_power_of_two()
+                .min(device.limits().max_buffer_size);
+            let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+            let grown = scratch_buffer(device, size);
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                return Err(Error::Gpu(format!(
+                    "could not allocate {size} bytes of GPU memory for split-K partial sums ({e}); use a smaller batch, or FusedMatmul::set_k_splits(Some(1))"
+                )));
+            }
+            *scratch = grown;
         }
-        scratch.clone()
+        Ok(scratch.clone())
     }
 
     fn reduce_pipeline(&self) -> &wgpu::ComputePipeline {
@@ -800,7 +811,7 @@ impl FusedMatmul {
         } else {
             4
         };
-        let scratch = self.scratch(scratch_bytes);
+        let scratch = self.scratch(scratch_bytes)?;
         let io_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("deeplock matmul group 1"),
             layout: &self.io_layout,
