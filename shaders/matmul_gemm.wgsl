@@ -11,8 +11,9 @@
 // slice (plus one per row span where spans do not start on a 16-byte boundary), and
 // every decoded weight then serves TILE_M batch rows: the AES cost per multiply-add
 // falls as 1 / min(M, TILE_M), and is paid again by each of the ceil(M / TILE_M) tile
-// rows. Hence two tile heights: TM = 4 (TILE_M = 64) for batches up to 64, TM = 8
-// (TILE_M = 128) above, halving the decode per multiply-add.
+// rows. Hence three tile heights: TM = 4 (TILE_M = 64) for batches up to 64, TM = 8
+// (TILE_M = 128) up to 128, and TM = 16 (TILE_M = 256, with TILE_K = 16 so the slices
+// still fit 32 KiB of workgroup memory) above, each halving the decode per multiply-add.
 //
 // Split-K: a skinny product (few tiles of Y, long K) would occupy a few compute units
 // of a large GPU. Then workgroup.z picks one of params.splits ranges of K; each range's
@@ -20,22 +21,24 @@
 // decode work is the same (each W tile is still decoded once per tile row); the bias is
 // added by range 0 only.
 
-// Batch rows per invocation, 4 or 8 (pipeline constant).
+// Batch rows per invocation, 4, 8 or 16 (pipeline constant).
 override TM: u32;
 override TILE_M: u32 = 16u * TM;
-const TM_MAX: u32 = 8u;
+const TM_MAX: u32 = 16u;
 const TILE_N: u32 = 64u;
-const TILE_K: u32 = 32u;
+// Elements of K per slice (a multiple of 8, so a row span of BF16/F16 is whole blocks).
+override TILE_K: u32 = select(32u, 16u, TM > 8u);
 const THREADS: u32 = 256u;
 // Row strides of the slices, one word more than a row so that the invocations storing
 // one column (consecutive kk) hit different banks of workgroup memory.
 override X_STRIDE: u32 = TILE_M + 1u;
 const W_STRIDE: u32 = TILE_N + 1u;
 override X_TILE_LEN: u32 = TILE_K * X_STRIDE;
+override W_TILE_LEN: u32 = TILE_K * W_STRIDE;
 
 // Slices, k-major: x_tile[kk * X_STRIDE + mm], w_tile[kk * W_STRIDE + nn].
 var<workgroup> x_tile: array<f32, X_TILE_LEN>;
-var<workgroup> w_tile: array<f32, TILE_K * W_STRIDE>;
+var<workgroup> w_tile: array<f32, W_TILE_LEN>;
 var<workgroup> bias_tile: array<f32, TILE_N>;
 
 // X's slice at (m0, k0); zeros outside X, so they add nothing.
@@ -183,7 +186,7 @@ fn gemm_main(
         // compute unit (a kernel that reads workgroup memory uninitialised could see
         // them, cf. "LeftoverLocals", CVE-2023-4969). Best effort: registers cannot be
         // cleared from WGSL.
-        for (var i = local_index; i < TILE_K * W_STRIDE; i += THREADS) {
+        for (var i = local_index; i < W_TILE_LEN; i += THREADS) {
             w_tile[i] = 0.0;
         }
     }

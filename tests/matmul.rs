@@ -429,7 +429,12 @@ fn split_k_matches_reference() {
                 Some(bias_cipher),
             ));
             let got = run(&fm, &mut rng, &p, Kernel::Gemm);
-            let slices = s.k.div_ceil(32);
+            let tile_k = if fm.tile_rows(Kernel::Gemm, s.m).unwrap() == 256 {
+                16
+            } else {
+                32
+            };
+            let slices = s.k.div_ceil(tile_k);
             let per = slices.div_ceil(forced.min(slices));
             assert_eq!(got.k_splits, slices.div_ceil(per), "{}", p.describe());
             let err = relative_error(&got.out, &p.reference());
@@ -475,7 +480,7 @@ fn random_dim(rng: &mut StdRng) -> u32 {
     rng.random_range(1..=300)
 }
 
-/// Shapes for the GEMM: edge and prime sizes, tile-size (64, 64, 32) multiples and
+/// Shapes for the GEMM: edge and prime sizes, tile-size ((64, 64, 32), (256, 64, 16)) multiples and
 /// non-multiples, and random ones.
 fn gemm_shapes(rng: &mut StdRng) -> Vec<MatmulShape> {
     let mut shapes = vec![
@@ -484,6 +489,9 @@ fn gemm_shapes(rng: &mut StdRng) -> Vec<MatmulShape> {
         shape(257, 7, 127),
         shape(64, 64, 32),
         shape(65, 63, 33),
+        // The 256-row tiles, whose K slices are 16 long.
+        shape(256, 64, 16),
+        shape(129, 65, 17),
         shape(2, 300, 1),
     ];
     for _ in 0..3 {

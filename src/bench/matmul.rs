@@ -109,8 +109,8 @@ pub struct MatmulRecord {
     pub k: u32,
     /// Element type of W (`F32`, `BF16`, `F16`).
     pub dtype: String,
-    /// The kernel that ran: `gemv` for batch 1, else `gemm64` or `gemm128` (batch rows
-    /// per tile, each decoding W once).
+    /// The kernel that ran: `gemv` for batch 1, else `gemm64`, `gemm128` or `gemm256`
+    /// (batch rows per tile, each decoding W once).
     pub kernel: String,
     /// Ranges the GEMM split K into, to run enough workgroups (1: not split).
     pub k_splits: u32,

@@ -5,7 +5,7 @@
 //! `aes_ctr.wgsl` and `matmul_common.wgsl`) load locked weight bytes from storage,
 //! compute the deeplock v1 keystream for each 16-byte block they load, undo the S-box
 //! layer in registers and multiply: the GEMM through a decoded tile in workgroup memory
-//! shared by up to 64 or 128 batch rows, the GEMV straight from registers.
+//! shared by up to 64, 128 or 256 batch rows, the GEMV straight from registers.
 //!
 //! **Property: no storage buffer ever holds plaintext weights.** The only buffers an
 //! [`FusedMatmul::encode`] binds are the caller's X, locked W, bias and Y, the shared
@@ -37,8 +37,6 @@ use crate::scheme::TensorCipher;
 
 /// Output columns of one GEMM workgroup (`TILE_N` in `matmul_gemm.wgsl`).
 const GEMM_TILE_N: u32 = 64;
-/// `TILE_K` in `matmul_gemm.wgsl`.
-const GEMM_TILE_K: u32 = 32;
 /// Outputs per GEMV workgroup (`matmul_gemv.wgsl`).
 const GEMV_ROWS: u32 = 4;
 /// Invocations per workgroup, both kernels.
@@ -131,8 +129,8 @@ pub enum Kernel {
     Auto,
     /// One workgroup row per batch row, decoding W afresh for each: meant for batch 1.
     Gemv,
-    /// Output tiles of 64 (batch up to 64) or 128 batch rows by 64 columns; W decoded
-    /// once per tile row.
+    /// Output tiles of 64 (batch up to 64), 128 (up to 128) or 256 batch rows by 64
+    /// columns; W decoded once per tile row.
     Gemm,
 }
 
@@ -221,20 +219,29 @@ enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 3] = [
+    const ALL: [Variant; 4] = [
         Variant::Gemv,
         Variant::Gemm { tm: 4 },
         Variant::Gemm { tm: 8 },
+        Variant::Gemm { tm: 16 },
     ];
+
+    /// Elements of K per slice (`TILE_K` in `matmul_gemm.wgsl`): 32, or 16 for the
+    /// 256-row tiles so that their slices fit 32 KiB. 0 for the GEMV, which has none.
+    fn tile_k(self) -> u32 {
+        match self {
+            Variant::Gemv => 0,
+            Variant::Gemm { tm } if tm > 8 => 16,
+            Variant::Gemm { .. } => 32,
+        }
+    }
 
     /// Workgroup memory the kernel's own tiles take, in bytes (the AES tables come on top).
     fn tile_bytes(self) -> u32 {
         let words = match self {
             Variant::Gemv => THREADS,
             // x_tile and w_tile (rows padded by a word), bias_tile.
-            Variant::Gemm { tm } => {
-                GEMM_TILE_K * (16 * tm + 1) + GEMM_TILE_K * (GEMM_TILE_N + 1) + GEMM_TILE_N
-            }
+            Variant::Gemm { tm } => self.tile_k() * (16 * tm + 1 + GEMM_TILE_N + 1) + GEMM_TILE_N,
         };
         4 * words
     }
@@ -299,8 +306,8 @@ impl MatmulPass {
         self.variant.kernel()
     }
 
-    /// Batch rows one workgroup covered, each decoding W once: 1 for the GEMV, 64 or
-    /// 128 for the GEMM (see [`FusedMatmul::tile_rows`]).
+    /// Batch rows one workgroup covered, each decoding W once: 1 for the GEMV, 64, 128
+    /// or 256 for the GEMM (see [`FusedMatmul::tile_rows`]).
     pub fn tile_rows(&self) -> u32 {
         self.variant.tile_rows()
     }
@@ -431,7 +438,7 @@ pub struct FusedMatmul {
     gemm_module: wgpu::ShaderModule,
     gemv_module: wgpu::ShaderModule,
     /// Indexed by [`FusedMatmul::pipeline_index`]: variant, dtype, locked.
-    pipelines: [OnceLock<wgpu::ComputePipeline>; 18],
+    pipelines: [OnceLock<wgpu::ComputePipeline>; 24],
     /// Split-K's summing kernel.
     reduce: OnceLock<wgpu::ComputePipeline>,
     /// Split-K's partial sums, grown to the largest pass so far. A pass's bind group
@@ -540,7 +547,7 @@ impl FusedMatmul {
         }
         let (columns, rows) = variant.grid(shape);
         let tiles = columns.saturating_mul(rows);
-        let slices = shape.k.div_ceil(GEMM_TILE_K);
+        let slices = shape.k.div_ceil(variant.tile_k());
         let wanted = self.k_splits.unwrap_or_else(|| {
             TARGET_WORKGROUPS
                 .div_ceil(tiles)
@@ -652,7 +659,10 @@ impl FusedMatmul {
                 ("DTYPE", f64::from(dtype.code())),
                 aes::copies_constant(variant.table_copies(locked, limit)),
             ];
-            constants.extend(tm.map(|tm| ("TM", f64::from(tm))));
+            if let Some(tm) = tm {
+                constants.push(("TM", f64::from(tm)));
+                constants.push(("TILE_K", f64::from(variant.tile_k())));
+            }
             self.ctx
                 .device()
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -673,9 +683,9 @@ impl FusedMatmul {
     }
 
     /// The kernel variant for `kernel` at batch `m` that fits the device's workgroup
-    /// memory: the GEMM takes 128-row tiles above batch 64 where their 24.5 KiB and one
-    /// copy of the AES tables fit, else 64-row ones (16.5 KiB); more table copies take
-    /// whatever memory is left.
+    /// memory: the GEMM takes 256-row tiles above batch 128 and 128-row ones above batch
+    /// 64 where they (20.4 and 24.5 KiB) and one copy of the AES tables fit, else 64-row
+    /// ones (16.5 KiB); more table copies take whatever memory is left.
     fn variant(&self, kernel: Kernel, m: u32) -> Result<Variant> {
         let limit = self
             .ctx
@@ -686,6 +696,7 @@ impl FusedMatmul {
         let fits = |v: Variant| least(v) <= limit;
         let variant = match kernel.resolve(m) {
             Kernel::Gemv => Variant::Gemv,
+            _ if m > 128 && fits(Variant::Gemm { tm: 16 }) => Variant::Gemm { tm: 16 },
             _ if m > 64 && fits(Variant::Gemm { tm: 8 }) => Variant::Gemm { tm: 8 },
             _ => Variant::Gemm { tm: 4 },
         };
@@ -701,7 +712,8 @@ impl FusedMatmul {
 
     /// Batch rows one workgroup covers in a product of batch `m` with `kernel`: W is
     /// decoded once per such tile row, so the AES work per multiply-add falls as
-    /// 1 / min(m, tile rows). 1 for the GEMV; 64, or 128 above batch 64, for the GEMM.
+    /// 1 / min(m, tile rows). 1 for the GEMV; for the GEMM 64, 128 above batch 64, 256
+    /// above batch 128.
     pub fn tile_rows(&self, kernel: Kernel, m: u32) -> Result<u32> {
         self.variant(kernel, m).map(Variant::tile_rows)
     }
@@ -1043,13 +1055,14 @@ mod tests {
     use super::*;
 
     /// The host structs must match the WGSL uniform layout (Operand: 48 bytes, placed
-    /// at 16 and 64).
+    /// at 32 and 80, after the dimensions and the split-K fields).
     #[test]
     fn params_have_the_wgsl_layout() {
         assert_eq!(std::mem::size_of::<OperandParams>(), 48);
-        assert_eq!(PARAMS_SIZE, 112);
-        assert_eq!(std::mem::offset_of!(MatmulParams, w), 16);
-        assert_eq!(std::mem::offset_of!(MatmulParams, bias), 64);
+        assert_eq!(PARAMS_SIZE, 128);
+        assert_eq!(std::mem::offset_of!(MatmulParams, splits), 16);
+        assert_eq!(std::mem::offset_of!(MatmulParams, w), 32);
+        assert_eq!(std::mem::offset_of!(MatmulParams, bias), 80);
     }
 
     #[test]
@@ -1090,24 +1103,27 @@ mod tests {
                 }
             }
         }
-        assert!(seen.iter().all(|&i| i < 18));
+        assert!(seen.iter().all(|&i| i < 24));
     }
 
-    /// The sizes `matmul_gemm.wgsl` and `aes_ctr.wgsl` declare: the tiles (16.5 KiB and
-    /// 24.5 KiB for the GEMM, 1 KiB for the GEMV), plus 1.25 KiB per copy of the tables,
+    /// The sizes `matmul_gemm.wgsl` and `aes_ctr.wgsl` declare: the tiles (16.5, 24.5 and
+    /// 20.4 KiB for the GEMM, 1 KiB for the GEMV), plus 1.25 KiB per copy of the tables,
     /// as many copies as fit in 32 KiB (lavapipe, Apple) or 48 KiB (NVIDIA, AMD) when W is
     /// locked.
     #[test]
     fn workgroup_memory() {
         let gemm4 = Variant::Gemm { tm: 4 };
         let gemm8 = Variant::Gemm { tm: 8 };
+        let gemm16 = Variant::Gemm { tm: 16 };
         assert_eq!(Variant::Gemv.tile_bytes(), 1024);
+        assert_eq!(gemm16.tile_bytes(), 20864);
         assert_eq!(gemm4.tile_bytes(), 16896);
         assert_eq!(gemm8.tile_bytes(), 25088);
         let small = 32 << 10;
         assert_eq!(Variant::Gemv.table_copies(true, small), 16);
         assert_eq!(gemm4.table_copies(true, small), 8);
         assert_eq!(gemm8.table_copies(true, small), 4);
+        assert_eq!(gemm16.table_copies(true, small), 8);
         assert_eq!(gemm8.table_copies(false, small), 1);
         assert_eq!(gemm8.table_copies(true, 48 << 10), 16);
         for v in Variant::ALL {
