@@ -10,8 +10,10 @@
 #                                        tests/fixtures): the GPU tests with
 #                                        DEEPLOCK_REQUIRE_GPU=1, `deeplock bench` (CPU and
 #                                        GPU, up to 1 GiB), the table-layout sweep, the
-#                                        fused matmul benchmark and the paper's experiment,
-#                                        each into OUT/<step>.{json,txt}, with OUT/summary.txt
+#                                        fused matmul benchmark, the paper's experiment and,
+#                                        where PyTorch has CUDA, cuBLAS on the matmul shapes
+#                                        (scripts/torch_matmul.py), each into
+#                                        OUT/<step>.{json,txt}, with OUT/summary.txt
 #
 # `run` goes on past a failing step (and says so in the summary), so one broken step does
 # not cost the others; it exits non-zero if any step failed. It needs a Vulkan (or Metal,
@@ -98,6 +100,12 @@ run() {
     step sweep sweep.txt "$bin/gpu_throughput" "${SWEEP_MIB:-1024}"
     step matmul matmul.json "$bin/deeplock" bench --matmul --json
     step paper paper.json "$bin/paper" --json --data "$dir/fashion-mnist"
+    # cuBLAS on the same shapes as `bench --matmul`, where PyTorch and CUDA are there.
+    if python3 -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+        step torch torch.json python3 "$(dirname "$0")/torch_matmul.py"
+    else
+        echo "torch: skipped (no PyTorch with CUDA here)" | tee -a "$summary"
+    fi
     return $failed
 }
 

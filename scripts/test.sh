@@ -39,6 +39,11 @@ export DEEPLOCK_REQUIRE_GPU="${DEEPLOCK_REQUIRE_GPU:-1}"
 export DEEPLOCK_REQUIRE_DATA="${DEEPLOCK_REQUIRE_DATA:-1}"
 
 for script in scripts/*.sh .ci/run; do bash -n "$script"; done
+if command -v python3 >/dev/null; then
+    for script in scripts/*.py docs/*.py; do
+        python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' "$script"
+    done
+fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
