@@ -1,6 +1,7 @@
 //! Lock throughput of the GPU path against the CPU fast path, on the same data:
-//! the kernels alone (timestamp queries; lock and unlock, for each layout of the AES
-//! tables the device holds: the tuning sweep to run on a new GPU), host bytes end to end with
+//! the kernels alone (timestamp queries; lock and unlock for each layout of the AES
+//! tables the device holds, and lock for a few caps on the grid: the tuning sweep to run
+//! on a new GPU), host bytes end to end with
 //! `GpuLocker::apply`, the streaming `GpuEngine`, and `CpuLocker::apply_parallel`.
 //! Each figure is the best of a few runs, in GB/s (10^9 bytes per second).
 //!
@@ -66,32 +67,40 @@ fn main() -> deeplock::Result<()> {
             tensor_offset: 0,
             range: 0..len as u64,
         };
+        let kernel_time = |layout: &GpuLocker, dir| {
+            best(|| {
+                let mut encoder = ctx.device().create_command_encoder(&Default::default());
+                layout.encode(
+                    &mut encoder,
+                    &buffer,
+                    dir,
+                    std::slice::from_ref(&region),
+                    Some(&timer),
+                )?;
+                ctx.queue().submit([encoder.finish()]);
+                timer.elapsed(&ctx)
+            })
+        };
         // Every layout of the AES tables the device holds: the default (the most copies)
         // should be the fastest on GPUs with banked workgroup memory.
         let mut copies = 1;
         while copies <= locker.table_copies() {
             let layout = GpuLocker::with_table_copies(&ctx, copies)?;
             for dir in [Direction::Lock, Direction::Unlock] {
-                let d = best(|| {
-                    let mut encoder = ctx.device().create_command_encoder(&Default::default());
-                    layout.encode(
-                        &mut encoder,
-                        &buffer,
-                        dir,
-                        std::slice::from_ref(&region),
-                        Some(&timer),
-                    )?;
-                    ctx.queue().submit([encoder.finish()]);
-                    timer.elapsed(&ctx)
-                })?;
                 let verb = format!("{dir:?}").to_lowercase();
-                report(
-                    &format!("GPU {verb}, kernel, {copies} table copies"),
-                    len,
-                    d,
-                );
+                let what = format!("GPU {verb}, kernel, {copies} table copies");
+                report(&what, len, kernel_time(&layout, dir)?);
             }
             copies *= 2;
+        }
+        // The grid cap at the default layout: fewer workgroups load the tables fewer
+        // times, more hide latency better.
+        let mut grid = GpuLocker::new(&ctx);
+        for workgroups in [256, 1024, 4096, 16384] {
+            if grid.set_max_workgroups(workgroups).is_ok() {
+                let what = format!("GPU lock, kernel, <= {workgroups} workgroups");
+                report(&what, len, kernel_time(&grid, Direction::Lock)?);
+            }
         }
     } else {
         println!("GPU lock, kernel only: no timestamp queries on this adapter");
