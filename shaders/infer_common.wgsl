@@ -14,14 +14,9 @@ struct Params {
     // Output height and width.
     oh: u32,
     ow: u32,
-    // Convolution kernel height and width (im2col), pool window side (maxpool: kh).
-    kh: u32,
-    kw: u32,
-    // Zero padding above/below and left/right (im2col).
-    pad_h: u32,
-    pad_w: u32,
-    unused0: u32,
-    unused1: u32,
+    // Pool window side (maxpool).
+    size: u32,
+    unused: u32,
 }
 
 @group(0) @binding(0) var<storage, read> src: array<f32>;

@@ -15,7 +15,7 @@ fn maxpool_main(
     let ox = (i / params.c) % params.ow;
     let oy = (i / (params.c * params.ow)) % params.oh;
     let b = i / (params.c * params.ow * params.oh);
-    let size = params.kh;
+    let size = params.size;
     let base = (b * params.h + oy * size) * params.w + ox * size;
     var m = src[base * params.c + ch];
     for (var u = 0u; u < size; u++) {

@@ -48,6 +48,29 @@ struct Operand {
     pad1: u32,
 }
 
+// X as a batch of NHWC images, for a stride-1 convolution computed as an implicit GEMM
+// (host: `ConvInput`): row m of X is output position (b, oy, ox), column kk is input
+// channel kk / (kh * kw) at tap (ky, kx) = (kk % (kh * kw)) / kw, % kw, the order of a
+// PyTorch conv weight [out, in, kh, kw] read as a Linear matrix. Taps outside the image
+// read as zero (padding). No im2col matrix is ever built.
+struct ConvView {
+    // 1 if X is such an image batch; 0 if it is a dense [M, K] matrix.
+    image: u32,
+    // Input height, width, channels; output height, width; kernel height, width;
+    // zero padding above/below and left/right.
+    h: u32,
+    w: u32,
+    c: u32,
+    oh: u32,
+    ow: u32,
+    kh: u32,
+    kw: u32,
+    pad_h: u32,
+    pad_w: u32,
+    pad0: u32,
+    pad1: u32,
+}
+
 struct MatmulParams {
     m: u32,
     n: u32,
@@ -63,6 +86,7 @@ struct MatmulParams {
     pad1: u32,
     w: Operand,
     bias: Operand,
+    conv: ConvView,
 }
 
 @group(1) @binding(0) var<storage, read> x: array<f32>;
@@ -74,6 +98,27 @@ struct MatmulParams {
 // The GEMM's split-K partial sums, [splits][M][N] f32 (a scratch buffer of
 // FusedMatmul's; sums of products, never weights). Unused by the GEMV.
 @group(1) @binding(5) var<storage, read_write> k_partials: array<f32>;
+
+// Element (m, kk) of X (m < M, kk < K): read from the dense matrix, or gathered from the
+// image batch for a convolution.
+fn x_value(m: u32, kk: u32) -> f32 {
+    let cv = params.conv;
+    if (cv.image == 0u) {
+        return x[m * params.k + kk];
+    }
+    let taps = cv.kh * cv.kw;
+    let ch = kk / taps;
+    let t = kk % taps;
+    let ox = m % cv.ow;
+    let oy = (m / cv.ow) % cv.oh;
+    let b = m / (cv.ow * cv.oh);
+    let iy = i32(oy + t / cv.kw) - i32(cv.pad_h);
+    let ix = i32(ox + t % cv.kw) - i32(cv.pad_w);
+    if (iy < 0 || iy >= i32(cv.h) || ix < 0 || ix >= i32(cv.w)) {
+        return 0.0;
+    }
+    return x[((b * cv.h + u32(iy)) * cv.w + u32(ix)) * cv.c + ch];
+}
 
 // Whether this dispatch needs the AES tables: for W, or for a locked bias.
 fn needs_aes_tables() -> bool {

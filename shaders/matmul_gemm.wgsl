@@ -50,7 +50,7 @@ fn load_x_tile(local_index: u32, m0: u32, k0: u32) {
         let kk = k0 + c;
         var v = 0.0;
         if (m < params.m && kk < params.k) {
-            v = x[m * params.k + kk];
+            v = x_value(m, kk);
         }
         x_tile[c * X_STRIDE + r] = v;
     }

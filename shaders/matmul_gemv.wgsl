@@ -17,9 +17,8 @@ const THREADS: u32 = 256u;
 var<workgroup> partial: array<f32, THREADS>;
 
 // Dot product of the value(s) of the decoded word at aligned byte `a` that fall in the
-// row starting at W element `row_first` with the matching elements of x's row at
-// `x_row`.
-fn dot_word(word: u32, a: u32, row_first: u32, x_row: u32) -> f32 {
+// row starting at W element `row_first` with the matching elements of row `m` of X.
+fn dot_word(word: u32, a: u32, row_first: u32, m: u32) -> f32 {
     if (a < params.w.shift) {
         return 0.0;
     }
@@ -28,18 +27,18 @@ fn dot_word(word: u32, a: u32, row_first: u32, x_row: u32) -> f32 {
         // Wrapping: elements before the row give huge c.
         let c = v / 4u - row_first;
         if (c < params.k) {
-            return bitcast<f32>(word) * x[x_row + c];
+            return bitcast<f32>(word) * x_value(m, c);
         }
         return 0.0;
     }
     var sum = 0.0;
     let c0 = v / 2u - row_first;
     if (c0 < params.k) {
-        sum = decode_element(word, 0u, DTYPE) * x[x_row + c0];
+        sum = decode_element(word, 0u, DTYPE) * x_value(m, c0);
     }
     let c1 = c0 + 1u;
     if (c1 < params.k) {
-        sum += decode_element(word, 1u, DTYPE) * x[x_row + c1];
+        sum += decode_element(word, 1u, DTYPE) * x_value(m, c1);
     }
     return sum;
 }
@@ -61,14 +60,13 @@ fn gemv_main(
         let row_first = n * params.k;
         let a0 = params.w.shift + row_first * es;
         let a1 = a0 + params.k * es;
-        let x_row = m * params.k;
         for (var ab = a0 / 16u + lane; ab * 16u < a1; ab += GEMV_LANES) {
             let words = w_block(ab);
             let a = ab * 16u;
-            acc += dot_word(words.x, a, row_first, x_row)
-                + dot_word(words.y, a + 4u, row_first, x_row)
-                + dot_word(words.z, a + 8u, row_first, x_row)
-                + dot_word(words.w, a + 12u, row_first, x_row);
+            acc += dot_word(words.x, a, row_first, m)
+                + dot_word(words.y, a + 4u, row_first, m)
+                + dot_word(words.z, a + 8u, row_first, m)
+                + dot_word(words.w, a + 12u, row_first, m);
         }
     }
     partial[local_index] = acc;

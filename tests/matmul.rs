@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 use deeplock::bench::matmul::{bench_matmul, matmul_table, MatmulCase};
 use deeplock::bench::Runs;
 use deeplock::gpu::{
-    FusedMatmul, GpuContext, GpuLocker, GpuTensor, HostTensor, Kernel, KernelTimer, Linear,
-    MatmulShape, Region, TensorKey, WeightDtype,
+    ConvInput, FusedMatmul, GpuContext, GpuLocker, GpuTensor, HostTensor, Kernel, KernelTimer,
+    Linear, MatmulShape, Region, TensorKey, WeightDtype,
 };
 use deeplock::{reference, Direction, MasterKey, Salt, TensorCipher};
 use rand::rngs::StdRng;
@@ -163,6 +163,9 @@ struct Problem {
     x: Vec<f32>,
     w: Operand,
     bias: Option<Operand>,
+    /// For a convolution: its input geometry and the NHWC images the kernels read; `x`
+    /// is then their im2col matrix, which only the reference uses.
+    conv: Option<(ConvInput, Vec<f32>)>,
 }
 
 /// How W and b are stored in a random problem.
@@ -200,7 +203,61 @@ impl Problem {
             shape,
             x,
             bias,
+            conv: None,
         }
+    }
+
+    /// A random convolution of `batch` random images of `input`'s geometry: W is the
+    /// conv weight `[out, in, kh, kw]` as a `[out, in * kh * kw]` matrix and `x` the
+    /// images' im2col matrix, built here on the CPU (rows `(b, oy, ox)`, columns
+    /// `(c, ky, kx)`, zeros for the padding) for the reference alone.
+    fn random_conv(
+        rng: &mut StdRng,
+        input: ConvInput,
+        batch: u32,
+        out: u32,
+        dtype: WeightDtype,
+        storage: Storage,
+    ) -> Self {
+        let (oh, ow) = input.output().expect("a conv with an output");
+        let (h, w, c) = (input.height, input.width, input.channels);
+        let [kh, kw] = input.kernel;
+        let images: Vec<f32> = (0..batch * h * w * c)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let k = c * kh * kw;
+        let mut cols = Vec::with_capacity((batch * oh * ow * k) as usize);
+        for b in 0..batch {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for ch in 0..c {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy + ky) as i64 - i64::from(input.pad[0]);
+                                let ix = (ox + kx) as i64 - i64::from(input.pad[1]);
+                                let inside = (0..i64::from(h)).contains(&iy)
+                                    && (0..i64::from(w)).contains(&ix);
+                                cols.push(if inside {
+                                    let (iy, ix) = (iy as u32, ix as u32);
+                                    images[(((b * h + iy) * w + ix) * c + ch) as usize]
+                                } else {
+                                    0.0
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let shape = MatmulShape {
+            m: batch * oh * ow,
+            n: out,
+            k,
+        };
+        let mut p = Problem::random(rng, shape, dtype, storage);
+        p.x = cols;
+        p.conv = Some((input, images));
+        p
     }
 
     /// `X · Wᵀ + b` in f64 on the exact decoded values.
@@ -315,7 +372,7 @@ fn run_keyed(
         .device()
         .create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("test x"),
-            contents: bytemuck::cast_slice(&p.x),
+            contents: bytemuck::cast_slice(p.conv.as_ref().map_or(&p.x, |(_, images)| images)),
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
         });
     let w = p.w.upload(ctx, rng);
@@ -342,7 +399,10 @@ fn run_keyed(
         shape: p.shape,
         kernel,
     };
-    let pass = fm.encode(&mut encoder, &op, None).unwrap();
+    let pass = match &p.conv {
+        Some((input, _)) => fm.encode_conv(&mut encoder, &op, input, None).unwrap(),
+        None => fm.encode(&mut encoder, &op, None).unwrap(),
+    };
     assert_eq!(pass.kernel(), kernel.resolve(m));
     assert_eq!(pass.tile_rows(), fm.tile_rows(kernel, m).unwrap());
     assert_eq!(pass.k_splits(), fm.k_splits(kernel, p.shape).unwrap());
@@ -397,6 +457,116 @@ fn check(fm: &FusedMatmul, rng: &mut StdRng, p: &Problem, kernel: Kernel) {
         "{} {}: relative error {err:e}",
         kernel.name(),
         p.describe()
+    );
+}
+
+/// Convolutions as implicit GEMMs: 3x3 and 5x5 and lopsided kernels, valid and same
+/// padding, odd channel counts, several images, locked F32/BF16 and plain F16 weights,
+/// through the GEMM (and the GEMV, for a single output position), against the reference
+/// on the CPU-built im2col matrix.
+#[test]
+fn conv_matches_reference() {
+    let Some(fm) = shared() else { return };
+    let mut rng = rng("conv_matches_reference");
+    let cases = [
+        // (h, w, c, kernel, pad, batch, out)
+        (28, 28, 1, [5, 5], [0, 0], 2, 8),
+        (12, 10, 3, [3, 3], [1, 1], 3, 17),
+        (9, 11, 5, [5, 5], [2, 2], 1, 64),
+        (7, 6, 4, [3, 5], [1, 0], 2, 9),
+        (3, 3, 7, [3, 3], [0, 0], 1, 33),
+    ];
+    for (i, (h, w, c, kernel, pad, batch, out)) in cases.into_iter().enumerate() {
+        let input = ConvInput {
+            height: h,
+            width: w,
+            channels: c,
+            kernel,
+            pad,
+        };
+        let (dtype, storage) = [
+            (WeightDtype::F32, Storage::Locked),
+            (WeightDtype::Bf16, Storage::Locked),
+            (WeightDtype::F16, Storage::Plain),
+        ][i % 3];
+        let p = Problem::random_conv(&mut rng, input, batch, out, dtype, storage);
+        let kernel = Kernel::Auto;
+        let got = run(fm, &mut rng, &p, kernel);
+        let err = relative_error(&got.out, &p.reference());
+        assert!(
+            err < p.tolerance(),
+            "{input:?} x{batch}, {}: relative error {err:e}",
+            p.describe()
+        );
+    }
+}
+
+/// A convolution whose `Linear` does not match its input is refused, with what to fix.
+#[test]
+fn conv_shape_errors() {
+    let Some(fm) = shared() else { return };
+    let ctx = fm.context();
+    let buffer = |len: u64| {
+        ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("test conv operand"),
+            size: len,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let (x, w, y) = (
+        buffer(4 * 8 * 8 * 2),
+        buffer(4 * 4 * 18),
+        buffer(4 * 36 * 4),
+    );
+    let input = ConvInput {
+        height: 8,
+        width: 8,
+        channels: 2,
+        kernel: [3, 3],
+        pad: [0, 0],
+    };
+    let attempt = |input: ConvInput, shape: MatmulShape| {
+        let op = Linear {
+            x: &x,
+            w: GpuTensor {
+                buffer: &w,
+                offset: 0,
+                dtype: WeightDtype::F32,
+                locked: None,
+            },
+            bias: None,
+            y: &y,
+            shape,
+            kernel: Kernel::Auto,
+        };
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        fm.encode_conv(&mut encoder, &op, &input, None)
+            .err()
+            .map(|e| e.to_string())
+    };
+    assert_eq!(
+        attempt(input, shape(36, 4, 18)),
+        None,
+        "6x6 output, k = 2 * 3 * 3"
+    );
+    let e = attempt(input, shape(36, 4, 17)).unwrap();
+    assert!(e.contains("k = 18"), "{e}");
+    let e = attempt(input, shape(35, 4, 18)).unwrap();
+    assert!(e.contains("m = batch * 36"), "{e}");
+    let e = attempt(
+        ConvInput {
+            kernel: [9, 3],
+            ..input
+        },
+        shape(1, 4, 54),
+    )
+    .unwrap();
+    assert!(e.contains("no output"), "{e}");
+    let e = attempt(input, shape(72, 4, 18)).unwrap();
+    assert!(
+        e.contains("matmul x needs"),
+        "two images do not fit one: {e}"
     );
 }
 

@@ -210,6 +210,63 @@ pub struct Linear<'a> {
     pub kernel: Kernel,
 }
 
+/// The input of a stride-1 2-D convolution, for [`FusedMatmul::encode_conv`]: the
+/// convolution is the product of the input's im2col matrix (one row per output position
+/// `(b, oy, ox)`, one column per `(channel, ky, kx)`) with the conv weight
+/// `[out, in, kh, kw]` read as the `Linear` matrix `[out, in * kh * kw]`, as PyTorch
+/// stores it; the kernels gather that matrix's elements from the image as they need them
+/// (implicit GEMM), so it is never built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvInput {
+    /// Input height, width and channels; the input buffer holds the batch's images NHWC
+    /// (channels fastest), f32.
+    pub height: u32,
+    /// See `height`.
+    pub width: u32,
+    /// See `height`.
+    pub channels: u32,
+    /// Kernel height and width.
+    pub kernel: [u32; 2],
+    /// Zero padding above and below, left and right (`valid`: 0; `same` for odd kernels:
+    /// half the kernel).
+    pub pad: [u32; 2],
+}
+
+impl ConvInput {
+    /// Output height and width, `size + 2 pad - kernel + 1`; `None` if the kernel is
+    /// empty or larger than the padded input.
+    pub fn output(&self) -> Option<(u32, u32)> {
+        let side = |size: u32, pad: u32, kernel: u32| {
+            (kernel > 0)
+                .then(|| (u64::from(size) + 2 * u64::from(pad) + 1).checked_sub(u64::from(kernel)))
+                .flatten()
+                .filter(|&o| o > 0)
+                .and_then(|o| u32::try_from(o).ok())
+        };
+        Some((
+            side(self.height, self.pad[0], self.kernel[0])?,
+            side(self.width, self.pad[1], self.kernel[1])?,
+        ))
+    }
+}
+
+/// `ConvView` of `matmul_common.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct ConvParams {
+    image: u32,
+    h: u32,
+    w: u32,
+    c: u32,
+    oh: u32,
+    ow: u32,
+    kh: u32,
+    kw: u32,
+    pad_h: u32,
+    pad_w: u32,
+    pad: [u32; 2],
+}
+
 /// A compiled kernel: the GEMV, or the GEMM with `tm` batch rows per invocation
 /// (`TM`: tiles of 16 * tm rows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -353,6 +410,7 @@ struct MatmulParams {
     pad: [u32; 2],
     w: OperandParams,
     bias: OperandParams,
+    conv: ConvParams,
 }
 
 const PARAMS_SIZE: u64 = std::mem::size_of::<MatmulParams>() as u64;
@@ -369,6 +427,53 @@ impl BoundOperand<'_> {
     fn entry(&self, binding: u32) -> wgpu::BindGroupEntry<'_> {
         buffer_entry(binding, self.buffer, self.offset, self.size)
     }
+}
+
+/// The kernel parameters of a convolution of `input` as the product `shape`, and the
+/// number of input elements it reads; errors if they do not agree.
+fn conv_params(input: &ConvInput, shape: MatmulShape) -> Result<(u64, ConvParams)> {
+    let ConvInput {
+        height,
+        width,
+        channels,
+        kernel: [kh, kw],
+        pad: [pad_h, pad_w],
+    } = *input;
+    let Some((oh, ow)) = input.output().filter(|_| height > 0 && width > 0) else {
+        return Err(Error::Invalid(format!(
+            "a {kh}x{kw} convolution with padding {pad_h}x{pad_w} has no output on a {height}x{width} input; check the kernel and padding"
+        )));
+    };
+    let taps = u64::from(channels) * u64::from(kh) * u64::from(kw);
+    if taps != u64::from(shape.k) {
+        return Err(Error::Invalid(format!(
+            "a convolution of {channels} channels with a {kh}x{kw} kernel has k = {taps}, not {}; set k = channels * kh * kw",
+            shape.k
+        )));
+    }
+    let positions = u64::from(oh) * u64::from(ow);
+    if !u64::from(shape.m).is_multiple_of(positions) {
+        return Err(Error::Invalid(format!(
+            "a convolution with a {oh}x{ow} output has m = batch * {positions}, not {}",
+            shape.m
+        )));
+    }
+    let batch = u64::from(shape.m) / positions;
+    let elements = batch * u64::from(height) * u64::from(width) * u64::from(channels);
+    let params = ConvParams {
+        image: 1,
+        h: height,
+        w: width,
+        c: channels,
+        oh,
+        ow,
+        kh,
+        kw,
+        pad_h,
+        pad_w,
+        pad: [0; 2],
+    };
+    Ok((elements, params))
 }
 
 /// A split-K scratch buffer of `bytes` bytes.
@@ -737,6 +842,32 @@ impl FusedMatmul {
         op: &Linear<'_>,
         timer: Option<&KernelTimer>,
     ) -> Result<MatmulPass> {
+        self.encode_with(encoder, op, None, timer)
+    }
+
+    /// Records a stride-1 convolution as [`FusedMatmul::encode`] records a `Linear`, with
+    /// `op.x` the batch of `input` images (NHWC f32) instead of a matrix: `op.w` is the
+    /// conv weight `[out, in, kh, kw]` (locked or not), `op.shape` is
+    /// `m = batch * oh * ow`, `n = out`, `k = in * kh * kw`, and `op.y` receives the
+    /// output NHWC (`[batch, oh, ow, out]`). The kernels read the image where the im2col
+    /// matrix would be read (implicit GEMM).
+    pub fn encode_conv(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        op: &Linear<'_>,
+        input: &ConvInput,
+        timer: Option<&KernelTimer>,
+    ) -> Result<MatmulPass> {
+        self.encode_with(encoder, op, Some(input), timer)
+    }
+
+    fn encode_with(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        op: &Linear<'_>,
+        conv: Option<&ConvInput>,
+        timer: Option<&KernelTimer>,
+    ) -> Result<MatmulPass> {
         let MatmulShape { m, n, k } = op.shape;
         if m == 0 || n == 0 || k == 0 {
             return Err(Error::Invalid(format!(
@@ -768,7 +899,11 @@ impl FusedMatmul {
                 )));
             }
         }
-        let x_bytes = self.activations("x", op.x, m64 * k64)?;
+        let (x_elements, conv) = match conv {
+            None => (m64 * k64, ConvParams::default()),
+            Some(c) => conv_params(c, op.shape)?,
+        };
+        let x_bytes = self.activations("x", op.x, x_elements)?;
         let y_bytes = self.activations("y", op.y, m64 * n64)?;
         let w = self.bind_operand("w", &op.w, n64 * k64)?;
         let bias = op
@@ -797,6 +932,7 @@ impl FusedMatmul {
             pad: [0; 2],
             w: w.params,
             bias: bias.as_ref().map_or(OperandParams::default(), |b| b.params),
+            conv,
         };
 
         // The uniforms: the key (group 0) at 0, the parameters at the next aligned offset.
@@ -1055,11 +1191,13 @@ mod tests {
     use super::*;
 
     /// The host structs must match the WGSL uniform layout (Operand: 48 bytes, placed
-    /// at 32 and 80, after the dimensions and the split-K fields).
+    /// at 32 and 80, after the dimensions and the split-K fields; ConvView, 48 bytes, last).
     #[test]
     fn params_have_the_wgsl_layout() {
         assert_eq!(std::mem::size_of::<OperandParams>(), 48);
-        assert_eq!(PARAMS_SIZE, 128);
+        assert_eq!(std::mem::size_of::<ConvParams>(), 48);
+        assert_eq!(PARAMS_SIZE, 176);
+        assert_eq!(std::mem::offset_of!(MatmulParams, conv), 128);
         assert_eq!(std::mem::offset_of!(MatmulParams, splits), 16);
         assert_eq!(std::mem::offset_of!(MatmulParams, w), 32);
         assert_eq!(std::mem::offset_of!(MatmulParams, bias), 80);
@@ -1091,6 +1229,23 @@ mod tests {
         assert_eq!(Kernel::Auto.resolve(1), Kernel::Gemv);
         assert_eq!(Kernel::Auto.resolve(2), Kernel::Gemm);
         assert_eq!(Kernel::Gemv.resolve(9), Kernel::Gemv);
+    }
+
+    #[test]
+    fn conv_output_sizes() {
+        let conv = |h, w, kernel, pad| ConvInput {
+            height: h,
+            width: w,
+            channels: 3,
+            kernel,
+            pad,
+        };
+        assert_eq!(conv(28, 28, [5, 5], [0, 0]).output(), Some((24, 24)));
+        assert_eq!(conv(32, 32, [3, 3], [1, 1]).output(), Some((32, 32)));
+        assert_eq!(conv(7, 6, [3, 5], [1, 0]).output(), Some((7, 2)));
+        assert_eq!(conv(2, 2, [3, 3], [0, 0]).output(), None);
+        assert_eq!(conv(2, 2, [0, 3], [0, 0]).output(), None);
+        assert_eq!(conv(u32::MAX, 1, [1, 1], [1, 0]).output(), None, "u32 overflow");
     }
 
     #[test]

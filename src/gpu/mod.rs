@@ -27,8 +27,8 @@ pub use context::GpuContext;
 pub use engine::GpuEngine;
 pub use locker::{GpuLocker, Region};
 pub use matmul::{
-    FusedMatmul, GpuTensor, HostTensor, Kernel, Linear, MatmulPass, MatmulShape, TensorKey,
-    WeightDtype,
+    ConvInput, FusedMatmul, GpuTensor, HostTensor, Kernel, Linear, MatmulPass, MatmulShape,
+    TensorKey, WeightDtype,
 };
 pub(crate) use slot::{f32s, read_mapped};
 pub use timer::KernelTimer;

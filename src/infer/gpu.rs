@@ -5,9 +5,10 @@
 //! at load by [`GpuLocker`] into plain buffers that the same kernels then read as they are
 //! ([`Unlock::AtLoad`]). Comparing the two gives the price of never unlocking.
 //!
-//! Activations are NHWC on the GPU. A convolution is an im2col kernel
-//! (`shaders/infer_im2col.wgsl`: rows `(b, oy, ox)`, columns `(c, ky, kx)`) followed by the
-//! GEMM: a PyTorch conv weight `[out, in, kh, kw]` is, byte for byte, the Linear matrix
+//! Activations are NHWC on the GPU. A convolution is the fused GEMM as an implicit GEMM
+//! ([`FusedMatmul::encode_conv`]: it reads the input image where an im2col matrix with
+//! rows `(b, oy, ox)` and columns `(c, ky, kx)` would be, without building it): a PyTorch
+//! conv weight `[out, in, kh, kw]` is, byte for byte, the Linear matrix
 //! `[out, in * kh * kw]` the GEMM takes, so locked conv weights are used as stored, and
 //! the GEMM's `[rows, out]` result is the NHWC output. Max-pool, ReLU and flatten (back to
 //! PyTorch's `(c, y, x)` order, which dense weights were trained on) are small kernels of
@@ -18,8 +19,8 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::{
-    f32s, read_mapped, FusedMatmul, GpuContext, GpuLocker, GpuTensor, Kernel, Linear, MatmulShape,
-    Region, TensorKey, WeightDtype,
+    f32s, read_mapped, ConvInput, FusedMatmul, GpuContext, GpuLocker, GpuTensor, Kernel, Linear,
+    MatmulShape, Region, TensorKey, WeightDtype,
 };
 use crate::infer::arch::{Arch, LayerSpec};
 use crate::infer::cpu::argmax;
@@ -28,7 +29,6 @@ use crate::key::MasterKey;
 use crate::scheme::{Direction, TensorCipher};
 
 const COMMON_WGSL: &str = include_str!("../../shaders/infer_common.wgsl");
-const IM2COL_WGSL: &str = include_str!("../../shaders/infer_im2col.wgsl");
 const MAXPOOL_WGSL: &str = include_str!("../../shaders/infer_maxpool.wgsl");
 const RELU_WGSL: &str = include_str!("../../shaders/infer_relu.wgsl");
 const FLATTEN_WGSL: &str = include_str!("../../shaders/infer_flatten.wgsl");
@@ -67,17 +67,13 @@ struct Params {
     c: u32,
     oh: u32,
     ow: u32,
-    kh: u32,
-    kw: u32,
-    pad_h: u32,
-    pad_w: u32,
-    unused: [u32; 2],
+    size: u32,
+    unused: u32,
 }
 
 /// The layer kernels.
 #[derive(Clone, Copy, Debug)]
 enum Op {
-    Im2col,
     MaxPool,
     Relu,
     Flatten,
@@ -93,7 +89,8 @@ enum Step {
         uniform: wgpu::Buffer,
         group: wgpu::BindGroup,
     },
-    /// `act[y] = act[x] · weights[w]ᵀ + weights[b]`, `rows` matrix rows per image.
+    /// `act[y] = act[x] · weights[w]ᵀ + weights[b]`, `rows` matrix rows per image; with
+    /// `conv`, `act[x]` is the images the rows are gathered from.
     Matmul {
         x: usize,
         y: usize,
@@ -102,6 +99,7 @@ enum Step {
         rows: u32,
         n: u32,
         k: u32,
+        conv: Option<ConvInput>,
     },
 }
 
@@ -123,7 +121,7 @@ struct Weight {
 pub struct GpuModel {
     ctx: GpuContext,
     matmul: FusedMatmul,
-    pipelines: [wgpu::ComputePipeline; 4],
+    pipelines: [wgpu::ComputePipeline; 3],
     weights: Vec<Weight>,
     /// Activations: `[0]` the input, the last the logits.
     acts: Vec<wgpu::Buffer>,
@@ -260,32 +258,23 @@ impl GpuModel {
             let out_len = output.len();
             match (layer, input, output) {
                 (Layer::Conv(c), Shape::Image([ci, h, w]), Shape::Image([co, oh, ow])) => {
-                    let k = ci * c.kernel[0] * c.kernel[1];
-                    let cols = alloc(oh * ow * k, &format!("layer {i} im2col"))?;
-                    let params = Params {
-                        total: u(oh * ow * k),
-                        h: u(h),
-                        w: u(w),
-                        c: u(ci),
-                        oh: u(oh),
-                        ow: u(ow),
-                        kh: u(c.kernel[0]),
-                        kw: u(c.kernel[1]),
-                        pad_h: u(c.pad[0]),
-                        pad_w: u(c.pad[1]),
-                        unused: [0; 2],
-                    };
-                    plan.push(Planned::Layer(cur, cols, Op::Im2col, params));
                     let out = alloc(out_len, &format!("layer {i} conv"))?;
                     let (wi, bi) = layer_tensors(arch, i, names);
                     plan.push(Planned::Step(Step::Matmul {
-                        x: cols,
+                        x: cur,
                         y: out,
                         w: wi,
                         b: bi,
                         rows: u(oh * ow),
                         n: u(co),
-                        k: u(k),
+                        k: u(ci * c.kernel[0] * c.kernel[1]),
+                        conv: Some(ConvInput {
+                            height: u(h),
+                            width: u(w),
+                            channels: u(ci),
+                            kernel: [u(c.kernel[0]), u(c.kernel[1])],
+                            pad: [u(c.pad[0]), u(c.pad[1])],
+                        }),
                     }));
                     cur = out;
                 }
@@ -298,7 +287,7 @@ impl GpuModel {
                         c: u(c),
                         oh: u(oh),
                         ow: u(ow),
-                        kh: u(size),
+                        size: u(size),
                         ..Params::default()
                     };
                     plan.push(Planned::Layer(cur, out, Op::MaxPool, params));
@@ -336,6 +325,7 @@ impl GpuModel {
                         rows: 1,
                         n: u(d.outputs),
                         k: u(d.inputs),
+                        conv: None,
                     }));
                     cur = out;
                 }
@@ -489,6 +479,7 @@ impl GpuModel {
                     rows,
                     n,
                     k,
+                    conv,
                 } => {
                     let tensor = |i: usize| {
                         let t = &self.weights[i];
@@ -514,7 +505,10 @@ impl GpuModel {
                         },
                         kernel: Kernel::Auto,
                     };
-                    self.matmul.encode(&mut encoder, &op, None)?;
+                    match &conv {
+                        Some(input) => self.matmul.encode_conv(&mut encoder, &op, input, None)?,
+                        None => self.matmul.encode(&mut encoder, &op, None)?,
+                    };
                 }
             }
         }
@@ -558,7 +552,7 @@ fn wait(ctx: &GpuContext, submission: Option<wgpu::SubmissionIndex>) -> Result<(
 /// The layer kernels' shared bind group layout and their pipelines, in [`Op`] order.
 struct LayerKernels {
     layout: wgpu::BindGroupLayout,
-    pipelines: [wgpu::ComputePipeline; 4],
+    pipelines: [wgpu::ComputePipeline; 3],
 }
 
 impl LayerKernels {
@@ -613,7 +607,6 @@ impl LayerKernels {
         };
         LayerKernels {
             pipelines: [
-                pipeline("deeplock infer_im2col.wgsl", IM2COL_WGSL, "im2col_main"),
                 pipeline("deeplock infer_maxpool.wgsl", MAXPOOL_WGSL, "maxpool_main"),
                 pipeline("deeplock infer_relu.wgsl", RELU_WGSL, "relu_main"),
                 pipeline("deeplock infer_flatten.wgsl", FLATTEN_WGSL, "flatten_main"),
