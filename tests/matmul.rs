@@ -260,6 +260,15 @@ impl Problem {
         p
     }
 
+    /// The problem with a random F32 bias locked under its master key (in place of any
+    /// it had).
+    fn with_locked_bias(mut self, rng: &mut StdRng) -> Self {
+        let cipher = cipher_under(&self.key, rng, "fc.bias");
+        let n = self.shape.n as usize;
+        self.bias = Some(Operand::random(rng, n, WeightDtype::F32, Some(cipher)));
+        self
+    }
+
     /// `X · Wᵀ + b` in f64 on the exact decoded values.
     fn reference(&self) -> Vec<f64> {
         let MatmulShape { m, n, k } = self.shape;
@@ -287,8 +296,12 @@ impl Problem {
 
     fn describe(&self) -> String {
         let MatmulShape { m, n, k } = self.shape;
+        let conv = self
+            .conv
+            .as_ref()
+            .map_or(String::new(), |(input, _)| format!("conv of {input:?}, "));
         format!(
-            "m={m} n={n} k={k} w={} {} (tensor offset {}, buffer offset {}) bias={}",
+            "{conv}m={m} n={n} k={k} w={} {} (tensor offset {}, buffer offset {}) bias={}",
             self.w.dtype.name(),
             if self.w.cipher.is_some() {
                 "locked"
@@ -490,15 +503,18 @@ fn conv_matches_reference() {
             (WeightDtype::F16, Storage::Plain),
         ][i % 3];
         let p = Problem::random_conv(&mut rng, input, batch, out, dtype, storage);
-        let kernel = Kernel::Auto;
-        let got = run(fm, &mut rng, &p, kernel);
-        let err = relative_error(&got.out, &p.reference());
-        assert!(
-            err < p.tolerance(),
-            "{input:?} x{batch}, {}: relative error {err:e}",
-            p.describe()
-        );
+        check(fm, &mut rng, &p, Kernel::Auto);
     }
+}
+
+/// An uninitialised STORAGE buffer of `size` bytes, for tests of what is refused.
+fn storage_buffer(ctx: &GpuContext, size: u64) -> wgpu::Buffer {
+    ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("test operand"),
+        size,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    })
 }
 
 /// A convolution whose `Linear` does not match its input is refused, with what to fix.
@@ -506,14 +522,7 @@ fn conv_matches_reference() {
 fn conv_shape_errors() {
     let Some(fm) = shared() else { return };
     let ctx = fm.context();
-    let buffer = |len: u64| {
-        ctx.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("test conv operand"),
-            size: len,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        })
-    };
+    let buffer = |size| storage_buffer(ctx, size);
     let (x, w, y) = (
         buffer(4 * 8 * 8 * 2),
         buffer(4 * 4 * 18),
@@ -590,14 +599,7 @@ fn split_k_matches_reference() {
                 rng.random_range(1..=100),
                 rng.random_range(97..=300),
             );
-            let mut p = Problem::random(&mut rng, s, dtype, storage);
-            let bias_cipher = cipher_under(&p.key, &mut rng, "fc.bias");
-            p.bias = Some(Operand::random(
-                &mut rng,
-                s.n as usize,
-                WeightDtype::F32,
-                Some(bias_cipher),
-            ));
+            let p = Problem::random(&mut rng, s, dtype, storage).with_locked_bias(&mut rng);
             let got = run(&fm, &mut rng, &p, Kernel::Gemm);
             let tile_k = if fm.tile_rows(Kernel::Gemm, s.m).unwrap() == 256 {
                 16
@@ -777,14 +779,7 @@ fn no_plaintext_weights_in_gpu_memory() {
         (Kernel::Gemm, shape(9, 33, 64), WeightDtype::Bf16),
         (Kernel::Gemv, shape(1, 40, 100), WeightDtype::F16),
     ] {
-        let mut p = Problem::random(&mut rng, s, dtype, Storage::Locked);
-        let bias_cipher = cipher_under(&p.key, &mut rng, "fc.bias");
-        p.bias = Some(Operand::random(
-            &mut rng,
-            s.n as usize,
-            WeightDtype::F32,
-            Some(bias_cipher),
-        ));
+        let p = Problem::random(&mut rng, s, dtype, Storage::Locked).with_locked_bias(&mut rng);
         let bias = p.bias.as_ref().unwrap();
         let mut secrets = windows(&p.w.plain);
         secrets.extend(windows(&bias.plain));
@@ -911,14 +906,7 @@ fn bad_operands_are_errors() {
     let Some(fm) = shared() else { return };
     let ctx = fm.context();
     let mut rng = rng("bad_operands_are_errors");
-    let buffer = |size| {
-        ctx.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("test operand"),
-            size,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        })
-    };
+    let buffer = |size| storage_buffer(ctx, size);
     let (x, w, b, y) = (buffer(4 * 6), buffer(4 * 12), buffer(4 * 4), buffer(4 * 8));
     let key = MasterKey::from_bytes([3; 16]);
     let w_cipher = cipher_under(&key, &mut rng, "w");

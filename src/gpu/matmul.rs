@@ -1245,7 +1245,11 @@ mod tests {
         assert_eq!(conv(7, 6, [3, 5], [1, 0]).output(), Some((7, 2)));
         assert_eq!(conv(2, 2, [3, 3], [0, 0]).output(), None);
         assert_eq!(conv(2, 2, [0, 3], [0, 0]).output(), None);
-        assert_eq!(conv(u32::MAX, 1, [1, 1], [1, 0]).output(), None, "u32 overflow");
+        assert_eq!(
+            conv(u32::MAX, 1, [1, 1], [1, 0]).output(),
+            None,
+            "u32 overflow"
+        );
     }
 
     #[test]
