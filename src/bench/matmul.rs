@@ -478,7 +478,7 @@ pub fn matmul_table(records: &[MatmulRecord]) -> String {
             let _ = writeln!(s, "\n{who}");
             let _ = writeln!(
                 s,
-                "  {:>20} {:>10} {:>10} {:>10} {:>12} {:>7} {:>7} {:>9} {:>9} {:>9}",
+                "  {:>20} {:>12} {:>10} {:>10} {:>12} {:>7} {:>7} {:>9} {:>9} {:>9}",
                 "case",
                 "kernel",
                 "fused ms",
@@ -494,7 +494,7 @@ pub fn matmul_table(records: &[MatmulRecord]) -> String {
         }
         let _ = writeln!(
             s,
-            "  {:>20} {:>10} {:>10.3} {:>10.3} {:>12.3} {:>7.2} {:>7.2} {:>9.1} {:>9.1} {:>9.2}",
+            "  {:>20} {:>12} {:>10.3} {:>10.3} {:>12.3} {:>7.2} {:>7.2} {:>9.1} {:>9.1} {:>9.2}",
             format!("{}x{}x{} {}", r.m, r.n, r.k, r.dtype),
             if r.k_splits > 1 {
                 format!("{} k/{}", r.kernel, r.k_splits)
