@@ -99,13 +99,13 @@ struct MatmulParams {
 // FusedMatmul's; sums of products, never weights). Unused by the GEMV.
 @group(1) @binding(5) var<storage, read_write> k_partials: array<f32>;
 
-// Element (m, kk) of X (m < M, kk < K): read from the dense matrix, or gathered from the
-// image batch for a convolution.
+// Element (m, kk) of X (m < M, kk < K) for the GEMM: read from the dense matrix, or
+// gathered from the image batch for a convolution.
 fn x_value(m: u32, kk: u32) -> f32 {
-    let cv = params.conv;
-    if (cv.image == 0u) {
+    if (params.conv.image == 0u) {
         return x[m * params.k + kk];
     }
+    let cv = params.conv;
     let taps = cv.kh * cv.kw;
     let ch = kk / taps;
     let t = kk % taps;

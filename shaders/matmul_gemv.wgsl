@@ -1,17 +1,24 @@
-// GEMV: y = W · x + b for one activation row per workgroup row (batch 1; a batch of M
-// runs M rows of workgroups, each decoding W again). Composed after aes_ctr.wgsl and
-// matmul_common.wgsl.
+// GEMV: Y = X · Wᵀ + b for a few activation rows (batch 1, token-by-token inference,
+// up to GEMV_BATCH rows per workgroup row; a larger batch runs more workgroup rows, each
+// decoding W again, which is why `Kernel::Auto` takes the GEMM above GEMV_BATCH rows).
+// Composed after aes_ctr.wgsl and matmul_common.wgsl. X is a dense matrix here
+// (convolutions run on the GEMM).
 //
-// A workgroup computes GEMV_ROWS outputs, GEMV_LANES invocations per output. Lanes
-// stride over the 16-byte keystream-aligned blocks of their row of W: each block is
-// loaded locked, decoded in registers (one AES block) and multiplied by x right there,
-// so decoded weights never even reach workgroup memory; a tree reduction in workgroup
-// memory then sums the lanes' partial dot products. Every byte of W is used once, so
-// in locked mode the kernel runs one AES block (about 160 table lookups in workgroup
-// memory) per 16 bytes of W it reads: AES, not memory bandwidth, bounds it.
+// A workgroup computes GEMV_ROWS outputs for each of its batch rows, GEMV_LANES
+// invocations per output. Lanes stride over the 16-byte keystream-aligned blocks of their
+// row of W: each block is loaded locked, decoded in registers (one AES block) and
+// multiplied by every batch row's x right there, so decoded weights never even reach
+// workgroup memory; a tree reduction in workgroup memory then sums the lanes' partial dot
+// products, row by row. Each byte of W is decoded once per workgroup row, so at batch 1
+// the locked kernel runs one AES block (about 160 table lookups in workgroup memory) per
+// 16 bytes of W it reads: AES, not memory bandwidth, bounds it.
 
 const GEMV_ROWS: u32 = 4u;
 const GEMV_LANES: u32 = 64u;
+// Batch rows per workgroup, 1 or 8 (pipeline constant; host: `GEMV_BATCH`). Registers
+// for the most; loops run to the constant GEMV_BATCH, so with 1 they compile away.
+override GEMV_BATCH: u32;
+const GEMV_BATCH_MAX: u32 = 8u;
 const THREADS: u32 = 256u;
 
 var<workgroup> partial: array<f32, THREADS>;
@@ -27,18 +34,18 @@ fn dot_word(word: u32, a: u32, row_first: u32, m: u32) -> f32 {
         // Wrapping: elements before the row give huge c.
         let c = v / 4u - row_first;
         if (c < params.k) {
-            return bitcast<f32>(word) * x_value(m, c);
+            return bitcast<f32>(word) * x[m * params.k + c];
         }
         return 0.0;
     }
     var sum = 0.0;
     let c0 = v / 2u - row_first;
     if (c0 < params.k) {
-        sum = decode_element(word, 0u, DTYPE) * x_value(m, c0);
+        sum = decode_element(word, 0u, DTYPE) * x[m * params.k + c0];
     }
     let c1 = c0 + 1u;
     if (c1 < params.k) {
-        sum += decode_element(word, 1u, DTYPE) * x_value(m, c1);
+        sum += decode_element(word, 1u, DTYPE) * x[m * params.k + c1];
     }
     return sum;
 }
@@ -53,8 +60,14 @@ fn gemv_main(
     }
     let lane = local_index % GEMV_LANES;
     let n = workgroup.x * GEMV_ROWS + local_index / GEMV_LANES;
-    let m = workgroup.y;
-    var acc = 0.0;
+    let m0 = workgroup.y * GEMV_BATCH;
+    // Uniform across the workgroup. Loops run to the constant GEMV_BATCH and test it, so
+    // compilers unroll them and keep `acc` in registers.
+    let rows = min(GEMV_BATCH, params.m - m0);
+    var acc: array<f32, GEMV_BATCH_MAX>;
+    for (var i = 0u; i < GEMV_BATCH; i++) {
+        acc[i] = 0.0;
+    }
     if (n < params.n) {
         let es = dtype_bytes(DTYPE);
         let row_first = n * params.k;
@@ -63,21 +76,36 @@ fn gemv_main(
         for (var ab = a0 / 16u + lane; ab * 16u < a1; ab += GEMV_LANES) {
             let words = w_block(ab);
             let a = ab * 16u;
-            acc += dot_word(words.x, a, row_first, m)
-                + dot_word(words.y, a + 4u, row_first, m)
-                + dot_word(words.z, a + 8u, row_first, m)
-                + dot_word(words.w, a + 12u, row_first, m);
+            for (var i = 0u; i < GEMV_BATCH; i++) {
+                if (i < rows) {
+                    let m = m0 + i;
+                    acc[i] += dot_word(words.x, a, row_first, m)
+                        + dot_word(words.y, a + 4u, row_first, m)
+                        + dot_word(words.z, a + 8u, row_first, m)
+                        + dot_word(words.w, a + 12u, row_first, m);
+                }
+            }
         }
     }
-    partial[local_index] = acc;
-    workgroupBarrier();
-    for (var stride = GEMV_LANES / 2u; stride > 0u; stride /= 2u) {
-        if (lane < stride) {
-            partial[local_index] += partial[local_index + stride];
-        }
-        workgroupBarrier();
-    }
+    var bias = 0.0;
     if (lane == 0u && n < params.n) {
-        y[m * params.n + n] = partial[local_index] + bias_value(n);
+        bias = bias_value(n);
+    }
+    for (var i = 0u; i < GEMV_BATCH; i++) {
+        if (i < rows) {
+            partial[local_index] = acc[i];
+            workgroupBarrier();
+            for (var stride = GEMV_LANES / 2u; stride > 0u; stride /= 2u) {
+                if (lane < stride) {
+                    partial[local_index] += partial[local_index + stride];
+                }
+                workgroupBarrier();
+            }
+            if (lane == 0u && n < params.n) {
+                y[(m0 + i) * params.n + n] = partial[local_index] + bias;
+            }
+            // The next row's sums overwrite `partial` only once this one is read.
+            workgroupBarrier();
+        }
     }
 }

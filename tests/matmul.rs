@@ -416,6 +416,12 @@ fn run_keyed(
         Some((input, _)) => fm.encode_conv(&mut encoder, &op, input, None).unwrap(),
         None => fm.encode(&mut encoder, &op, None).unwrap(),
     };
+    // Convolutions always run on the GEMM.
+    let kernel = if p.conv.is_some() {
+        Kernel::Gemm
+    } else {
+        kernel
+    };
     assert_eq!(pass.kernel(), kernel.resolve(m));
     assert_eq!(pass.tile_rows(), fm.tile_rows(kernel, m).unwrap());
     assert_eq!(pass.k_splits(), fm.k_splits(kernel, p.shape).unwrap());
@@ -474,9 +480,8 @@ fn check(fm: &FusedMatmul, rng: &mut StdRng, p: &Problem, kernel: Kernel) {
 }
 
 /// Convolutions as implicit GEMMs: 3x3 and 5x5 and lopsided kernels, valid and same
-/// padding, odd channel counts, several images, locked F32/BF16 and plain F16 weights,
-/// through the GEMM (and the GEMV, for a single output position), against the reference
-/// on the CPU-built im2col matrix.
+/// padding, odd channel counts, several images and a single output position, locked
+/// F32/BF16 and plain F16 weights, against the reference on the CPU-built im2col matrix.
 #[test]
 fn conv_matches_reference() {
     let Some(fm) = shared() else { return };
@@ -577,6 +582,16 @@ fn conv_shape_errors() {
         e.contains("matmul x needs"),
         "two images do not fit one: {e}"
     );
+    let one_position = ConvInput {
+        height: 3,
+        width: 3,
+        ..input
+    };
+    assert_eq!(
+        attempt(one_position, shape(1, 4, 18)),
+        None,
+        "m = 1: the GEMM"
+    );
 }
 
 /// The GEMM with K split into ranges (forced to 2, 3, and one per 32-element slice of K)
@@ -672,15 +687,18 @@ fn gemm_shapes(rng: &mut StdRng) -> Vec<MatmulShape> {
     shapes
 }
 
-/// Shapes for the GEMV (which decodes W once per batch row, so few rows).
+/// Shapes for the GEMV (which decodes W once per 8 batch rows, so few rows).
 fn gemv_shapes(rng: &mut StdRng) -> Vec<MatmulShape> {
     vec![
         shape(1, 1, 1),
         shape(1, 257, 127),
         shape(1, 7, 300),
         shape(3, 61, 67),
+        // One workgroup row of 8 batch rows, and several (the last one partial).
+        shape(8, 33, 100),
+        shape(17, 9, 45),
         shape(1, random_dim(rng), random_dim(rng)),
-        shape(rng.random_range(1..4), random_dim(rng), random_dim(rng)),
+        shape(rng.random_range(1..=24), random_dim(rng), random_dim(rng)),
     ]
 }
 
@@ -1046,7 +1064,7 @@ fn bench_matmul_reports_consistent_records() {
         MatmulCase::new(9, 33, 64, WeightDtype::Bf16),
         MatmulCase::new(70, 9, 40, WeightDtype::F16),
         // One output tile, a long K: split.
-        MatmulCase::new(8, 64, 1024, WeightDtype::Bf16),
+        MatmulCase::new(9, 64, 1024, WeightDtype::Bf16),
     ];
     let runs = Runs {
         warmup: 0,

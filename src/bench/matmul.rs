@@ -109,7 +109,7 @@ pub struct MatmulRecord {
     pub k: u32,
     /// Element type of W (`F32`, `BF16`, `F16`).
     pub dtype: String,
-    /// The kernel that ran: `gemv` for batch 1, else `gemm64`, `gemm128` or `gemm256`
+    /// The kernel that ran: `gemv` up to batch 8, else `gemm64`, `gemm128` or `gemm256`
     /// (batch rows per tile, each decoding W once).
     pub kernel: String,
     /// Ranges the GEMM split K into, to run enough workgroups (1: not split).
@@ -430,9 +430,9 @@ pub fn bench_matmul(
             n: case.shape.n,
             k: case.shape.k,
             dtype: case.dtype.name().into(),
-            kernel: match matmul.tile_rows(Kernel::Auto, case.shape.m)? {
-                1 => "gemv".into(),
-                rows => format!("gemm{rows}"),
+            kernel: match Kernel::Auto.resolve(case.shape.m) {
+                Kernel::Gemv => "gemv".into(),
+                _ => format!("gemm{}", matmul.tile_rows(Kernel::Auto, case.shape.m)?),
             },
             k_splits: matmul.k_splits(Kernel::Auto, case.shape)?,
             fused_ms: fused * 1e3,

@@ -39,6 +39,10 @@ use crate::scheme::TensorCipher;
 const GEMM_TILE_N: u32 = 64;
 /// Outputs per GEMV workgroup (`matmul_gemv.wgsl`).
 const GEMV_ROWS: u32 = 4;
+/// Batch rows per workgroup of the small-batch GEMV, each W block decoded once for all
+/// of them (`GEMV_BATCH` in `matmul_gemv.wgsl`; batch 1 has a GEMV of its own, with the
+/// loops over rows compiled away); `Kernel::Auto` takes the GEMV up to this batch.
+const GEMV_BATCH: u32 = 8;
 /// Invocations per workgroup, both kernels.
 const THREADS: u32 = 256;
 /// Split-K aims at this many GEMM workgroups: several per compute unit on the largest
@@ -125,9 +129,10 @@ impl MatmulShape {
 /// Which kernel runs a product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum Kernel {
-    /// GEMV for one batch row, GEMM otherwise.
+    /// GEMV up to 8 batch rows, GEMM above.
     Auto,
-    /// One workgroup row per batch row, decoding W afresh for each: meant for batch 1.
+    /// Each workgroup row takes up to 8 batch rows and decodes W once for them, straight
+    /// into registers: meant for batch 1 (token-by-token inference) and small batches.
     Gemv,
     /// Output tiles of 64 (batch up to 64), 128 (up to 128) or 256 batch rows by 64
     /// columns; W decoded once per tile row.
@@ -138,7 +143,7 @@ impl Kernel {
     /// The kernel `Auto` stands for at batch `m`; others are themselves.
     pub fn resolve(self, m: u32) -> Kernel {
         match self {
-            Kernel::Auto if m == 1 => Kernel::Gemv,
+            Kernel::Auto if m <= GEMV_BATCH => Kernel::Gemv,
             Kernel::Auto => Kernel::Gemm,
             k => k,
         }
@@ -267,17 +272,19 @@ struct ConvParams {
     pad: [u32; 2],
 }
 
-/// A compiled kernel: the GEMV, or the GEMM with `tm` batch rows per invocation
-/// (`TM`: tiles of 16 * tm rows).
+/// A compiled kernel: the GEMV with `rows` batch rows per workgroup (1 or
+/// [`GEMV_BATCH`]), or the GEMM with `tm` batch rows per invocation (`TM`: tiles of
+/// 16 * tm rows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
-    Gemv,
+    Gemv { rows: u32 },
     Gemm { tm: u32 },
 }
 
 impl Variant {
-    const ALL: [Variant; 4] = [
-        Variant::Gemv,
+    const ALL: [Variant; 5] = [
+        Variant::Gemv { rows: 1 },
+        Variant::Gemv { rows: GEMV_BATCH },
         Variant::Gemm { tm: 4 },
         Variant::Gemm { tm: 8 },
         Variant::Gemm { tm: 16 },
@@ -287,7 +294,7 @@ impl Variant {
     /// 256-row tiles so that their slices fit 32 KiB. 0 for the GEMV, which has none.
     fn tile_k(self) -> u32 {
         match self {
-            Variant::Gemv => 0,
+            Variant::Gemv { .. } => 0,
             Variant::Gemm { tm } if tm > 8 => 16,
             Variant::Gemm { .. } => 32,
         }
@@ -296,7 +303,7 @@ impl Variant {
     /// Workgroup memory the kernel's own tiles take, in bytes (the AES tables come on top).
     fn tile_bytes(self) -> u32 {
         let words = match self {
-            Variant::Gemv => THREADS,
+            Variant::Gemv { .. } => THREADS,
             // x_tile and w_tile (rows padded by a word), bias_tile.
             Variant::Gemm { tm } => self.tile_k() * (16 * tm + 1 + GEMM_TILE_N + 1) + GEMM_TILE_N,
         };
@@ -318,7 +325,7 @@ impl Variant {
     /// Workgroups of a dispatch over `shape` before any split of K: (columns, rows).
     fn grid(self, shape: MatmulShape) -> (u32, u32) {
         match self {
-            Variant::Gemv => (shape.n.div_ceil(GEMV_ROWS), shape.m),
+            Variant::Gemv { rows } => (shape.n.div_ceil(GEMV_ROWS), shape.m.div_ceil(rows)),
             Variant::Gemm { .. } => (
                 shape.n.div_ceil(GEMM_TILE_N),
                 shape.m.div_ceil(self.tile_rows()),
@@ -329,14 +336,14 @@ impl Variant {
     /// Batch rows one workgroup covers.
     fn tile_rows(self) -> u32 {
         match self {
-            Variant::Gemv => 1,
+            Variant::Gemv { rows } => rows,
             Variant::Gemm { tm } => 16 * tm,
         }
     }
 
     fn kernel(self) -> Kernel {
         match self {
-            Variant::Gemv => Kernel::Gemv,
+            Variant::Gemv { .. } => Kernel::Gemv,
             Variant::Gemm { .. } => Kernel::Gemm,
         }
     }
@@ -363,7 +370,7 @@ impl MatmulPass {
         self.variant.kernel()
     }
 
-    /// Batch rows one workgroup covered, each decoding W once: 1 for the GEMV, 64, 128
+    /// Batch rows one workgroup covered, each decoding W once: 1 or 8 for the GEMV, 64, 128
     /// or 256 for the GEMM (see [`FusedMatmul::tile_rows`]).
     pub fn tile_rows(&self) -> u32 {
         self.variant.tile_rows()
@@ -543,7 +550,7 @@ pub struct FusedMatmul {
     gemm_module: wgpu::ShaderModule,
     gemv_module: wgpu::ShaderModule,
     /// Indexed by [`FusedMatmul::pipeline_index`]: variant, dtype, locked.
-    pipelines: [OnceLock<wgpu::ComputePipeline>; 24],
+    pipelines: [OnceLock<wgpu::ComputePipeline>; 30],
     /// Split-K's summing kernel.
     reduce: OnceLock<wgpu::ComputePipeline>,
     /// Split-K's partial sums, grown to the largest pass so far. A pass's bind group
@@ -647,7 +654,7 @@ impl FusedMatmul {
     /// range, so that no range is empty and the partial sums fit one storage binding.
     /// The GEMV never splits.
     fn k_split(&self, variant: Variant, shape: MatmulShape) -> (u32, u32) {
-        if variant == Variant::Gemv {
+        if variant.kernel() == Kernel::Gemv {
             return (1, 0);
         }
         let (columns, rows) = variant.grid(shape);
@@ -743,14 +750,14 @@ impl FusedMatmul {
         locked: bool,
     ) -> &wgpu::ComputePipeline {
         self.pipelines[Self::pipeline_index(variant, dtype, locked)].get_or_init(|| {
-            let (module, entry_point, tm) = match variant {
-                Variant::Gemv => (&self.gemv_module, "gemv_main", None),
-                Variant::Gemm { tm } => (&self.gemm_module, "gemm_main", Some(tm)),
+            let (module, entry_point) = match variant {
+                Variant::Gemv { .. } => (&self.gemv_module, "gemv_main"),
+                Variant::Gemm { .. } => (&self.gemm_module, "gemm_main"),
             };
             let label = format!(
                 "deeplock matmul {}{} {} {}",
                 variant.kernel().name(),
-                tm.map_or(String::new(), |_| variant.tile_rows().to_string()),
+                variant.tile_rows(),
                 dtype.name(),
                 if locked { "locked" } else { "plain" }
             );
@@ -764,9 +771,12 @@ impl FusedMatmul {
                 ("DTYPE", f64::from(dtype.code())),
                 aes::copies_constant(variant.table_copies(locked, limit)),
             ];
-            if let Some(tm) = tm {
-                constants.push(("TM", f64::from(tm)));
-                constants.push(("TILE_K", f64::from(variant.tile_k())));
+            match variant {
+                Variant::Gemv { rows } => constants.push(("GEMV_BATCH", f64::from(rows))),
+                Variant::Gemm { tm } => {
+                    constants.push(("TM", f64::from(tm)));
+                    constants.push(("TILE_K", f64::from(variant.tile_k())));
+                }
             }
             self.ctx
                 .device()
@@ -800,7 +810,8 @@ impl FusedMatmul {
         let least = |v: Variant| v.tile_bytes() + aes::workgroup_table_bytes(1);
         let fits = |v: Variant| least(v) <= limit;
         let variant = match kernel.resolve(m) {
-            Kernel::Gemv => Variant::Gemv,
+            Kernel::Gemv if m == 1 => Variant::Gemv { rows: 1 },
+            Kernel::Gemv => Variant::Gemv { rows: GEMV_BATCH },
             _ if m > 128 && fits(Variant::Gemm { tm: 16 }) => Variant::Gemm { tm: 16 },
             _ if m > 64 && fits(Variant::Gemm { tm: 8 }) => Variant::Gemm { tm: 8 },
             _ => Variant::Gemm { tm: 4 },
@@ -817,7 +828,7 @@ impl FusedMatmul {
 
     /// Batch rows one workgroup covers in a product of batch `m` with `kernel`: W is
     /// decoded once per such tile row, so the AES work per multiply-add falls as
-    /// 1 / min(m, tile rows). 1 for the GEMV; for the GEMM 64, 128 above batch 64, 256
+    /// 1 / min(m, tile rows). For the GEMV 1 at batch 1, else 8; for the GEMM 64, 128 above batch 64, 256
     /// above batch 128.
     pub fn tile_rows(&self, kernel: Kernel, m: u32) -> Result<u32> {
         self.variant(kernel, m).map(Variant::tile_rows)
@@ -849,8 +860,9 @@ impl FusedMatmul {
     /// `op.x` the batch of `input` images (NHWC f32) instead of a matrix: `op.w` is the
     /// conv weight `[out, in, kh, kw]` (locked or not), `op.shape` is
     /// `m = batch * oh * ow`, `n = out`, `k = in * kh * kw`, and `op.y` receives the
-    /// output NHWC (`[batch, oh, ow, out]`). The kernels read the image where the im2col
-    /// matrix would be read (implicit GEMM).
+    /// output NHWC (`[batch, oh, ow, out]`). The GEMM reads the image where the im2col
+    /// matrix would be read (implicit GEMM); `Kernel::Auto` means the GEMM here, and
+    /// `Kernel::Gemv` is refused.
     pub fn encode_conv(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -874,7 +886,16 @@ impl FusedMatmul {
                 "matmul dimensions must be at least 1, not m={m} n={n} k={k}"
             )));
         }
-        let variant = self.variant(op.kernel, m)?;
+        let kernel = match (conv, op.kernel) {
+            (None, kernel) => kernel,
+            (Some(_), Kernel::Gemv) => {
+                return Err(Error::Invalid(
+                    "convolutions run on the GEMM; use Kernel::Gemm or Kernel::Auto".into(),
+                ))
+            }
+            (Some(_), _) => Kernel::Gemm,
+        };
+        let variant = self.variant(kernel, m)?;
         let workgroups = variant.grid(op.shape);
         let (splits, slices_per_split) = self.k_split(variant, op.shape);
         let device = self.ctx.device();
@@ -977,8 +998,8 @@ impl FusedMatmul {
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(match (variant, op.w.locked.is_some()) {
-                    (Variant::Gemv, true) => "deeplock fused gemv pass",
-                    (Variant::Gemv, false) => "deeplock plain gemv pass",
+                    (Variant::Gemv { .. }, true) => "deeplock fused gemv pass",
+                    (Variant::Gemv { .. }, false) => "deeplock plain gemv pass",
                     (_, true) => "deeplock fused gemm pass",
                     (_, false) => "deeplock plain gemm pass",
                 }),
@@ -1225,10 +1246,12 @@ mod tests {
     }
 
     #[test]
-    fn auto_is_gemv_for_one_row_only() {
+    fn auto_is_gemv_up_to_one_gemv_workgroup_row() {
         assert_eq!(Kernel::Auto.resolve(1), Kernel::Gemv);
-        assert_eq!(Kernel::Auto.resolve(2), Kernel::Gemm);
+        assert_eq!(Kernel::Auto.resolve(GEMV_BATCH), Kernel::Gemv);
+        assert_eq!(Kernel::Auto.resolve(GEMV_BATCH + 1), Kernel::Gemm);
         assert_eq!(Kernel::Gemv.resolve(9), Kernel::Gemv);
+        assert_eq!(Kernel::Gemm.resolve(1), Kernel::Gemm);
     }
 
     #[test]
@@ -1262,7 +1285,7 @@ mod tests {
                 }
             }
         }
-        assert!(seen.iter().all(|&i| i < 24));
+        assert!(seen.iter().all(|&i| i < 30));
     }
 
     /// The sizes `matmul_gemm.wgsl` and `aes_ctr.wgsl` declare: the tiles (16.5, 24.5 and
@@ -1274,12 +1297,12 @@ mod tests {
         let gemm4 = Variant::Gemm { tm: 4 };
         let gemm8 = Variant::Gemm { tm: 8 };
         let gemm16 = Variant::Gemm { tm: 16 };
-        assert_eq!(Variant::Gemv.tile_bytes(), 1024);
+        assert_eq!(Variant::Gemv { rows: 1 }.tile_bytes(), 1024);
         assert_eq!(gemm16.tile_bytes(), 20864);
         assert_eq!(gemm4.tile_bytes(), 16896);
         assert_eq!(gemm8.tile_bytes(), 25088);
         let small = 32 << 10;
-        assert_eq!(Variant::Gemv.table_copies(true, small), 16);
+        assert_eq!(Variant::Gemv { rows: 1 }.table_copies(true, small), 16);
         assert_eq!(gemm4.table_copies(true, small), 8);
         assert_eq!(gemm8.table_copies(true, small), 4);
         assert_eq!(gemm16.table_copies(true, small), 8);
