@@ -8,7 +8,9 @@ use wgpu::util::DeviceExt;
 use super::{median_seconds, Rate, Record, Runs, Seconds, Workload};
 use crate::engine::{Chunk, ChunkPacker};
 use crate::error::{Error, Result};
-use crate::gpu::{GpuContext, GpuEngine, GpuLocker, KernelTimer, Region};
+use crate::gpu::{
+    buffer_entry, storage_layout, GpuContext, GpuEngine, GpuLocker, KernelTimer, Region,
+};
 use crate::key::MasterKey;
 use crate::scheme::{Direction, Salt, TensorCipher};
 
@@ -293,7 +295,7 @@ impl CopyKernel {
         });
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("deeplock copy layout"),
-            entries: &[storage_entry(0, true), storage_entry(1, false)],
+            entries: &[storage_layout(0, true, 0), storage_layout(1, false, 0)],
         });
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("deeplock copy.wgsl"),
@@ -328,8 +330,8 @@ impl CopyKernel {
                     label: Some("deeplock copy window"),
                     layout: &layout,
                     entries: &[
-                        window_entry(src, 0, at, len),
-                        window_entry(&dst, 1, at, len),
+                        buffer_entry(0, src, at, len),
+                        buffer_entry(1, &dst, at, len),
                     ],
                 }),
                 workgroups,
@@ -360,34 +362,5 @@ impl CopyKernel {
             t.resolve(&mut enc);
         }
         ctx.queue().submit([enc.finish()]);
-    }
-}
-
-fn window_entry(
-    buffer: &wgpu::Buffer,
-    binding: u32,
-    offset: u64,
-    len: u64,
-) -> wgpu::BindGroupEntry<'_> {
-    wgpu::BindGroupEntry {
-        binding,
-        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer,
-            offset,
-            size: std::num::NonZeroU64::new(len),
-        }),
-    }
-}
-
-fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage { read_only },
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
     }
 }

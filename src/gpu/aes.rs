@@ -6,6 +6,7 @@
 use wgpu::util::DeviceExt;
 use zeroize::Zeroize;
 
+use super::{buffer_entry, storage_layout, uniform_layout};
 use crate::sbox::{INV_SBOX, SBOX};
 use crate::scheme::TensorCipher;
 
@@ -125,26 +126,8 @@ pub fn bind_group_layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
     device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("deeplock aes_ctr group 0 (tables, key)"),
         entries: &[
-            wgpu::BindGroupLayoutEntry {
-                binding: 0,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only: true },
-                    has_dynamic_offset: false,
-                    min_binding_size: wgpu::BufferSize::new(4 * TABLE_WORDS as u64),
-                },
-                count: None,
-            },
-            wgpu::BindGroupLayoutEntry {
-                binding: 1,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Uniform,
-                    has_dynamic_offset: true,
-                    min_binding_size: wgpu::BufferSize::new(KEY_UNIFORM_SIZE),
-                },
-                count: None,
-            },
+            storage_layout(0, true, 4 * TABLE_WORDS as u64),
+            uniform_layout(1, true, KEY_UNIFORM_SIZE),
         ],
     })
 }
@@ -174,14 +157,7 @@ pub fn bind_group(
                 binding: 0,
                 resource: tables.as_entire_binding(),
             },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: keys,
-                    offset: 0,
-                    size: wgpu::BufferSize::new(KEY_UNIFORM_SIZE),
-                }),
-            },
+            buffer_entry(1, keys, 0, KEY_UNIFORM_SIZE),
         ],
     })
 }

@@ -11,7 +11,7 @@ use super::context::GpuContext;
 use super::plan::{self, LockParams, PARAMS_SIZE};
 use super::slot::{word_len, Slot};
 use super::timer::KernelTimer;
-use super::{AES_CTR_WGSL, LOCK_WGSL};
+use super::{buffer_entry, storage_layout, uniform_layout, AES_CTR_WGSL, LOCK_WGSL};
 use crate::error::{Error, Result};
 use crate::scheme::{Direction, TensorCipher};
 
@@ -99,26 +99,8 @@ impl GpuLocker {
         let data_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("deeplock lock group 1 (data window, params)"),
             entries: &[
-                wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage { read_only: false },
-                        has_dynamic_offset: false,
-                        min_binding_size: wgpu::BufferSize::new(4),
-                    },
-                    count: None,
-                },
-                wgpu::BindGroupLayoutEntry {
-                    binding: 1,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: true,
-                        min_binding_size: wgpu::BufferSize::new(PARAMS_SIZE),
-                    },
-                    count: None,
-                },
+                storage_layout(0, false, 4),
+                uniform_layout(1, true, PARAMS_SIZE),
             ],
         });
         let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -370,22 +352,8 @@ impl GpuLocker {
                     label: Some("deeplock lock group 1"),
                     layout: &self.data_layout,
                     entries: &[
-                        wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer,
-                                offset: window.start,
-                                size: wgpu::BufferSize::new(window.end - window.start),
-                            }),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 1,
-                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer: &records,
-                                offset: params_base,
-                                size: wgpu::BufferSize::new(PARAMS_SIZE),
-                            }),
-                        },
+                        buffer_entry(0, buffer, window.start, window.end - window.start),
+                        buffer_entry(1, &records, params_base, PARAMS_SIZE),
                     ],
                 })
             })

@@ -31,7 +31,10 @@ use super::aes::{self, AesKeyUniform, KEY_UNIFORM_SIZE};
 use super::context::GpuContext;
 use super::slot::{f32s, read_mapped};
 use super::timer::KernelTimer;
-use super::{AES_CTR_WGSL, MATMUL_COMMON_WGSL, MATMUL_GEMM_WGSL, MATMUL_GEMV_WGSL};
+use super::{
+    buffer_entry, storage_layout, uniform_layout, AES_CTR_WGSL, MATMUL_COMMON_WGSL,
+    MATMUL_GEMM_WGSL, MATMUL_GEMV_WGSL,
+};
 use crate::error::{Error, Result};
 use crate::scheme::TensorCipher;
 
@@ -493,22 +496,6 @@ fn scratch_buffer(device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
     })
 }
 
-fn buffer_entry(
-    binding: u32,
-    buffer: &wgpu::Buffer,
-    offset: u64,
-    size: u64,
-) -> wgpu::BindGroupEntry<'_> {
-    wgpu::BindGroupEntry {
-        binding,
-        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer,
-            offset,
-            size: wgpu::BufferSize::new(size),
-        }),
-    }
-}
-
 /// The fused (and plain) matmul kernels of one device: layouts, the AES tables and the
 /// pipelines, each compiled on first use and kept. Create one per device and reuse it.
 ///
@@ -574,16 +561,7 @@ impl FusedMatmul {
                 ),
             })
         };
-        let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
-                has_dynamic_offset: false,
-                min_binding_size: wgpu::BufferSize::new(4),
-            },
-            count: None,
-        };
+        let storage = |binding, read_only| storage_layout(binding, read_only, 4);
         let io_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("deeplock matmul group 1 (x, w, bias, y, params)"),
             entries: &[
@@ -592,16 +570,7 @@ impl FusedMatmul {
                 storage(2, true),
                 storage(3, false),
                 storage(5, false),
-                wgpu::BindGroupLayoutEntry {
-                    binding: 4,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: wgpu::BufferSize::new(PARAMS_SIZE),
-                    },
-                    count: None,
-                },
+                uniform_layout(4, false, PARAMS_SIZE),
             ],
         });
         let aes_layout = aes::bind_group_layout(device);

@@ -15,6 +15,7 @@
 //! keystream never exists anywhere.
 
 pub mod aes;
+mod binding;
 mod context;
 mod engine;
 mod locker;
@@ -23,6 +24,7 @@ mod plan;
 mod slot;
 mod timer;
 
+pub(crate) use binding::{buffer_entry, storage_layout, uniform_layout};
 pub use context::GpuContext;
 pub use engine::GpuEngine;
 pub use locker::{GpuLocker, Region};

@@ -19,8 +19,8 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::{
-    f32s, read_mapped, ConvInput, FusedMatmul, GpuContext, GpuLocker, GpuTensor, Kernel, Linear,
-    MatmulShape, Region, TensorKey, WeightDtype,
+    f32s, read_mapped, storage_layout, uniform_layout, ConvInput, FusedMatmul, GpuContext,
+    GpuLocker, GpuTensor, Kernel, Linear, MatmulShape, Region, TensorKey, WeightDtype,
 };
 use crate::infer::arch::{Arch, LayerSpec};
 use crate::infer::cpu::argmax;
@@ -557,33 +557,12 @@ struct LayerKernels {
 
 impl LayerKernels {
     fn new(device: &wgpu::Device) -> Self {
-        let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
-                has_dynamic_offset: false,
-                min_binding_size: wgpu::BufferSize::new(4),
-            },
-            count: None,
-        };
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("deeplock infer layer (src, dst, params)"),
             entries: &[
-                storage(0, true),
-                storage(1, false),
-                wgpu::BindGroupLayoutEntry {
-                    binding: 2,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: wgpu::BufferSize::new(
-                            std::mem::size_of::<Params>() as u64
-                        ),
-                    },
-                    count: None,
-                },
+                storage_layout(0, true, 4),
+                storage_layout(1, false, 4),
+                uniform_layout(2, false, std::mem::size_of::<Params>() as u64),
             ],
         });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
