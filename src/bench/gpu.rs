@@ -18,37 +18,45 @@ const COPY_WGSL: &str = include_str!("../../shaders/copy.wgsl");
 const COPY_WORKGROUPS: u32 = 4096;
 const COPY_WORKGROUP_SIZE: u64 = 256;
 
-/// Every adapter wgpu finds (restricted by `WGPU_BACKEND` if set).
-pub fn adapters() -> Vec<wgpu::Adapter> {
+/// A device on every adapter wgpu finds (restricted by `WGPU_BACKEND` if set), saying
+/// on stderr which ones could not be opened and are skipped; an error if there is no
+/// adapter, or none opens.
+pub fn open_adapters() -> Result<Vec<GpuContext>> {
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    if adapters.is_empty() {
+        return Err(Error::Gpu(
+            "no GPU adapter found; install a Vulkan, Metal or DX12 driver (`deeplock bench --device cpu` measures the CPU alone)".into(),
+        ));
+    }
+    let contexts: Vec<GpuContext> = adapters
+        .iter()
+        .filter_map(|adapter| match GpuContext::from_adapter(adapter) {
+            Ok(ctx) => Some(ctx),
+            Err(e) => {
+                eprintln!(
+                    "deeplock bench: skipping adapter {}: {e}",
+                    adapter.get_info().name
+                );
+                None
+            }
+        })
+        .collect();
+    if contexts.is_empty() {
+        return Err(Error::Gpu(
+            "no GPU adapter could be opened; check the driver (`deeplock bench --device cpu` measures the CPU alone)".into(),
+        ));
+    }
+    Ok(contexts)
 }
 
 /// Measures each workload on each adapter. On software adapters (device type `Cpu`),
 /// where a GPU is emulated on the CPU at a small fraction of its speed, workloads over
 /// 8 MiB are skipped unless they are all the caller asked for.
 pub fn bench_gpus(workloads: &[Workload], runs: Runs, explicit_sizes: bool) -> Result<Vec<Record>> {
-    let adapters = adapters();
-    if adapters.is_empty() {
-        return Err(Error::Gpu(
-            "no GPU adapter found; install a Vulkan, Metal or DX12 driver, or run with --device cpu".into(),
-        ));
-    }
     let mut out = Vec::new();
-    let mut opened = 0;
-    for adapter in adapters {
-        let ctx = match GpuContext::from_adapter(&adapter) {
-            Ok(ctx) => ctx,
-            Err(e) => {
-                eprintln!(
-                    "deeplock bench: skipping adapter {}: {e}",
-                    adapter.get_info().name
-                );
-                continue;
-            }
-        };
-        opened += 1;
+    for ctx in open_adapters()? {
         let software = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
         for w in workloads {
             if software && !explicit_sizes && w.bytes() > 8 << 20 {
@@ -69,11 +77,6 @@ pub fn bench_gpus(workloads: &[Workload], runs: Runs, explicit_sizes: bool) -> R
             }
             out.push(bench_gpu(&ctx, w, runs)?);
         }
-    }
-    if opened == 0 {
-        return Err(Error::Gpu(
-            "no GPU adapter could be opened; check the driver, or run with --device cpu".into(),
-        ));
     }
     Ok(out)
 }

@@ -17,7 +17,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 pub use cpu::bench_cpu;
-pub use gpu::{adapters, bench_gpu, bench_gpus, DeviceBench};
+pub use gpu::{bench_gpu, bench_gpus, open_adapters, DeviceBench};
 pub use svg::plot;
 
 /// One workload: a set of tensors locked as a model would be.

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use deeplock::bench::matmul::{bench_matmul, matmul_table, MatmulCase};
 use deeplock::bench::{self, Record, Runs, Workload};
-use deeplock::gpu::GpuContext;
 use deeplock::{Error, Result};
 
 /// Which devices `bench` measures.
@@ -93,17 +92,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// adapters (which emulate a GPU on the CPU far too slowly for 4096 x 4096 weights).
 fn run_matmul(runs: Runs, json: bool) -> Result<()> {
     let mut records = Vec::new();
-    for adapter in bench::adapters() {
-        let ctx = match GpuContext::from_adapter(&adapter) {
-            Ok(ctx) => ctx,
-            Err(e) => {
-                eprintln!(
-                    "deeplock bench: skipping adapter {}: {e}",
-                    adapter.get_info().name
-                );
-                continue;
-            }
-        };
+    for ctx in bench::open_adapters()? {
         let cases = if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu {
             eprintln!(
                 "deeplock bench: {} is a software adapter: scaled-down shapes; ratios describe the emulation, not a GPU",
@@ -114,11 +103,6 @@ fn run_matmul(runs: Runs, json: bool) -> Result<()> {
             MatmulCase::defaults()
         };
         records.extend(bench_matmul(&ctx, &cases, runs)?);
-    }
-    if records.is_empty() {
-        return Err(Error::Gpu(
-            "no GPU adapter could be opened; install a Vulkan, Metal or DX12 driver".into(),
-        ));
     }
     if json {
         let doc = serde_json::json!({ "matmul": records });
