@@ -64,6 +64,19 @@ impl Fixture {
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
+
+    /// `locked.safetensors` unlocked with `key` to `back.safetensors`.
+    fn unlock(&self) {
+        let o = self.run(&[
+            "unlock",
+            "locked.safetensors",
+            "-o",
+            "back.safetensors",
+            "--key-file",
+            "key",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
 }
 
 fn write_private(path: &Path, text: &str) {
@@ -109,15 +122,7 @@ fn lock_unlock_round_trip_is_byte_identical() {
     f.lock();
     let locked = std::fs::read(f.path("locked.safetensors")).unwrap();
     assert_ne!(locked, f.model);
-    let o = f.run(&[
-        "unlock",
-        "locked.safetensors",
-        "-o",
-        "back.safetensors",
-        "--key-file",
-        "key",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    f.unlock();
     assert_eq!(std::fs::read(f.path("back.safetensors")).unwrap(), f.model);
     assert_eq!(
         std::fs::read(f.path("model.safetensors")).unwrap(),
@@ -186,15 +191,7 @@ fn locked_outputs_are_as_readable_as_their_input_and_unlocked_ones_private() {
     .unwrap();
     f.lock();
     assert_eq!(mode("locked.safetensors"), 0o644);
-    let o = f.run(&[
-        "unlock",
-        "locked.safetensors",
-        "-o",
-        "back.safetensors",
-        "--key-file",
-        "key",
-    ]);
-    assert!(o.status.success());
+    f.unlock();
     assert_eq!(mode("back.safetensors"), 0o600);
 }
 
