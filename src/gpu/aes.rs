@@ -132,12 +132,13 @@ pub fn bind_group_layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
     })
 }
 
-/// Uploads [`table_words`] once; every bind group 0 shares the buffer.
+/// Uploads [`table_words`] once; every bind group 0 shares the buffer. Public
+/// constants, `COPY_SRC` so that audits can read back every buffer a pass binds.
 pub fn create_table_buffer(device: &wgpu::Device) -> wgpu::Buffer {
     device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("deeplock aes_ctr tables"),
         contents: bytemuck::cast_slice(&table_words()),
-        usage: wgpu::BufferUsages::STORAGE,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
     })
 }
 

@@ -581,12 +581,7 @@ impl FusedMatmul {
         });
         FusedMatmul {
             ctx: ctx.clone(),
-            // Public constants; COPY_SRC so that audits can read back every buffer bound.
-            tables: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("deeplock matmul aes tables"),
-                contents: bytemuck::cast_slice(&aes::table_words()),
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            }),
+            tables: aes::create_table_buffer(device),
             gemm_module: module(
                 "deeplock aes_ctr + matmul_common + matmul_gemm.wgsl",
                 MATMUL_GEMM_WGSL,
@@ -698,7 +693,7 @@ impl FusedMatmul {
         &self.ctx
     }
 
-    /// The AES lookup tables every pass binds (S-box, inverse S-box, T-tables: public
+    /// The AES lookup tables every pass binds (see [`aes::table_words`]: public
     /// constants), created once; `COPY_SRC`, for audits.
     pub fn tables(&self) -> &wgpu::Buffer {
         &self.tables
@@ -797,8 +792,8 @@ impl FusedMatmul {
 
     /// Batch rows one workgroup covers in a product of batch `m` with `kernel`: W is
     /// decoded once per such tile row, so the AES work per multiply-add falls as
-    /// 1 / min(m, tile rows). For the GEMV 1 at batch 1, else 8; for the GEMM 64, 128 above batch 64, 256
-    /// above batch 128.
+    /// 1 / min(m, tile rows). For the GEMV 1 at batch 1, else 8; for the GEMM 64, 128
+    /// above batch 64, 256 above batch 128.
     pub fn tile_rows(&self, kernel: Kernel, m: u32) -> Result<u32> {
         self.variant(kernel, m).map(Variant::tile_rows)
     }
