@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod keyfile;
+mod out;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use deeplock::engine::{self, DeviceChoice};
 use deeplock::files::{self, Options};
 use deeplock::Direction;
+use out::CliResult;
 
 #[derive(Parser)]
 #[command(
@@ -132,7 +134,7 @@ fn transform(
     only: Vec<String>,
     force: bool,
     verbose: bool,
-) -> deeplock::Result<i32> {
+) -> CliResult<i32> {
     let key = keyfile::load(&key.key_file)?;
     let mut engine = engine::select(device.into())?;
     let (verb, done) = match dir {
@@ -140,7 +142,7 @@ fn transform(
         Direction::Unlock => ("unlocking", "unlocked"),
     };
     if verbose {
-        eprintln!("deeplock: {verb} on {}", engine.describe());
+        out::warn(format_args!("deeplock: {verb} on {}", engine.describe()));
     }
     let bar = report::progress(report::total_data_bytes(input)?, verb);
     let progress = |n: u64| bar.inc(n);
@@ -155,23 +157,27 @@ fn transform(
         Direction::Unlock => files::unlock(input, output, &key, engine.as_mut(), &opts)?,
     };
     bar.finish_and_clear();
-    report::print_done(done, input, output, &r);
+    out::buffered(|w| report::print_done(w, done, input, output, &r))
+        .map_err(|e| e.done(|| out::written(output)))?;
     Ok(0)
 }
 
-/// Runs the command line; returns the process exit code.
+/// Runs the command line; returns the process exit code: 0 on success and when the
+/// reader of standard output closed it early (`deeplock inspect FILE | head`), 1 on any
+/// error, after one line on standard error.
 pub fn main() -> i32 {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        Err(e) if e.is_broken_pipe() => 0,
         Err(e) => {
-            eprintln!("deeplock: error: {e}");
+            out::warn(format_args!("deeplock: error: {e}"));
             1
         }
     }
 }
 
-fn run(cli: Cli) -> deeplock::Result<i32> {
+fn run(cli: Cli) -> CliResult<i32> {
     let verbose = cli.verbose;
     match cli.command {
         Command::Keygen { output } => keyfile::keygen(&output).map(|()| 0),
@@ -211,16 +217,16 @@ fn run(cli: Cli) -> deeplock::Result<i32> {
         Command::Inspect { file, json } => {
             let found = files::inspect(&file)?;
             if json {
-                println!("{}", report::inspection_json(&found));
+                out::buffered(|w| writeln!(w, "{}", report::inspection_json(&found)))?;
             } else {
-                report::print_inspection(&found);
+                out::buffered(|w| report::print_inspection(w, &found))?;
             }
             Ok(0)
         }
         Command::Verify { file, key } => {
             let key = keyfile::load(&key.key_file)?;
             files::verify(&file, &key)?;
-            println!("key matches {}", file.display());
+            out::outln!("key matches {}", report::shown_path(&file));
             Ok(0)
         }
         Command::Demo => demo::run(verbose).map(|()| 0),
