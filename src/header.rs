@@ -168,9 +168,14 @@ impl Header {
     }
 
     /// Sets metadata `key` to `value`, creating `__metadata__` (as the first entry,
-    /// where safetensors writers put it) if the header has none.
+    /// where safetensors writers put it) if the header has none. A `null` one (which
+    /// safetensors readers take as none) becomes an object in its place.
     pub fn set_metadata(&mut self, key: &str, value: String) {
-        if !self.object.contains_key(METADATA_KEY) {
+        if let Some(m) = self.object.get_mut(METADATA_KEY) {
+            if !m.is_object() {
+                *m = Value::Object(Map::new());
+            }
+        } else {
             let mut object = Map::new();
             object.insert(METADATA_KEY.into(), Value::Object(Map::new()));
             object.extend(std::mem::take(&mut self.object));
@@ -251,6 +256,16 @@ mod tests {
                 .trim_end(),
             s
         );
+    }
+
+    #[test]
+    fn null_metadata_takes_the_lock_record() {
+        let s = r#"{"__metadata__":null,"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#;
+        let mut h = parse(s).unwrap();
+        assert!(h.metadata().is_empty());
+        h.set_metadata("deeplock.version", "1".into());
+        let back = Header::parse(&h.to_bytes()[8..], Path::new("t")).unwrap();
+        assert_eq!(back.metadata_value("deeplock.version"), Some("1"));
     }
 
     #[test]
