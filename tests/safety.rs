@@ -517,6 +517,37 @@ fn bool_tensors_stay_valid_booleans() {
 }
 
 #[test]
+fn a_failed_write_names_the_output() {
+    use std::os::unix::process::CommandExt;
+    let s = Scratch::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    write_random_model(
+        &s.path("in.safetensors"),
+        &[("w".into(), "F32", vec![1 << 20])],
+        &[],
+        &mut rng,
+    );
+    let mut cmd = Command::new(bin());
+    cmd.args(["lock", "in.safetensors", "-o", "out.safetensors", "--key-file", "key"])
+        .current_dir(s.dir.path());
+    // SAFETY: only async-signal-safe calls between fork and exec. Files may not grow
+    // past 4 KiB, as on a full disk; writes past it fail instead of signalling.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 4096, rlim_max: 4096 };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    refused(&o, "out.safetensors: File too large");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("in.safetensors"));
+    assert!(temporaries(s.dir.path()).is_empty());
+    assert!(!s.path("out.safetensors").exists());
+}
+
+#[test]
 fn standard_output_is_not_an_output() {
     let s = Scratch::new();
     refused(
