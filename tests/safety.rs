@@ -528,13 +528,23 @@ fn a_failed_write_names_the_output() {
         &mut rng,
     );
     let mut cmd = Command::new(bin());
-    cmd.args(["lock", "in.safetensors", "-o", "out.safetensors", "--key-file", "key"])
-        .current_dir(s.dir.path());
+    cmd.args([
+        "lock",
+        "in.safetensors",
+        "-o",
+        "out.safetensors",
+        "--key-file",
+        "key",
+    ])
+    .current_dir(s.dir.path());
     // SAFETY: only async-signal-safe calls between fork and exec. Files may not grow
     // past 4 KiB, as on a full disk; writes past it fail instead of signalling.
     unsafe {
         cmd.pre_exec(|| {
-            let lim = libc::rlimit { rlim_cur: 4096, rlim_max: 4096 };
+            let lim = libc::rlimit {
+                rlim_cur: 4096,
+                rlim_max: 4096,
+            };
             libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
             Ok(())
