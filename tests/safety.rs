@@ -278,7 +278,7 @@ fn a_header_over_the_limit_is_refused_before_writing() {
         "--key-file",
         "key",
     ]);
-    refused(&o, "limit");
+    refused(&o, "over the 100000000-byte limit of safetensors readers");
     assert_eq!(tree(s.dir.path()).len(), before, "nothing written");
 }
 
