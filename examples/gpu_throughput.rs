@@ -9,8 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+use deeplock::engine::GpuEngine;
 use deeplock::engine::{Chunk, Engine, Span};
-use deeplock::gpu::{GpuContext, GpuEngine, GpuLocker, KernelTimer, Region};
+use deeplock::gpu::{GpuContext, GpuLocker, KernelTimer, Region};
 use deeplock::{CpuLocker, Direction, MasterKey, Salt, TensorCipher};
 use wgpu::util::DeviceExt;
 

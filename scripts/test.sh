@@ -10,19 +10,28 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Runs "$@" as root (directly, or through sudo); without either, says what to install.
 as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-        echo "scripts/test.sh: need root to install $*; install it by hand and rerun" >&2
-        return 1
+        echo "scripts/test.sh: not root and no sudo: install these Debian packages by hand, then rerun: ${packages[*]}" >&2
+        exit 1
     fi
+}
+
+# Whether any of the given directories holds a Vulkan driver manifest (ICD).
+has_icd() {
+    local d
+    for d in "$@"; do
+        compgen -G "$d/*.json" >/dev/null && return 0
+    done
+    return 1
 }
 
 packages=()
 # A Vulkan loader, and at least one Vulkan driver (ICD); lavapipe if there is none.
 ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1' || packages+=(libvulkan1)
-if ! ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1; then
+has_icd /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/share/vulkan/icd.d ||
     packages+=(mesa-vulkan-drivers)
-fi
 # The real Fashion-MNIST, which the inference tests classify.
 [ -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || packages+=(dataset-fashion-mnist)
 if [ ${#packages[@]} -gt 0 ]; then

@@ -69,6 +69,15 @@ pub enum Error {
         /// The path.
         path: PathBuf,
     },
+    /// A directory to lock holds weight files deeplock cannot lock, which would ship in
+    /// the clear beside the locked model.
+    #[error("{} holds weight files deeplock cannot lock, which would ship in the clear: {}; leave them out or allow them knowingly (deeplock lock --exclude GLOB, --allow-plaintext GLOB)", dir.display(), list_files(files))]
+    Plaintext {
+        /// The directory.
+        dir: PathBuf,
+        /// Each file, relative to it, and what it holds.
+        files: Vec<(PathBuf, &'static str)>,
+    },
     /// The operating system's random number generator failed.
     #[error("the system random number generator failed: {0}")]
     Random(String),
@@ -78,6 +87,20 @@ pub enum Error {
     /// An argument is out of range or inconsistent.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// The first few of `files`, for a one-line message.
+fn list_files(files: &[(PathBuf, &'static str)]) -> String {
+    const SHOWN: usize = 5;
+    let mut s: Vec<String> = files
+        .iter()
+        .take(SHOWN)
+        .map(|(p, what)| format!("{} ({what})", p.display()))
+        .collect();
+    if files.len() > SHOWN {
+        s.push(format!("and {} more", files.len() - SHOWN));
+    }
+    s.join(", ")
 }
 
 impl Error {

@@ -5,6 +5,9 @@
 //! names, dtypes, shapes and data offsets stay as they were, so a locked model is a
 //! drop-in file. Unlocking removes that metadata and restores the data.
 
+mod sniff;
+mod walk;
+
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -15,11 +18,14 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::engine::{Chunk, ChunkPacker, Engine};
 use crate::error::{Error, Result};
-use crate::header::{Header, TensorEntry};
+use crate::header::{Header, TensorEntry, MAX_HEADER_LEN};
 use crate::key::MasterKey;
 use crate::lock_info::{self, LockInfo};
 use crate::output;
 use crate::scheme::{Direction, Salt, TensorCipher};
+
+pub use sniff::Kind;
+pub use walk::Skip;
 
 /// Default bytes per chunk handed to an engine. Memory in use is a small multiple.
 pub const DEFAULT_CHUNK: usize = 16 << 20;
@@ -34,6 +40,16 @@ pub struct Options<'a> {
     pub chunk_size: usize,
     /// Called with the number of data bytes done since the last call.
     pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// The file the key was read from, if any: never replaced by an output, never
+    /// copied into a directory output.
+    pub key_file: Option<PathBuf>,
+    /// Files of a directory input to leave out of the output: globs over paths
+    /// relative to the directory (`onnx/*`, `*.bin`).
+    pub exclude: Vec<String>,
+    /// Weight files of a directory input in a format deeplock cannot lock (PyTorch
+    /// `.bin`, ONNX, ...) that lock may copy as they are, in the clear: globs like
+    /// `exclude`. Without a match, lock refuses such a directory.
+    pub allow_plaintext: Vec<String>,
 }
 
 impl Default for Options<'_> {
@@ -43,6 +59,9 @@ impl Default for Options<'_> {
             force: false,
             chunk_size: DEFAULT_CHUNK,
             progress: None,
+            key_file: None,
+            exclude: Vec::new(),
+            allow_plaintext: Vec::new(),
         }
     }
 }
@@ -62,17 +81,40 @@ pub struct Report {
     pub data_bytes: u64,
     /// Bytes of tensor data locked or unlocked.
     pub transformed_bytes: u64,
+    /// BOOL tensors left in the clear (locked bytes would not be valid booleans).
+    pub clear_bool: usize,
+    /// Files and directories of a directory input left out of the output, and why.
+    pub skipped: Vec<(PathBuf, Skip)>,
+    /// Weight files of a directory input copied in the clear, as allowed.
+    pub plaintext: Vec<PathBuf>,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
 
-/// Whether `path` looks like a safetensors file, by its extension.
+/// Whether `path` is named as a safetensors file (its extension, in any case).
 pub fn is_safetensors(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "safetensors")
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
 }
 
+/// Opens `path` for reading if it is a regular file (after following links), refusing
+/// FIFOs, devices and directories with a clear message without waiting on them.
 fn open(path: &Path) -> Result<File> {
-    File::open(path).map_err(|e| Error::io(path, e))
+    let mut opts = fs::OpenOptions::new();
+    opts.read(true);
+    // A FIFO opened without O_NONBLOCK waits for a writer; this returns at once and
+    // changes nothing for a regular file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = opts.open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(walk::not_regular(path, &meta, None));
+    }
+    Ok(file)
 }
 
 /// Reads the header of the safetensors file at `path`.
@@ -80,7 +122,7 @@ pub fn read_header(path: &Path) -> Result<Header> {
     Header::read(&mut open(path)?, path)
 }
 
-fn globs(patterns: &[String]) -> Result<Option<GlobSet>> {
+fn globs(patterns: &[String], what: &str) -> Result<Option<GlobSet>> {
     if patterns.is_empty() {
         return Ok(None);
     }
@@ -88,55 +130,54 @@ fn globs(patterns: &[String]) -> Result<Option<GlobSet>> {
     for p in patterns {
         b.add(Glob::new(p).map_err(|e| {
             Error::Invalid(format!(
-                "bad --only pattern {p:?}: {e}; use globs like 'encoder.*.weight'"
+                "bad {what} pattern {p:?}: {e}; use globs like 'encoder.*.weight'"
             ))
         })?);
     }
     b.build()
         .map(Some)
-        .map_err(|e| Error::Invalid(format!("bad --only patterns: {e}")))
+        .map_err(|e| Error::Invalid(format!("bad {what} patterns: {e}")))
 }
 
-/// The safetensors files and other files under `dir`, relative to it, sorted.
-fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let here = dir.join(&rel);
-        for entry in fs::read_dir(&here).map_err(|e| Error::io(&here, e))? {
-            let entry = entry.map_err(|e| Error::io(&here, e))?;
-            let ty = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
-            let r = rel.join(entry.file_name());
-            if ty.is_dir() {
-                stack.push(r);
-            } else {
-                out.push(r);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// The safetensors files of a model: the file itself, or every shard under a directory.
+/// The safetensors files of a model: the file itself, or every shard under a directory
+/// (an error if it holds none).
 fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
     if !path.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
-    Ok(list_dir(path)?
+    let files: Vec<PathBuf> = walk::list(path, &[], None)?
+        .files
         .into_iter()
-        .filter(|r| is_safetensors(r))
-        .map(|r| path.join(r))
-        .collect())
+        .filter(|e| e.kind == Kind::Safetensors)
+        .map(|e| path.join(e.rel))
+        .collect();
+    if files.is_empty() {
+        return Err(no_model(path));
+    }
+    Ok(files)
 }
 
-/// One safetensors file's plan: its input header, output header and each tensor's
+fn no_model(dir: &Path) -> Error {
+    Error::Invalid(format!(
+        "{} holds no .safetensors file; pass a model file or a checkpoint directory",
+        dir.display()
+    ))
+}
+
+/// One safetensors file's plan: its input header, the output's header bytes, the lock
+/// record the output must carry (`None` for an unlocked output), and each tensor's
 /// cipher (`None` to copy its bytes unchanged).
 struct FilePlan {
     input: Header,
-    output: Header,
+    header_bytes: Vec<u8>,
+    lock: Option<LockInfo>,
     ciphers: Vec<Option<Arc<TensorCipher>>>,
+    clear_bool: usize,
 }
+
+/// The dtype lock leaves in the clear: PyTorch and NumPy read any byte but 0 and 1 of
+/// a boolean as undefined, so locked booleans would not load as booleans at all.
+const CLEAR_DTYPE: &str = "BOOL";
 
 fn plan_lock(path: &Path, key: &MasterKey, only: Option<&GlobSet>) -> Result<FilePlan> {
     let input = read_header(path)?;
@@ -147,11 +188,16 @@ fn plan_lock(path: &Path, key: &MasterKey, only: Option<&GlobSet>) -> Result<Fil
     }
     let salt = Salt::generate()?;
     let mut locked = Vec::new();
+    let mut clear_bool = 0;
     let ciphers = input
         .tensors
         .iter()
         .map(|t| {
             let chosen = only.is_none_or(|g| g.is_match(&t.name));
+            if chosen && t.dtype == CLEAR_DTYPE {
+                clear_bool += 1;
+                return None;
+            }
             chosen.then(|| {
                 locked.push(t.name.clone());
                 Arc::new(TensorCipher::for_tensor(key, &salt, &t.name))
@@ -160,16 +206,28 @@ fn plan_lock(path: &Path, key: &MasterKey, only: Option<&GlobSet>) -> Result<Fil
         .collect();
     let mut output = input.clone();
     locked.sort();
-    LockInfo {
+    let lock = LockInfo {
         salt,
         kcv: key.kcv(),
         locked,
+    };
+    lock.write_to(&mut output);
+    let header_bytes = output.to_bytes();
+    let json_len = header_bytes.len() as u64 - 8;
+    if json_len > MAX_HEADER_LEN {
+        return Err(Error::format(
+            path,
+            format!(
+                "locked, its header would be {json_len} bytes, over the {MAX_HEADER_LEN}-byte limit of safetensors readers (the lock lists every locked tensor's name, and these names are long or many); shorten the names or split the file into shards"
+            ),
+        ));
     }
-    .write_to(&mut output);
     Ok(FilePlan {
         input,
-        output,
+        header_bytes,
+        lock: Some(lock),
         ciphers,
+        clear_bool,
     })
 }
 
@@ -194,15 +252,21 @@ fn plan_unlock(path: &Path, key: &MasterKey) -> Result<FilePlan> {
     let mut output = input.clone();
     LockInfo::remove_from(&mut output);
     Ok(FilePlan {
+        header_bytes: output.to_bytes(),
         input,
-        output,
+        lock: None,
         ciphers,
+        clear_bool: 0,
     })
 }
 
-/// Streams the data section of `plan`'s input through `engine` into `out`.
+/// Streams the data section of `plan`'s input `path` through `engine` into `out`, the
+/// temporary for `dst`, then reads the written header back to check it says what the
+/// plan says (locked with its salt and names, or not locked), before anything is
+/// renamed into place.
 fn stream(
     path: &Path,
+    dst: &Path,
     plan: &FilePlan,
     dir: Direction,
     engine: &mut dyn Engine,
@@ -219,11 +283,11 @@ fn stream(
             "the file changed while being read; try again",
         ));
     }
-    let mut w = BufWriter::with_capacity(1 << 20, out);
-    w.write_all(&plan.output.to_bytes())
-        .map_err(|e| Error::io(path, e))?;
+    let mut w = BufWriter::with_capacity(1 << 20, &mut *out);
+    w.write_all(&plan.header_bytes)
+        .map_err(|e| Error::io(dst, e))?;
     let mut sink = |c: &Chunk| -> Result<()> {
-        w.write_all(&c.data).map_err(|e| Error::io(path, e))?;
+        w.write_all(&c.data).map_err(|e| Error::io(dst, e))?;
         if let Some(p) = opts.progress {
             p(c.data.len() as u64);
         }
@@ -239,7 +303,27 @@ fn stream(
         packer.add_tensor(engine, cipher.as_ref(), t.len(), fill, &mut sink)?;
     }
     packer.finish(engine, &mut sink)?;
-    w.flush().map_err(|e| Error::io(path, e))?;
+    w.flush().map_err(|e| Error::io(dst, e))?;
+    drop(w);
+    check_written(out, dst, plan)
+}
+
+/// Reads back the header just written for `dst` and checks it against the plan.
+fn check_written(out: &mut File, dst: &Path, plan: &FilePlan) -> Result<()> {
+    let written = Header::read(out, dst)?;
+    let lock = LockInfo::from_header(&written, dst)?;
+    if written.tensors != plan.input.tensors || lock != plan.lock {
+        return Err(Error::Invalid(format!(
+            "the header written for {} does not read back as planned ({}); nothing was written; please report this as a bug",
+            dst.display(),
+            match (&lock, &plan.lock) {
+                (None, Some(_)) => "it does not read as locked",
+                (Some(_), None) => "it still reads as locked",
+                _ if written.tensors != plan.input.tensors => "its tensors differ",
+                _ => "its lock record differs",
+            }
+        )));
+    }
     Ok(())
 }
 
@@ -252,66 +336,126 @@ fn run(
     mut plan: impl FnMut(&Path) -> Result<FilePlan>,
 ) -> Result<Report> {
     let started = Instant::now();
-    output::check(input, output, opts.force)?;
+    let protected: Vec<PathBuf> = opts.key_file.iter().cloned().collect();
+    let meta = fs::metadata(input).map_err(|e| Error::io(input, e))?;
+    if !meta.is_dir() && !meta.is_file() {
+        return Err(walk::not_regular(input, &meta, None));
+    }
+    output::check(input, output, opts.force, &protected)?;
     // A locked model is made to be shipped: as readable as its input. Unlocked weights
-    // are the plaintext the lock protected: owner-only.
-    let access = match dir {
-        Direction::Lock => output::Access::Like(input.to_path_buf()),
+    // are the plaintext the lock protected: owner-only, and so is everything beside
+    // them in an unlocked directory.
+    let like = |src: &Path| match dir {
+        Direction::Lock => output::Access::Like(src.to_path_buf()),
         Direction::Unlock => output::Access::Private,
     };
     let mut report = Report::default();
-    let mut do_file = |src: &Path, dst_file: &mut File, plan: FilePlan, report: &mut Report| {
-        stream(src, &plan, dir, engine, opts, dst_file)?;
-        report.files += 1;
-        report.tensors += plan.input.tensors.len();
-        report.data_bytes += plan.input.data_len();
-        for (t, c) in plan.input.tensors.iter().zip(&plan.ciphers) {
-            if c.is_some() {
-                report.transformed += 1;
-                report.transformed_bytes += t.len();
-            }
-        }
-        Ok::<_, Error>(())
-    };
-    if input.is_dir() {
-        let files = list_dir(input)?;
-        // Plan every shard before writing anything, so a bad shard fails fast.
-        let mut plans = Vec::new();
-        for rel in files.iter().filter(|r| is_safetensors(r)) {
-            plans.push((rel.clone(), plan(&input.join(rel))?));
-        }
-        if plans.is_empty() {
-            return Err(Error::Invalid(format!(
-                "{} holds no .safetensors file; pass a model file or a checkpoint directory",
-                input.display()
-            )));
-        }
-        output::write_dir(output, opts.force, &access, |tmp| {
-            let mut plans = plans.into_iter();
-            for rel in &files {
-                let (src, dst) = (input.join(rel), tmp.join(rel));
-                if let Some(parent) = dst.parent() {
-                    fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-                }
-                if is_safetensors(rel) {
-                    let (_, p) = plans.next().expect("one plan per shard");
-                    let mut f = File::create(&dst).map_err(|e| Error::io(&dst, e))?;
-                    do_file(&src, &mut f, p, &mut report)?;
-                } else {
-                    fs::copy(&src, &dst).map_err(|e| Error::io(&src, e))?;
-                    report.copied += 1;
+    let mut do_file =
+        |src: &Path, dst: &Path, out: &mut File, plan: FilePlan, report: &mut Report| {
+            stream(src, dst, &plan, dir, engine, opts, out)?;
+            report.files += 1;
+            report.tensors += plan.input.tensors.len();
+            report.data_bytes += plan.input.data_len();
+            report.clear_bool += plan.clear_bool;
+            for (t, c) in plan.input.tensors.iter().zip(&plan.ciphers) {
+                if c.is_some() {
+                    report.transformed += 1;
+                    report.transformed_bytes += t.len();
                 }
             }
-            Ok(())
-        })?;
-    } else {
+            Ok::<_, Error>(())
+        };
+    if !meta.is_dir() {
         let p = plan(input)?;
-        output::write_file(output, opts.force, &access, |f| {
-            do_file(input, f, p, &mut report)
+        output::check_space(output, meta.len() + p.header_bytes.len() as u64)?;
+        output::write_file(output, opts.force, &like(input), |f| {
+            do_file(input, output, f, p, &mut report)
         })?;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
     }
+    let exclude = globs(&opts.exclude, "exclude")?;
+    let allowed = globs(&opts.allow_plaintext, "allow-plaintext")?;
+    let listing = walk::list(input, &protected, exclude.as_ref())?;
+    if dir == Direction::Lock {
+        refuse_plaintext(input, &listing, allowed.as_ref())?;
+    }
+    // Plan every shard before writing anything, so a bad shard fails fast.
+    let mut plans = Vec::new();
+    let mut need = 0;
+    for e in &listing.files {
+        let src = input.join(&e.rel);
+        need += fs::metadata(&src)
+            .map_err(|err| Error::io(&src, err))?
+            .len();
+        if e.kind == Kind::Safetensors {
+            let p = plan(&src)?;
+            need += p.header_bytes.len() as u64;
+            plans.push(p);
+        }
+    }
+    if plans.is_empty() {
+        return Err(no_model(input));
+    }
+    output::check_space(output, need)?;
+    output::write_dir(output, opts.force, &like(input), |tmp| {
+        let mut plans = plans.into_iter();
+        for rel in &listing.dirs {
+            output::create_private_dirs(&tmp.join(rel))?;
+        }
+        for e in &listing.files {
+            let (src, dst) = (input.join(&e.rel), tmp.join(&e.rel));
+            let mut f = output::create_private_file(&dst)?;
+            let shown = output.join(&e.rel);
+            if e.kind == Kind::Safetensors {
+                let p = plans.next().expect("one plan per shard");
+                do_file(&src, &shown, &mut f, p, &mut report)?;
+            } else {
+                let mut from = open(&src)?;
+                std::io::copy(&mut from, &mut f).map_err(|err| Error::io(&shown, err))?;
+                report.copied += 1;
+                if let Kind::Weights(_) = e.kind {
+                    report.plaintext.push(e.rel.clone());
+                }
+            }
+            f.sync_all().map_err(|err| Error::io(&shown, err))?;
+            like(&src).apply(&dst)?;
+        }
+        // Parents last: a directory made read-only would refuse its own entries.
+        for rel in listing.dirs.iter().rev() {
+            like(&input.join(rel)).apply(&tmp.join(rel))?;
+        }
+        Ok(())
+    })?;
+    report.skipped = listing.skipped;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Refuses to lock a directory holding weight files deeplock cannot lock, unless each
+/// is allowed: they would ship in the clear beside the locked model.
+fn refuse_plaintext(
+    input: &Path,
+    listing: &walk::Listing,
+    allowed: Option<&GlobSet>,
+) -> Result<()> {
+    let refused: Vec<(PathBuf, &'static str)> = listing
+        .files
+        .iter()
+        .filter_map(|e| match e.kind {
+            Kind::Weights(what) if !allowed.is_some_and(|g| g.is_match(&e.rel)) => {
+                Some((e.rel.clone(), what))
+            }
+            _ => None,
+        })
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Plaintext {
+        dir: input.to_path_buf(),
+        files: refused,
+    })
 }
 
 fn check_only_matches(input: &Path, only: Option<&GlobSet>) -> Result<()> {
@@ -338,7 +482,7 @@ pub fn lock(
     engine: &mut dyn Engine,
     opts: &Options,
 ) -> Result<Report> {
-    let only = globs(&opts.only)?;
+    let only = globs(&opts.only, "--only")?;
     check_only_matches(input, only.as_ref())?;
     run(input, output, Direction::Lock, engine, opts, |p| {
         plan_lock(p, key, only.as_ref())

@@ -2,9 +2,9 @@
 //!
 //! A safetensors file is an 8-byte little-endian header length N, N bytes of JSON, then
 //! the data section. Parsing reads only the first 8 + N bytes, so a file far larger than
-//! memory costs nothing here; the `safetensors` crate's own `Metadata` deserializer checks
-//! dtypes, shapes and offsets (contiguous, sized by shape and dtype, checked arithmetic),
-//! and this module checks that the offsets cover the data section exactly.
+//! memory costs nothing here; the `safetensors` crate's own `Metadata` checks each entry's
+//! dtype and its size against its shape (checked arithmetic), and this module checks that
+//! the offsets are contiguous and cover the data section exactly.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -140,8 +140,13 @@ impl Header {
                     "tensor {name:?} ends at {end}, before its start {start}"
                 ))
             })?;
+            let size = usize::try_from(size).map_err(|_| {
+                invalid(&format_args!(
+                    "tensor {name:?} is larger than this machine's memory"
+                ))
+            })?;
             let alone = TensorInfo {
-                data_offsets: (0, size as usize),
+                data_offsets: (0, size),
                 ..info
             };
             Metadata::new(None, vec![(String::new(), alone)])
@@ -199,9 +204,14 @@ impl Header {
     }
 
     /// Sets metadata `key` to `value`, creating `__metadata__` (as the first entry,
-    /// where safetensors writers put it) if the header has none.
+    /// where safetensors writers put it) if the header has none. A `null` one (which
+    /// safetensors readers take as none) becomes an object in its place.
     pub fn set_metadata(&mut self, key: &str, value: String) {
-        if !self.object.contains_key(METADATA_KEY) {
+        if let Some(m) = self.object.get_mut(METADATA_KEY) {
+            if !m.is_object() {
+                *m = Value::Object(Map::new());
+            }
+        } else {
             let mut object = Map::new();
             object.insert(METADATA_KEY.into(), Value::Object(Map::new()));
             object.extend(std::mem::take(&mut self.object));
@@ -291,6 +301,16 @@ mod tests {
                 .trim_end(),
             s
         );
+    }
+
+    #[test]
+    fn null_metadata_takes_the_lock_record() {
+        let s = r#"{"__metadata__":null,"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#;
+        let mut h = parse(s).unwrap();
+        assert!(h.metadata().is_empty());
+        h.set_metadata("deeplock.version", "1".into());
+        let back = Header::parse(&h.to_bytes()[8..], Path::new("t")).unwrap();
+        assert_eq!(back.metadata_value("deeplock.version"), Some("1"));
     }
 
     #[test]

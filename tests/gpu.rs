@@ -9,8 +9,9 @@ mod common;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
+use deeplock::engine::GpuEngine;
 use deeplock::engine::{self, Chunk, CpuEngine, DeviceChoice, Engine, Span};
-use deeplock::gpu::{GpuContext, GpuEngine, GpuLocker, KernelTimer, Region};
+use deeplock::gpu::{GpuContext, GpuLocker, KernelTimer, Region};
 use deeplock::{reference, CpuLocker, Direction, MasterKey, Salt, TensorCipher};
 use proptest::prelude::*;
 use rand::rngs::StdRng;

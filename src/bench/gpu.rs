@@ -6,11 +6,9 @@ use std::sync::Arc;
 use wgpu::util::DeviceExt;
 
 use super::{median_seconds, Rate, Record, Runs, Seconds, Workload};
-use crate::engine::{Chunk, ChunkPacker};
+use crate::engine::{Chunk, ChunkPacker, GpuEngine};
 use crate::error::{Error, Result};
-use crate::gpu::{
-    buffer_entry, storage_layout, GpuContext, GpuEngine, GpuLocker, KernelTimer, Region,
-};
+use crate::gpu::{buffer_entry, storage_layout, GpuContext, GpuLocker, KernelTimer, Region};
 use crate::key::MasterKey;
 use crate::scheme::{Direction, Salt, TensorCipher};
 

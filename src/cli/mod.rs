@@ -59,6 +59,14 @@ struct KeyArg {
     key_file: PathBuf,
 }
 
+#[derive(clap::Args)]
+struct DirArgs {
+    /// Leave files of a directory input that match this glob (relative to it: `*.bin`,
+    /// `onnx/*`) out of the output (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create a new random key file (mode 0600); never overwrites.
@@ -82,6 +90,12 @@ enum Command {
         /// Lock only tensors whose names match this glob (repeatable; default: all).
         #[arg(long, value_name = "GLOB")]
         only: Vec<String>,
+        #[command(flatten)]
+        dir: DirArgs,
+        /// Copy weight files deeplock cannot lock (PyTorch .bin, ONNX, ...) that match
+        /// this glob into a directory output as they are, in the clear (repeatable).
+        #[arg(long, value_name = "GLOB")]
+        allow_plaintext: Vec<String>,
         /// Replace an existing output.
         #[arg(long)]
         force: bool,
@@ -98,6 +112,8 @@ enum Command {
         /// Where to run.
         #[arg(long, value_enum, default_value = "auto")]
         device: Device,
+        #[command(flatten)]
+        dir: DirArgs,
         /// Replace an existing output.
         #[arg(long)]
         force: bool,
@@ -123,42 +139,86 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// `lock` and `unlock`: load the key, pick the engine, stream with a progress bar.
-#[allow(clippy::too_many_arguments)]
-fn transform(
+/// What `lock` and `unlock` were asked to do.
+struct Transform<'a> {
     dir: Direction,
-    input: &Path,
-    output: &Path,
-    key: &KeyArg,
+    input: &'a Path,
+    output: &'a Path,
+    key: &'a KeyArg,
     device: Device,
     only: Vec<String>,
+    exclude: Vec<String>,
+    allow_plaintext: Vec<String>,
     force: bool,
-    verbose: bool,
-) -> CliResult<i32> {
-    let key = keyfile::load(&key.key_file)?;
-    let mut engine = engine::select(device.into())?;
-    let (verb, done) = match dir {
+}
+
+/// `lock` and `unlock`: load the key, pick the engine, stream with a progress bar.
+fn transform(t: Transform, verbose: bool) -> CliResult<i32> {
+    if t.output.as_os_str() == "-" {
+        return Err(deeplock::Error::Invalid(
+            "-o - (standard output) is not supported: a model is written to a file, renamed into place when complete; name the output file".into(),
+        )
+        .into());
+    }
+    // Interrupted, deeplock removes what it was writing; killed, it leaves temporaries
+    // that the next run beside the same output finds.
+    deeplock::output::remove_temporaries_on_signals()?;
+    for s in deeplock::output::sweep_stale(t.output) {
+        if s.removed {
+            eprintln!(
+                "deeplock: removed {}, left by an interrupted deeplock run",
+                s.path.display()
+            );
+        } else {
+            eprintln!(
+                "deeplock: note: {} looks left by an interrupted deeplock run{}; remove it if no deeplock is running there",
+                s.path.display(),
+                s.pid.map(|p| format!(" (process {p})")).unwrap_or_default()
+            );
+        }
+    }
+    let key = keyfile::load(&t.key.key_file)?;
+    let mut engine = engine::select(t.device.into())?;
+    let (verb, done) = match t.dir {
         Direction::Lock => ("locking", "locked"),
         Direction::Unlock => ("unlocking", "unlocked"),
     };
     if verbose {
         out::warn(format_args!("deeplock: {verb} on {}", engine.describe()));
     }
-    let bar = report::progress(report::total_data_bytes(input)?, verb);
+    let bar = report::progress(report::total_data_bytes(t.input)?, verb);
     let progress = |n: u64| bar.inc(n);
     let opts = Options {
-        only,
-        force,
+        only: t.only,
+        force: t.force,
         progress: Some(&progress),
+        key_file: (t.key.key_file.as_os_str() != "-").then(|| t.key.key_file.clone()),
+        exclude: t.exclude,
+        allow_plaintext: t.allow_plaintext,
         ..Options::default()
     };
-    let r = match dir {
-        Direction::Lock => files::lock(input, output, &key, engine.as_mut(), &opts)?,
-        Direction::Unlock => files::unlock(input, output, &key, engine.as_mut(), &opts)?,
+    let r = match t.dir {
+        Direction::Lock => files::lock(t.input, t.output, &key, engine.as_mut(), &opts)?,
+        Direction::Unlock => files::unlock(t.input, t.output, &key, engine.as_mut(), &opts)?,
     };
     bar.finish_and_clear();
-    out::buffered(|w| report::print_done(w, done, input, output, &r))
-        .map_err(|e| e.done(|| out::written(output)))?;
+    out::buffered(|w| report::print_done(w, done, t.input, t.output, &r))
+        .map_err(|e| e.done(|| out::written(t.output)))?;
+    for (path, why) in &r.skipped {
+        eprintln!("deeplock: left out {} ({})", path.display(), why.describe());
+    }
+    for path in &r.plaintext {
+        eprintln!(
+            "deeplock: warning: copied {} in the clear, as allowed",
+            path.display()
+        );
+    }
+    if r.clear_bool > 0 {
+        eprintln!(
+            "deeplock: note: {} BOOL tensor(s) left in the clear: locked bytes would not be valid booleans",
+            r.clear_bool
+        );
+    }
     Ok(0)
 }
 
@@ -187,15 +247,21 @@ fn run(cli: Cli) -> CliResult<i32> {
             key,
             device,
             only,
+            dir,
+            allow_plaintext,
             force,
         } => transform(
-            Direction::Lock,
-            &input,
-            &output,
-            &key,
-            device,
-            only,
-            force,
+            Transform {
+                dir: Direction::Lock,
+                input: &input,
+                output: &output,
+                key: &key,
+                device,
+                only,
+                exclude: dir.exclude,
+                allow_plaintext,
+                force,
+            },
             verbose,
         ),
         Command::Unlock {
@@ -203,15 +269,20 @@ fn run(cli: Cli) -> CliResult<i32> {
             output,
             key,
             device,
+            dir,
             force,
         } => transform(
-            Direction::Unlock,
-            &input,
-            &output,
-            &key,
-            device,
-            Vec::new(),
-            force,
+            Transform {
+                dir: Direction::Unlock,
+                input: &input,
+                output: &output,
+                key: &key,
+                device,
+                only: Vec::new(),
+                exclude: dir.exclude,
+                allow_plaintext: Vec::new(),
+                force,
+            },
             verbose,
         ),
         Command::Inspect { file, json } => {

@@ -268,7 +268,7 @@ impl GpuLocker {
 
     /// Locks or unlocks `data`, the bytes of a tensor from byte `offset`, on the GPU:
     /// upload, dispatch, read back, in pieces of at most 256 MiB. For many tensors or
-    /// a stream of chunks, [`super::GpuEngine`] overlaps the transfers with the compute.
+    /// a stream of chunks, [`crate::engine::GpuEngine`] overlaps the transfers with the compute.
     pub fn apply(
         &self,
         cipher: &TensorCipher,

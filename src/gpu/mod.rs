@@ -4,7 +4,6 @@
 //! - [`GpuLocker`]: the lock and unlock kernels, recorded into a caller's command encoder
 //!   on regions of a caller's buffer ([`GpuLocker::encode`]), or run on host bytes
 //!   ([`GpuLocker::apply`]).
-//! - [`GpuEngine`]: the streaming [`crate::engine::Engine`], chunks overlapped in flight.
 //! - [`KernelTimer`]: kernel time alone, from timestamp queries, for benchmarks.
 //! - [`FusedMatmul`]: `Y = X · Wᵀ + b` with W still locked, decoded inside the matmul
 //!   kernels (GEMM and GEMV), so plaintext weights never reach a GPU buffer.
@@ -17,7 +16,6 @@
 pub mod aes;
 mod binding;
 mod context;
-mod engine;
 mod locker;
 mod matmul;
 mod plan;
@@ -26,13 +24,12 @@ mod timer;
 
 pub(crate) use binding::{buffer_entry, storage_layout, uniform_layout};
 pub use context::GpuContext;
-pub use engine::GpuEngine;
 pub use locker::{GpuLocker, Region};
 pub use matmul::{
     ConvInput, FusedMatmul, GpuTensor, HostTensor, Kernel, Linear, MatmulPass, MatmulShape,
     TensorKey, WeightDtype,
 };
-pub(crate) use slot::{f32s, read_mapped};
+pub(crate) use slot::{f32s, read_mapped, PendingRead, Slot};
 pub use timer::KernelTimer;
 
 /// WGSL source of the AES-128-CTR core: tables in workgroup memory, the AES rounds,

@@ -6,8 +6,12 @@ use std::sync::Arc;
 
 use crate::cpu::CpuLocker;
 use crate::error::Result;
-use crate::gpu::{GpuContext, GpuEngine, GpuLocker};
+use crate::gpu::{GpuContext, GpuLocker};
+
+mod gpu;
+
 use crate::scheme::{Direction, TensorCipher};
+pub use gpu::GpuEngine;
 
 /// A run of one tensor's bytes inside a [`Chunk`].
 pub struct Span {

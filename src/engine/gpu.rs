@@ -6,11 +6,9 @@
 
 use std::collections::VecDeque;
 
-use super::context::GpuContext;
-use super::locker::{GpuLocker, Region};
-use super::slot::{PendingRead, Slot};
-use crate::engine::{Chunk, Engine};
+use super::{Chunk, Engine};
 use crate::error::Result;
+use crate::gpu::{GpuContext, GpuLocker, PendingRead, Region, Slot};
 
 /// Chunks in flight: one uploading, one computing, one reading back.
 const DEFAULT_DEPTH: usize = 3;
