@@ -25,7 +25,7 @@ fn many_tensors(n: usize) -> Vec<u8> {
         .unwrap();
     }
     json.push('}');
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(' ');
     }
     let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
