@@ -11,7 +11,10 @@
 //! tensor listed (BOOL ones excepted: left in the clear), and unlock back to the input (byte for byte when the input is in
 //! canonical form), or fail with a one-line error. 256 cases by default (a few
 //! seconds); `DEEPLOCK_FUZZ_SECS=600` runs batches of 256 for ten minutes.
-//! FUZZ_RUN_RECORD
+//! Run on 2026-12-01 for 620 s (2 vCPUs, shared): 261,888 cases, 56,156 parsed, 51,026
+//! locked and unlocked, no failure. Before the null-`__metadata__` fix it failed at once
+//! on `{"__metadata__":null}` (the lock record was dropped: a scrambled file that
+//! inspected as not locked).
 
 mod common;
 
