@@ -20,7 +20,7 @@ use crate::engine::{Chunk, ChunkPacker, Engine};
 use crate::error::{Error, Result};
 use crate::header::{Header, TensorEntry, MAX_HEADER_LEN};
 use crate::key::MasterKey;
-use crate::lock_info::{LockInfo, PREFIX};
+use crate::lock_info::{self, LockInfo};
 use crate::output;
 use crate::scheme::{Direction, Salt, TensorCipher};
 
@@ -245,13 +245,12 @@ fn plan_unlock(path: &Path, key: &MasterKey) -> Result<FilePlan> {
         .tensors
         .iter()
         .map(|t| {
-            info.locked
-                .contains(&t.name)
+            info.is_locked(&t.name)
                 .then(|| Arc::new(TensorCipher::for_tensor(key, &info.salt, &t.name)))
         })
         .collect();
     let mut output = input.clone();
-    output.remove_metadata_prefix(PREFIX);
+    LockInfo::remove_from(&mut output);
     Ok(FilePlan {
         header_bytes: output.to_bytes(),
         input,
@@ -525,9 +524,7 @@ pub struct Inspection {
 impl Inspection {
     /// Whether tensor `name` is locked.
     pub fn is_locked(&self, name: &str) -> bool {
-        self.lock
-            .as_ref()
-            .is_some_and(|l| l.locked.iter().any(|n| n == name))
+        self.lock.as_ref().is_some_and(|l| l.is_locked(name))
     }
 }
 
@@ -543,7 +540,7 @@ pub fn inspect(path: &Path) -> Result<Vec<Inspection>> {
                 user_metadata: h
                     .metadata()
                     .into_iter()
-                    .filter(|(k, _)| !k.starts_with(PREFIX))
+                    .filter(|(k, _)| !lock_info::is_owned_key(k))
                     .collect(),
                 tensors: h.tensors,
                 lock,

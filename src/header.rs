@@ -2,15 +2,17 @@
 //!
 //! A safetensors file is an 8-byte little-endian header length N, N bytes of JSON, then
 //! the data section. Parsing reads only the first 8 + N bytes, so a file far larger than
-//! memory costs nothing here; the `safetensors` crate's own `Metadata` deserializer checks
-//! dtypes, shapes and offsets (contiguous, sized by shape and dtype, checked arithmetic),
-//! and this module checks that the offsets cover the data section exactly.
+//! memory costs nothing here; the `safetensors` crate's own `Metadata` checks each entry's
+//! dtype and its size against its shape (checked arithmetic), and this module checks that
+//! the offsets are contiguous and cover the data section exactly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+use safetensors::tensor::{Metadata, TensorInfo};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -113,27 +115,61 @@ impl Header {
         let bad = |reason: String| Error::format(path, reason);
         let text = std::str::from_utf8(json)
             .map_err(|_| bad("corrupt header: not UTF-8 (is this a safetensors file?)".into()))?;
-        // The safetensors crate validates dtypes, shapes and offsets with checked arithmetic.
-        let _: safetensors::tensor::Metadata = serde_json::from_str(text)
-            .map_err(|e| bad(format!("invalid safetensors header: {e}")))?;
         let object: Map<String, Value> = serde_json::from_str(text)
             .map_err(|e| bad(format!("invalid safetensors header: {e}")))?;
-        let mut tensors = Vec::new();
+        // One parse, read through references: a header of a million tensors is about a
+        // gigabyte as JSON values, so no second parse and no copy of an entry. The
+        // safetensors crate's own checks run on each entry as read (dtype, shape and
+        // size with checked arithmetic; the string map of `__metadata__`); contiguity,
+        // which it checks across a whole header, is checked below after sorting.
+        let invalid = |e: &dyn std::fmt::Display| bad(format!("invalid safetensors header: {e}"));
+        let mut tensors = Vec::with_capacity(object.len());
         for (name, v) in &object {
             if name == METADATA_KEY {
+                Option::<HashMap<String, String>>::deserialize(v)
+                    .map_err(|e| invalid(&format_args!("{METADATA_KEY}: {e}")))?;
                 continue;
             }
-            let entry: RawEntry = serde_json::from_value(v.clone())
-                .map_err(|e| bad(format!("invalid entry for tensor {name:?}: {e}")))?;
+            let entry = RawEntry::deserialize(v)
+                .map_err(|e| invalid(&format_args!("tensor {name:?}: {e}")))?;
+            let [start, end] = entry.data_offsets;
+            let info = TensorInfo::deserialize(v)
+                .map_err(|e| invalid(&format_args!("tensor {name:?}: {e}")))?;
+            let size = end.checked_sub(start).ok_or_else(|| {
+                invalid(&format_args!(
+                    "tensor {name:?} ends at {end}, before its start {start}"
+                ))
+            })?;
+            let size = usize::try_from(size).map_err(|_| {
+                invalid(&format_args!(
+                    "tensor {name:?} is larger than this machine's memory"
+                ))
+            })?;
+            let alone = TensorInfo {
+                data_offsets: (0, size),
+                ..info
+            };
+            Metadata::new(None, vec![(String::new(), alone)])
+                .map_err(|e| invalid(&format_args!("tensor {name:?}: {e}")))?;
             tensors.push(TensorEntry {
                 name: name.clone(),
                 dtype: entry.dtype,
                 shape: entry.shape,
-                start: entry.data_offsets[0],
-                end: entry.data_offsets[1],
+                start,
+                end,
             });
         }
         tensors.sort_by_key(|t| (t.start, t.end));
+        let mut at = 0;
+        for t in &tensors {
+            if t.start != at {
+                return Err(invalid(&format_args!(
+                    "tensor {:?} starts at byte {} of the data, not at {at} where the one before it ends (overlapping or gapped offsets)",
+                    t.name, t.start
+                )));
+            }
+            at = t.end;
+        }
         Ok(Header {
             object,
             tensors,
@@ -207,6 +243,15 @@ impl Header {
         out.extend_from_slice(&(json.len() as u64).to_le_bytes());
         out.extend_from_slice(&json);
         out
+    }
+
+    /// Removes metadata `key`; drops `__metadata__` altogether if that leaves it empty.
+    pub fn remove_metadata(&mut self, key: &str) {
+        if let Some(Value::Object(m)) = self.object.get_mut(METADATA_KEY) {
+            if m.shift_remove(key).is_some() && m.is_empty() {
+                self.object.shift_remove(METADATA_KEY);
+            }
+        }
     }
 }
 

@@ -8,13 +8,20 @@ use crate::header::Header;
 use crate::key::MasterKey;
 use crate::scheme::{Salt, SCHEME, VERSION};
 
-/// Prefix of every metadata key deeplock owns.
-pub const PREFIX: &str = "deeplock.";
 const K_VERSION: &str = "deeplock.version";
 const K_SCHEME: &str = "deeplock.scheme";
 const K_SALT: &str = "deeplock.salt";
 const K_KCV: &str = "deeplock.kcv";
 const K_LOCKED: &str = "deeplock.locked";
+
+/// The metadata keys a lock writes and an unlock removes, and no others: other
+/// `deeplock.`-prefixed keys belong to the user and are kept like any other metadata.
+pub const OWNED_KEYS: [&str; 5] = [K_VERSION, K_SCHEME, K_SALT, K_KCV, K_LOCKED];
+
+/// Whether metadata `key` is one deeplock writes (not the user's).
+pub fn is_owned_key(key: &str) -> bool {
+    OWNED_KEYS.contains(&key)
+}
 
 /// What a locked file records about its locking.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,16 +30,23 @@ pub struct LockInfo {
     pub salt: Salt,
     /// The key check value of the key it was locked with.
     pub kcv: [u8; 8],
-    /// Names of the locked tensors, sorted.
+    /// Names of the locked tensors, sorted and without duplicates, so that
+    /// [`LockInfo::is_locked`] is a binary search: a model can have millions of tensors.
     pub locked: Vec<String>,
 }
 
 impl LockInfo {
-    /// The lock record of `header`: `None` if the file carries no `deeplock.*` metadata,
-    /// an error if it carries some but not a valid v1 record.
+    /// The lock record of `header`: `None` if the file carries none of the keys deeplock
+    /// writes, an error if it carries some but not a valid v1 record.
+    ///
+    /// Any one of the five keys marks the file as locked, not just `deeplock.version`:
+    /// locking a file that still holds another lock's salt or tensor list would overwrite
+    /// them and make the first lock unrecoverable, so such a file is refused as damaged.
     pub fn from_header(header: &Header, path: &Path) -> Result<Option<Self>> {
-        let meta = header.metadata();
-        if !meta.keys().any(|k| k.starts_with(PREFIX)) {
+        if !OWNED_KEYS
+            .iter()
+            .any(|k| header.metadata_value(k).is_some())
+        {
             return Ok(None);
         }
         let bad = |what: String| {
@@ -41,7 +55,11 @@ impl LockInfo {
                 format!("corrupt deeplock metadata: {what}; the file was damaged or edited after locking"),
             )
         };
-        let get = |k: &str| meta.get(k).ok_or_else(|| bad(format!("{k} is missing")));
+        let get = |k: &str| {
+            header
+                .metadata_value(k)
+                .ok_or_else(|| bad(format!("{k} is missing")))
+        };
         let version = get(K_VERSION)?;
         let scheme = get(K_SCHEME)?;
         if version != VERSION || scheme != SCHEME {
@@ -56,10 +74,16 @@ impl LockInfo {
             .ok_or_else(|| bad(format!("{K_SALT} is not 32 hex characters")))?;
         let kcv = crate::hex::decode::<8>(get(K_KCV)?)
             .ok_or_else(|| bad(format!("{K_KCV} is not 16 hex characters")))?;
-        let locked: Vec<String> = serde_json::from_str(get(K_LOCKED)?)
+        let mut locked: Vec<String> = serde_json::from_str(get(K_LOCKED)?)
             .map_err(|_| bad(format!("{K_LOCKED} is not a JSON array of names")))?;
+        locked.sort_unstable();
+        if let Some(w) = locked.windows(2).find(|w| w[0] == w[1]) {
+            return Err(bad(format!("{K_LOCKED} names {:?} twice", w[0])));
+        }
+        let mut names: Vec<&str> = header.tensors.iter().map(|t| t.name.as_str()).collect();
+        names.sort_unstable();
         for name in &locked {
-            if !header.tensors.iter().any(|t| &t.name == name) {
+            if names.binary_search(&name.as_str()).is_err() {
                 return Err(bad(format!(
                     "{K_LOCKED} names {name:?}, which is not a tensor of the file"
                 )));
@@ -68,10 +92,18 @@ impl LockInfo {
         Ok(Some(LockInfo { salt, kcv, locked }))
     }
 
+    /// Whether tensor `name` is locked (a binary search of the sorted names).
+    pub fn is_locked(&self, name: &str) -> bool {
+        self.locked
+            .binary_search_by(|n| n.as_str().cmp(name))
+            .is_ok()
+    }
+
     /// Records this lock in `header`'s metadata.
     pub fn write_to(&self, header: &mut Header) {
-        let mut names = self.locked.clone();
-        names.sort();
+        // Sorted as the spec says, whoever built `self`; by reference, not a copy.
+        let mut names: Vec<&str> = self.locked.iter().map(String::as_str).collect();
+        names.sort_unstable();
         header.set_metadata(K_VERSION, VERSION.into());
         header.set_metadata(K_SCHEME, SCHEME.into());
         header.set_metadata(K_SALT, self.salt.to_hex());
@@ -80,6 +112,15 @@ impl LockInfo {
             K_LOCKED,
             serde_json::to_string(&names).expect("strings serialize"),
         );
+    }
+
+    /// Removes what [`LockInfo::write_to`] wrote: exactly the keys deeplock owns, so the
+    /// user's own metadata (`deeplock.`-prefixed keys included) survives an unlock;
+    /// `__metadata__` goes only if that leaves it empty.
+    pub fn remove_from(header: &mut Header) {
+        for k in OWNED_KEYS {
+            header.remove_metadata(k);
+        }
     }
 
     /// Whether `key` is the key this file was locked with, by its check value.

@@ -1,10 +1,13 @@
 //! `deeplock bench`: prints the vendor-neutral benchmark as a table or JSON.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use deeplock::bench::matmul::{bench_matmul, matmul_table, MatmulCase};
 use deeplock::bench::{self, Record, Runs, Workload};
-use deeplock::{Error, Result};
+use deeplock::Error;
+
+use super::out::{self, outln, CliResult};
 
 /// Which devices `bench` measures.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -43,9 +46,9 @@ pub struct BenchArgs {
 }
 
 /// Runs the benchmark.
-pub fn run(args: BenchArgs) -> Result<()> {
+pub fn run(args: BenchArgs) -> CliResult<()> {
     if args.size.contains(&0) {
-        return Err(Error::Invalid("--size must be at least 1 byte".into()));
+        return Err(Error::Invalid("--size must be at least 1 byte".into()).into());
     }
     let workloads = if args.size.is_empty() {
         Workload::defaults(bench::available_memory())
@@ -72,32 +75,31 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let svg = bench::plot(&records, "deeplock bench: lock throughput by size");
         let readable = deeplock::output::Access::Readable;
         deeplock::output::write_file(path, true, &readable, |f| {
-            use std::io::Write;
             f.write_all(svg.as_bytes()).map_err(|e| Error::io(path, e))
         })?;
     }
     if args.json {
         let doc = serde_json::json!({ "records": records });
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&doc).expect("JSON serializes")
         );
     } else {
-        print!("{}", bench::table(&records));
+        out::buffered(|w| w.write_all(bench::table(&records).as_bytes()))?;
     }
     Ok(())
 }
 
 /// `bench --matmul`: the reference shapes on real GPUs, scaled-down ones on software
 /// adapters (which emulate a GPU on the CPU far too slowly for 4096 x 4096 weights).
-fn run_matmul(runs: Runs, json: bool) -> Result<()> {
+fn run_matmul(runs: Runs, json: bool) -> CliResult<()> {
     let mut records = Vec::new();
     for ctx in bench::open_adapters()? {
         let cases = if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu {
-            eprintln!(
+            out::warn(format_args!(
                 "deeplock bench: {} is a software adapter: scaled-down shapes; ratios describe the emulation, not a GPU",
                 ctx.adapter_info().name
-            );
+            ));
             MatmulCase::software()
         } else {
             MatmulCase::defaults()
@@ -106,12 +108,12 @@ fn run_matmul(runs: Runs, json: bool) -> Result<()> {
     }
     if json {
         let doc = serde_json::json!({ "matmul": records });
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&doc).expect("JSON serializes")
         );
     } else {
-        print!("{}", matmul_table(&records));
+        out::buffered(|w| w.write_all(matmul_table(&records).as_bytes()))?;
     }
     Ok(())
 }

@@ -9,22 +9,23 @@ use deeplock::engine::{self, Chunk, DeviceChoice, Engine, Span};
 use deeplock::files::{self, Options};
 use deeplock::{zoo, Direction, Error, MasterKey, Result, TensorCipher};
 
+use super::out::{outln, CliResult};
 use super::report::gbps;
 
 /// Runs the demo.
-pub fn run(verbose: bool) -> Result<()> {
+pub fn run(verbose: bool) -> CliResult<()> {
     let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let model = dir.path().join("cifar10_cnn.safetensors");
     zoo::write_safetensors(&model, &zoo::cifar10_cnn(42))?;
     let original = std::fs::read(&model).map_err(|e| Error::io(&model, e))?;
-    println!(
+    outln!(
         "model: CIFAR-10-sized CNN (Keras cifar10_cnn shapes), {} parameters in {} tensors, {} bytes",
         zoo::CIFAR10_CNN_PARAMS,
         zoo::CIFAR10_CNN.len(),
         original.len()
     );
     let key = MasterKey::generate()?;
-    println!(
+    outln!(
         "key: fresh random key (key check value {})",
         deeplock::hex::encode(&key.kcv())
     );
@@ -33,10 +34,10 @@ pub fn run(verbose: bool) -> Result<()> {
         vec![("cpu", engine::select(DeviceChoice::Cpu)?)];
     match engine::select(DeviceChoice::Gpu) {
         Ok(e) => engines.push(("gpu", e)),
-        Err(e) => println!("gpu: skipped ({e})"),
+        Err(e) => outln!("gpu: skipped ({e})"),
     }
     for (name, mut engine) in engines {
-        println!("{name}: {}", engine.describe());
+        outln!("{name}: {}", engine.describe());
         let locked = dir.path().join(format!("locked-{name}.safetensors"));
         let unlocked = dir.path().join(format!("unlocked-{name}.safetensors"));
         let opts = Options::default();
@@ -47,40 +48,41 @@ pub fn run(verbose: bool) -> Result<()> {
         if back != original {
             return Err(Error::Invalid(format!(
                 "demo failed on {name}: the unlocked model differs from the original; please report this bug"
-            )));
+            ))
+            .into());
         }
         let same = count_equal_f32(
             &original,
             &locked_bytes,
             original.len() - l.data_bytes as usize,
         );
-        println!(
+        outln!(
             "  lock   {} tensors, {} bytes in {:.2} ms ({:.2} GB/s end to end, file I/O included)",
             l.transformed,
             l.transformed_bytes,
             l.seconds * 1e3,
             gbps(l.data_bytes, l.seconds)
         );
-        println!(
+        outln!(
             "  unlock {} tensors, {} bytes in {:.2} ms ({:.2} GB/s end to end, file I/O included)",
             u.transformed,
             u.transformed_bytes,
             u.seconds * 1e3,
             gbps(u.data_bytes, u.seconds)
         );
-        println!(
+        outln!(
             "  round trip: unlocked file identical to the original; {same} of {} weights unchanged in the locked file",
             zoo::CIFAR10_CNN_PARAMS
         );
         let (lock_s, unlock_s) =
             in_memory_seconds(engine.as_mut(), &key, &original, l.data_bytes as usize)?;
-        println!(
+        outln!(
             "  in memory (no file I/O, median of 5): lock {:.2} GB/s, unlock {:.2} GB/s",
             gbps(l.data_bytes, lock_s),
             gbps(l.data_bytes, unlock_s)
         );
         if verbose {
-            println!("  files in {}", dir.path().display());
+            outln!("  files in {}", dir.path().display());
         }
     }
     Ok(())

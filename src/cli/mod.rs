@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod keyfile;
+mod out;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use deeplock::engine::{self, DeviceChoice};
 use deeplock::files::{self, Options};
 use deeplock::Direction;
+use out::CliResult;
 
 #[derive(Parser)]
 #[command(
@@ -151,11 +153,12 @@ struct Transform<'a> {
 }
 
 /// `lock` and `unlock`: load the key, pick the engine, stream with a progress bar.
-fn transform(t: Transform, verbose: bool) -> deeplock::Result<i32> {
+fn transform(t: Transform, verbose: bool) -> CliResult<i32> {
     if t.output.as_os_str() == "-" {
         return Err(deeplock::Error::Invalid(
             "-o - (standard output) is not supported: a model is written to a file, renamed into place when complete; name the output file".into(),
-        ));
+        )
+        .into());
     }
     // Interrupted, deeplock removes what it was writing; killed, it leaves temporaries
     // that the next run beside the same output finds.
@@ -181,7 +184,7 @@ fn transform(t: Transform, verbose: bool) -> deeplock::Result<i32> {
         Direction::Unlock => ("unlocking", "unlocked"),
     };
     if verbose {
-        eprintln!("deeplock: {verb} on {}", engine.describe());
+        out::warn(format_args!("deeplock: {verb} on {}", engine.describe()));
     }
     let bar = report::progress(report::total_data_bytes(t.input)?, verb);
     let progress = |n: u64| bar.inc(n);
@@ -199,7 +202,8 @@ fn transform(t: Transform, verbose: bool) -> deeplock::Result<i32> {
         Direction::Unlock => files::unlock(t.input, t.output, &key, engine.as_mut(), &opts)?,
     };
     bar.finish_and_clear();
-    report::print_done(done, t.input, t.output, &r);
+    out::buffered(|w| report::print_done(w, done, t.input, t.output, &r))
+        .map_err(|e| e.done(|| out::written(t.output)))?;
     for (path, why) in &r.skipped {
         eprintln!("deeplock: left out {} ({})", path.display(), why.describe());
     }
@@ -218,19 +222,22 @@ fn transform(t: Transform, verbose: bool) -> deeplock::Result<i32> {
     Ok(0)
 }
 
-/// Runs the command line; returns the process exit code.
+/// Runs the command line; returns the process exit code: 0 on success and when the
+/// reader of standard output closed it early (`deeplock inspect FILE | head`), 1 on any
+/// error, after one line on standard error.
 pub fn main() -> i32 {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        Err(e) if e.is_broken_pipe() => 0,
         Err(e) => {
-            eprintln!("deeplock: error: {e}");
+            out::warn(format_args!("deeplock: error: {e}"));
             1
         }
     }
 }
 
-fn run(cli: Cli) -> deeplock::Result<i32> {
+fn run(cli: Cli) -> CliResult<i32> {
     let verbose = cli.verbose;
     match cli.command {
         Command::Keygen { output } => keyfile::keygen(&output).map(|()| 0),
@@ -281,16 +288,16 @@ fn run(cli: Cli) -> deeplock::Result<i32> {
         Command::Inspect { file, json } => {
             let found = files::inspect(&file)?;
             if json {
-                println!("{}", report::inspection_json(&found));
+                out::buffered(|w| writeln!(w, "{}", report::inspection_json(&found)))?;
             } else {
-                report::print_inspection(&found);
+                out::buffered(|w| report::print_inspection(w, &found))?;
             }
             Ok(0)
         }
         Command::Verify { file, key } => {
             let key = keyfile::load(&key.key_file)?;
             files::verify(&file, &key)?;
-            println!("key matches {}", file.display());
+            out::outln!("key matches {}", report::shown_path(&file));
             Ok(0)
         }
         Command::Demo => demo::run(verbose).map(|()| 0),

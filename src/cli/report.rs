@@ -1,6 +1,11 @@
 //! What the CLI prints: progress, summaries and `inspect` output.
+//!
+//! Names, metadata and paths come from the file (or the file system) and are shown
+//! through [`shown`]: printed raw, a tensor name could set the terminal's title, erase
+//! lines, or forge a `locked: yes` line with an embedded newline.
 
-use std::io::IsTerminal;
+use std::borrow::Cow;
+use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 
 use deeplock::files::{self, Inspection, Report};
@@ -37,17 +42,52 @@ pub fn gbps(bytes: u64, seconds: f64) -> f64 {
     bytes as f64 / seconds.max(1e-9) / 1e9
 }
 
+/// `text` safe to print to a terminal: control characters (C0, DEL, C1) and the
+/// bidirectional-text controls that reorder what is shown (U+202A..U+202E,
+/// U+2066..U+2069, marks U+200E, U+200F, U+061C) are written as Rust escapes (`\n`,
+/// `\u{1b}`, `\u{202e}`); everything else as it is. `--json` needs none of this: JSON
+/// escapes control characters itself.
+pub fn shown(text: &str) -> Cow<'_, str> {
+    let bidi = |c: char| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}');
+    if !text.chars().any(|c| c.is_control() || bidi(c)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else if bidi(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A path, [`shown`].
+pub fn shown_path(path: &Path) -> String {
+    shown(&path.display().to_string()).into_owned()
+}
+
 /// The one-line summary of a lock or unlock.
-pub fn print_done(verb: &str, input: &Path, output: &Path, r: &Report) {
+pub fn print_done(
+    out: &mut dyn Write,
+    verb: &str,
+    input: &Path,
+    output: &Path,
+    r: &Report,
+) -> io::Result<()> {
     let copied = if r.copied > 0 {
         format!(", {} other files copied", r.copied)
     } else {
         String::new()
     };
-    println!(
+    writeln!(
+        out,
         "{verb} {} -> {}: {} of {} tensors ({} of {} bytes) in {} file(s){copied}, {:.3} s ({:.2} GB/s)",
-        input.display(),
-        output.display(),
+        shown_path(input),
+        shown_path(output),
         r.transformed,
         r.tensors,
         r.transformed_bytes,
@@ -55,15 +95,16 @@ pub fn print_done(verb: &str, input: &Path, output: &Path, r: &Report) {
         r.files,
         r.seconds,
         gbps(r.data_bytes, r.seconds)
-    );
+    )
 }
 
 /// `inspect`'s table.
-pub fn print_inspection(found: &[Inspection]) {
+pub fn print_inspection(out: &mut dyn Write, found: &[Inspection]) -> io::Result<()> {
     for f in found {
-        println!("{}", f.path.display());
+        writeln!(out, "{}", shown_path(&f.path))?;
         match &f.lock {
-            Some(l) => println!(
+            Some(l) => writeln!(
+                out,
                 "  locked: yes (deeplock v{}, {}), salt {}, key check value {}, {} of {} tensors locked",
                 deeplock::scheme::VERSION,
                 deeplock::scheme::SCHEME,
@@ -71,34 +112,37 @@ pub fn print_inspection(found: &[Inspection]) {
                 deeplock::hex::encode(&l.kcv),
                 l.locked.len(),
                 f.tensors.len()
-            ),
-            None => println!("  locked: no"),
+            )?,
+            None => writeln!(out, "  locked: no")?,
         }
         for (k, v) in &f.user_metadata {
-            println!("  metadata {k} = {v}");
+            writeln!(out, "  metadata {} = {}", shown(k), shown(v))?;
         }
-        let width = f
-            .tensors
+        let names: Vec<Cow<str>> = f.tensors.iter().map(|t| shown(&t.name)).collect();
+        let width = names
             .iter()
-            .map(|t| t.name.len())
+            .map(|n| n.chars().count())
             .max()
             .unwrap_or(4)
             .max(4);
-        println!(
+        writeln!(
+            out,
             "  {:width$}  {:5}  {:>20}  {:>12}  locked",
             "name", "dtype", "shape", "bytes"
-        );
-        for t in &f.tensors {
-            println!(
+        )?;
+        for (t, name) in f.tensors.iter().zip(&names) {
+            writeln!(
+                out,
                 "  {:width$}  {:5}  {:>20}  {:>12}  {}",
-                t.name,
+                name,
                 t.dtype,
                 format!("{:?}", t.shape),
                 t.len(),
                 if f.is_locked(&t.name) { "yes" } else { "no" }
-            );
+            )?;
         }
     }
+    Ok(())
 }
 
 /// `inspect --json`: one object per file, with stable field names.

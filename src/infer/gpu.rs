@@ -154,8 +154,7 @@ impl GpuModel {
                 .tensors
                 .iter()
                 .map(|t| {
-                    info.locked
-                        .contains(&t.name)
+                    info.is_locked(&t.name)
                         .then(|| TensorCipher::for_tensor(key, &info.salt, &t.name))
                 })
                 .collect(),

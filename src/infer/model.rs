@@ -273,7 +273,7 @@ impl Model {
             .into_iter()
             .map(|mut t| {
                 if let Some((info, key)) = unlock {
-                    if info.locked.contains(&t.name) {
+                    if info.is_locked(&t.name) {
                         let cipher = TensorCipher::for_tensor(key, &info.salt, &t.name);
                         CpuLocker::new().apply_parallel(
                             &cipher,
