@@ -222,15 +222,31 @@ impl Header {
         }
     }
 
-    /// Removes every metadata key that starts with `prefix`; drops `__metadata__`
-    /// altogether if that leaves it empty.
-    pub fn remove_metadata_prefix(&mut self, prefix: &str) {
-        if let Some(Value::Object(m)) = self.object.get_mut(METADATA_KEY) {
-            m.retain(|k, _| !k.starts_with(prefix));
-            if m.is_empty() {
-                self.object.shift_remove(METADATA_KEY);
-            }
+    /// Whether `__metadata__` is there but holds nothing: `Some("{}")` for an empty
+    /// object, `Some("null")` for `null`; `None` if it is absent or holds entries.
+    pub fn empty_metadata(&self) -> Option<&'static str> {
+        match self.object.get(METADATA_KEY)? {
+            Value::Null => Some("null"),
+            Value::Object(m) if m.is_empty() => Some("{}"),
+            _ => None,
         }
+    }
+
+    /// Puts back an empty `__metadata__` (`"{}"` or `"null"`, as
+    /// [`Header::empty_metadata`] named it) where there is none, as the first entry.
+    pub fn restore_empty_metadata(&mut self, form: &str) {
+        if self.object.contains_key(METADATA_KEY) {
+            return;
+        }
+        let value = if form == "null" {
+            Value::Null
+        } else {
+            Value::Object(Map::new())
+        };
+        let mut object = Map::new();
+        object.insert(METADATA_KEY.into(), value);
+        object.extend(std::mem::take(&mut self.object));
+        self.object = object;
     }
 
     /// The bytes that start a file with this header: the 8-byte length, then compact
@@ -278,7 +294,7 @@ mod tests {
         assert_eq!(h.data_len(), 12);
         h.set_metadata("deeplock.version", "1".into());
         assert_eq!(h.metadata_value("deeplock.version"), Some("1"));
-        h.remove_metadata_prefix("deeplock.");
+        h.remove_metadata("deeplock.version");
         let bytes = h.to_bytes();
         assert_eq!(bytes.len() % 8, 0);
         assert_eq!(std::str::from_utf8(&bytes[8..]).unwrap().trim_end(), s);
@@ -294,7 +310,7 @@ mod tests {
             text.starts_with(r#"{"__metadata__":{"deeplock.version":"1"},"a""#),
             "{text}"
         );
-        h.remove_metadata_prefix("deeplock.");
+        h.remove_metadata("deeplock.version");
         assert_eq!(
             String::from_utf8(h.to_bytes()[8..].to_vec())
                 .unwrap()

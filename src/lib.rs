@@ -7,14 +7,34 @@
 //! of any tensor can be locked or unlocked independently: in parallel on all CPU cores,
 //! or on any GPU through wgpu.
 //!
+//! ## Layers
+//!
+//! Each layer uses only the ones below it (tests/layers.rs keeps it so):
+//!
+//! ```text
+//!  front ends    infer (CPU reference, fast CPU, GpuModel)   bench   zoo   mnist
+//!                                    |
+//!  operations    files: lock, unlock, verify, inspect of files and checkpoint directories
+//!                                    |
+//!  containers    header (safetensors, validated once)   lock_info (the lock record)   output
+//!                                    |
+//!  stream        engine: the Engine protocol, chunk packing, CpuEngine, GpuEngine
+//!                                    |
+//!  backends      cpu (AES-NI / VAES, all cores)          gpu (WGSL kernels, fused matmul)
+//!                                    |
+//!  the scheme    key, scheme (salt, nonce, cipher), sbox, key_schedule, reference, hex, error
+//! ```
+//!
 //! The pieces:
 //! - [`MasterKey`], [`Salt`], [`Nonce`], [`TensorCipher`]: the scheme's values.
 //! - [`mod@reference`]: the obviously-correct scalar path every fast path is checked against.
 //! - [`CpuLocker`]: the CPU fast path (AES-NI / VAES, all cores); [`gpu`]: the wgpu path.
+//! - [`engine`]: what the file streamer hands chunks to, on the CPU or a GPU.
 //! - [`files`]: whole safetensors files and checkpoint directories, streamed through an
-//!   [`engine::Engine`] (CPU or GPU).
+//!   [`engine::Engine`], written through [`output`]'s safe outputs.
 //! - [`bench`]: the vendor-neutral benchmark behind `deeplock bench`.
-//! - [`infer`]: running a model, locked or not, on the CPU; [`mnist`]: its test data.
+//! - [`infer`]: running a model, locked or not, on the CPU or a GPU; [`mnist`]: its test
+//!   data; [`zoo`]: the models the demo, benchmarks and tests build.
 
 pub mod bench;
 pub mod cpu;

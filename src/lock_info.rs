@@ -13,10 +13,13 @@ const K_SCHEME: &str = "deeplock.scheme";
 const K_SALT: &str = "deeplock.salt";
 const K_KCV: &str = "deeplock.kcv";
 const K_LOCKED: &str = "deeplock.locked";
+/// Written only when the input's `__metadata__` was there but empty (`{}` or `null`),
+/// so that unlock gives it back as it was.
+const K_METADATA: &str = "deeplock.metadata";
 
 /// The metadata keys a lock writes and an unlock removes, and no others: other
 /// `deeplock.`-prefixed keys belong to the user and are kept like any other metadata.
-pub const OWNED_KEYS: [&str; 5] = [K_VERSION, K_SCHEME, K_SALT, K_KCV, K_LOCKED];
+pub const OWNED_KEYS: [&str; 6] = [K_VERSION, K_SCHEME, K_SALT, K_KCV, K_LOCKED, K_METADATA];
 
 /// Whether metadata `key` is one deeplock writes (not the user's).
 pub fn is_owned_key(key: &str) -> bool {
@@ -39,7 +42,7 @@ impl LockInfo {
     /// The lock record of `header`: `None` if the file carries none of the keys deeplock
     /// writes, an error if it carries some but not a valid v1 record.
     ///
-    /// Any one of the five keys marks the file as locked, not just `deeplock.version`:
+    /// Any one of the keys deeplock writes marks the file as locked, not just `deeplock.version`:
     /// locking a file that still holds another lock's salt or tensor list would overwrite
     /// them and make the first lock unrecoverable, so such a file is refused as damaged.
     pub fn from_header(header: &Header, path: &Path) -> Result<Option<Self>> {
@@ -104,6 +107,9 @@ impl LockInfo {
         // Sorted as the spec says, whoever built `self`; by reference, not a copy.
         let mut names: Vec<&str> = self.locked.iter().map(String::as_str).collect();
         names.sort_unstable();
+        if let Some(form) = header.empty_metadata() {
+            header.set_metadata(K_METADATA, form.into());
+        }
         header.set_metadata(K_VERSION, VERSION.into());
         header.set_metadata(K_SCHEME, SCHEME.into());
         header.set_metadata(K_SALT, self.salt.to_hex());
@@ -118,8 +124,12 @@ impl LockInfo {
     /// user's own metadata (`deeplock.`-prefixed keys included) survives an unlock;
     /// `__metadata__` goes only if that leaves it empty.
     pub fn remove_from(header: &mut Header) {
+        let empty = header.metadata_value(K_METADATA).map(str::to_owned);
         for k in OWNED_KEYS {
             header.remove_metadata(k);
+        }
+        if let Some(form) = empty {
+            header.restore_empty_metadata(&form);
         }
     }
 

@@ -158,6 +158,34 @@ fn null_metadata_locks_into_a_file_that_unlocks() {
 }
 
 #[test]
+fn empty_and_null_metadata_come_back_as_they_were() {
+    let s = Scratch::new();
+    for meta in ["{}", "null"] {
+        let json = format!(
+            r#"{{"__metadata__":{meta},"w":{{"dtype":"U8","shape":[3],"data_offsets":[0,3]}}}}"#
+        );
+        let mut json = json.into_bytes();
+        json.resize(json.len().div_ceil(8) * 8, b' ');
+        let mut file = (json.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(&json);
+        file.extend_from_slice(&[5, 6, 7]);
+        fs::write(s.path("m.safetensors"), &file).unwrap();
+        let (l, u) = ("l.safetensors", "u.safetensors");
+        ok(&s.run(&[
+            "lock",
+            "m.safetensors",
+            "-o",
+            l,
+            "--key-file",
+            "key",
+            "--force",
+        ]));
+        ok(&s.run(&["unlock", l, "-o", u, "--key-file", "key", "--force"]));
+        assert_eq!(fs::read(s.path(u)).unwrap(), file, "{meta}");
+    }
+}
+
+#[test]
 fn an_output_that_is_or_holds_the_input_is_refused_even_with_force() {
     let s = Scratch::new();
     fs::create_dir(s.path("proj")).unwrap();
