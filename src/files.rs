@@ -9,7 +9,7 @@ mod sniff;
 mod walk;
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,9 +18,10 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::engine::{Chunk, ChunkPacker, Engine};
 use crate::error::{Error, Result};
-use crate::header::{Header, TensorEntry, MAX_HEADER_LEN};
+use crate::format::{self, Container, Layout, Piece};
+use crate::header::{Header, TensorEntry};
 use crate::key::MasterKey;
-use crate::lock_info::{self, LockInfo};
+use crate::lock_info::LockInfo;
 use crate::output;
 use crate::scheme::{Direction, Salt, TensorCipher};
 
@@ -164,12 +165,17 @@ fn no_model(dir: &Path) -> Error {
     ))
 }
 
-/// One safetensors file's plan: its input header, the output's header bytes, the lock
-/// record the output must carry (`None` for an unlocked output), and each tensor's
-/// cipher (`None` to copy its bytes unchanged).
+/// Opens the model file at `path` in its format.
+fn open_container(path: &Path) -> Result<Box<dyn Container>> {
+    format::open(&mut open(path)?, path)
+}
+
+/// One model file's plan: its input, the output's layout, the lock record the output
+/// must carry (`None` for an unlocked output), and each tensor's cipher (`None` to copy
+/// its bytes unchanged).
 struct FilePlan {
-    input: Header,
-    header_bytes: Vec<u8>,
+    input: Box<dyn Container>,
+    layout: Layout,
     lock: Option<LockInfo>,
     ciphers: Vec<Option<Arc<TensorCipher>>>,
     clear_bool: usize,
@@ -180,8 +186,8 @@ struct FilePlan {
 const CLEAR_DTYPE: &str = "BOOL";
 
 fn plan_lock(path: &Path, key: &MasterKey, only: Option<&GlobSet>) -> Result<FilePlan> {
-    let input = read_header(path)?;
-    if LockInfo::from_header(&input, path)?.is_some() {
+    let input = open_container(path)?;
+    if input.lock_record()?.is_some() {
         return Err(Error::AlreadyLocked {
             path: path.to_path_buf(),
         });
@@ -190,7 +196,7 @@ fn plan_lock(path: &Path, key: &MasterKey, only: Option<&GlobSet>) -> Result<Fil
     let mut locked = Vec::new();
     let mut clear_bool = 0;
     let ciphers = input
-        .tensors
+        .tensors()
         .iter()
         .map(|t| {
             let chosen = only.is_none_or(|g| g.is_match(&t.name));
@@ -204,27 +210,16 @@ fn plan_lock(path: &Path, key: &MasterKey, only: Option<&GlobSet>) -> Result<Fil
             })
         })
         .collect();
-    let mut output = input.clone();
     locked.sort();
     let lock = LockInfo {
         salt,
         kcv: key.kcv(),
         locked,
     };
-    lock.write_to(&mut output);
-    let header_bytes = output.to_bytes();
-    let json_len = header_bytes.len() as u64 - 8;
-    if json_len > MAX_HEADER_LEN {
-        return Err(Error::format(
-            path,
-            format!(
-                "locked, its header would be {json_len} bytes, over the {MAX_HEADER_LEN}-byte limit of safetensors readers (the lock lists every locked tensor's name, and these names are long or many); shorten the names or split the file into shards"
-            ),
-        ));
-    }
+    let layout = input.layout(Some(&lock))?;
     Ok(FilePlan {
         input,
-        header_bytes,
+        layout,
         lock: Some(lock),
         ciphers,
         clear_bool,
@@ -232,8 +227,8 @@ fn plan_lock(path: &Path, key: &MasterKey, only: Option<&GlobSet>) -> Result<Fil
 }
 
 fn plan_unlock(path: &Path, key: &MasterKey) -> Result<FilePlan> {
-    let input = read_header(path)?;
-    let info = LockInfo::from_header(&input, path)?.ok_or_else(|| Error::NotLocked {
+    let input = open_container(path)?;
+    let info = input.lock_record()?.ok_or_else(|| Error::NotLocked {
         path: path.to_path_buf(),
     })?;
     if !info.key_matches(key) {
@@ -242,28 +237,27 @@ fn plan_unlock(path: &Path, key: &MasterKey) -> Result<FilePlan> {
         });
     }
     let ciphers = input
-        .tensors
+        .tensors()
         .iter()
         .map(|t| {
             info.is_locked(&t.name)
                 .then(|| Arc::new(TensorCipher::for_tensor(key, &info.salt, &t.name)))
         })
         .collect();
-    let mut output = input.clone();
-    LockInfo::remove_from(&mut output);
+    let layout = input.layout(None)?;
     Ok(FilePlan {
-        header_bytes: output.to_bytes(),
         input,
+        layout,
         lock: None,
         ciphers,
         clear_bool: 0,
     })
 }
 
-/// Streams the data section of `plan`'s input `path` through `engine` into `out`, the
-/// temporary for `dst`, then reads the written header back to check it says what the
-/// plan says (locked with its salt and names, or not locked), before anything is
-/// renamed into place.
+/// Writes `plan`'s layout for the input `path` into `out`, the temporary for `dst`,
+/// its tensors streamed through `engine`; then reads the written file back to check it
+/// says what the plan says (locked with its salt and names, or not locked), before
+/// anything is renamed into place.
 fn stream(
     path: &Path,
     dst: &Path,
@@ -274,18 +268,31 @@ fn stream(
     out: &mut File,
 ) -> Result<()> {
     let mut input = open(path)?;
-    // Re-read the header from this handle: it also positions it at the data section,
-    // and catches a file changed since planning.
-    let again = Header::read(&mut input, path)?;
-    if again.tensors != plan.input.tensors {
+    // Parse again from this handle, to catch a file changed since planning.
+    let again = format::open(&mut input, path)?;
+    if again.tensors() != plan.input.tensors() {
         return Err(Error::format(
             path,
             "the file changed while being read; try again",
         ));
     }
+    write_layout(path, &mut input, dst, plan, dir, engine, opts, out)?;
+    check_written(out, dst, plan)
+}
+
+/// Writes `plan`'s layout from `input` (the file at `path`) into `out` (for `dst`).
+#[allow(clippy::too_many_arguments)]
+fn write_layout(
+    path: &Path,
+    input: &mut File,
+    dst: &Path,
+    plan: &FilePlan,
+    dir: Direction,
+    engine: &mut dyn Engine,
+    opts: &Options,
+    out: &mut File,
+) -> Result<()> {
     let mut w = BufWriter::with_capacity(1 << 20, &mut *out);
-    w.write_all(&plan.header_bytes)
-        .map_err(|e| Error::io(dst, e))?;
     let mut sink = |c: &Chunk| -> Result<()> {
         w.write_all(&c.data).map_err(|e| Error::io(dst, e))?;
         if let Some(p) = opts.progress {
@@ -294,32 +301,73 @@ fn stream(
         Ok(())
     };
     let mut packer = ChunkPacker::new(dir, opts.chunk_size);
-    for (t, cipher) in plan.input.tensors.iter().zip(&plan.ciphers) {
-        let fill = |buf: &mut [u8]| {
-            input.read_exact(buf).map_err(|e| {
-                Error::format(path, format!("read failed inside tensor {:?}: {e}", t.name))
-            })
-        };
-        packer.add_tensor(engine, cipher.as_ref(), t.len(), fill, &mut sink)?;
+    // Where `input` is positioned: the layout reads in order, seeking only where it skips.
+    let mut at = None;
+    let seek = |input: &mut File, at: Option<u64>, start: u64| -> Result<()> {
+        if at != Some(start) {
+            input
+                .seek(SeekFrom::Start(start))
+                .map_err(|e| Error::io(path, e))?;
+        }
+        Ok(())
+    };
+    for piece in &plan.layout.0 {
+        match piece {
+            Piece::Tensor(i) => {
+                let range = plan.input.byte_range(*i);
+                seek(input, at, range.start)?;
+                let name = &plan.input.tensors()[*i].name;
+                let fill = |buf: &mut [u8]| {
+                    input.read_exact(buf).map_err(|e| {
+                        Error::format(path, format!("read failed inside tensor {name:?}: {e}"))
+                    })
+                };
+                let cipher = plan.ciphers[*i].as_ref();
+                packer.add_tensor(engine, cipher, range.end - range.start, fill, &mut sink)?;
+                at = Some(range.end);
+            }
+            // Bytes of our own: everything packed so far goes first.
+            Piece::Bytes(bytes) => {
+                packer.finish(engine, &mut sink)?;
+                sink(&Chunk {
+                    dir,
+                    data: bytes.clone(),
+                    spans: Vec::new(),
+                })?;
+            }
+            Piece::Copy(range) => {
+                packer.finish(engine, &mut sink)?;
+                seek(input, at, range.start)?;
+                let mut part = (&mut *input).take(range.end - range.start);
+                let mut data = Vec::new();
+                part.read_to_end(&mut data)
+                    .map_err(|e| Error::io(path, e))?;
+                sink(&Chunk {
+                    dir,
+                    data,
+                    spans: Vec::new(),
+                })?;
+                at = Some(range.end);
+            }
+        }
     }
     packer.finish(engine, &mut sink)?;
-    w.flush().map_err(|e| Error::io(dst, e))?;
-    drop(w);
-    check_written(out, dst, plan)
+    w.flush().map_err(|e| Error::io(dst, e))
 }
 
-/// Reads back the header just written for `dst` and checks it against the plan.
+/// Reads back the file just written for `dst` and checks it against the plan.
 fn check_written(out: &mut File, dst: &Path, plan: &FilePlan) -> Result<()> {
-    let written = Header::read(out, dst)?;
-    let lock = LockInfo::from_header(&written, dst)?;
-    if written.tensors != plan.input.tensors || lock != plan.lock {
+    let written = format::open(out, dst)?;
+    let lock = written.lock_record()?;
+    let same_tensors = written.tensors() == plan.input.tensors();
+    if !same_tensors || lock != plan.lock {
         return Err(Error::Invalid(format!(
-            "the header written for {} does not read back as planned ({}); nothing was written; please report this as a bug",
+            "the file written for {} does not read back as planned ({}); nothing was written; please report this as a bug",
             dst.display(),
             match (&lock, &plan.lock) {
                 (None, Some(_)) => "it does not read as locked",
                 (Some(_), None) => "it still reads as locked",
-                _ if written.tensors != plan.input.tensors => "its tensors differ",
+                _ if !same_tensors => "its tensors differ",
                 _ => "its lock record differs",
             }
         )));
@@ -354,10 +402,10 @@ fn run(
         |src: &Path, dst: &Path, out: &mut File, plan: FilePlan, report: &mut Report| {
             stream(src, dst, &plan, dir, engine, opts, out)?;
             report.files += 1;
-            report.tensors += plan.input.tensors.len();
-            report.data_bytes += plan.input.data_len();
+            report.tensors += plan.input.tensors().len();
             report.clear_bool += plan.clear_bool;
-            for (t, c) in plan.input.tensors.iter().zip(&plan.ciphers) {
+            for (t, c) in plan.input.tensors().iter().zip(&plan.ciphers) {
+                report.data_bytes += t.len();
                 if c.is_some() {
                     report.transformed += 1;
                     report.transformed_bytes += t.len();
@@ -367,7 +415,7 @@ fn run(
         };
     if !meta.is_dir() {
         let p = plan(input)?;
-        output::check_space(output, meta.len() + p.header_bytes.len() as u64)?;
+        output::check_space(output, p.layout.len(&*p.input))?;
         output::write_file(output, opts.force, &like(input), |f| {
             do_file(input, output, f, p, &mut report)
         })?;
@@ -385,13 +433,14 @@ fn run(
     let mut need = 0;
     for e in &listing.files {
         let src = input.join(&e.rel);
-        need += fs::metadata(&src)
-            .map_err(|err| Error::io(&src, err))?
-            .len();
         if e.kind == Kind::Safetensors {
             let p = plan(&src)?;
-            need += p.header_bytes.len() as u64;
+            need += p.layout.len(&*p.input);
             plans.push(p);
+        } else {
+            need += fs::metadata(&src)
+                .map_err(|err| Error::io(&src, err))?
+                .len();
         }
     }
     if plans.is_empty() {
@@ -458,18 +507,21 @@ fn refuse_plaintext(
     })
 }
 
-fn check_only_matches(input: &Path, only: Option<&GlobSet>) -> Result<()> {
+fn check_only_matches(input: &Path, only: Option<&GlobSet>, opts_only: &[String]) -> Result<()> {
     let Some(g) = only else { return Ok(()) };
     let paths = model_files(input)?;
     for p in paths {
-        if read_header(&p)?.tensors.iter().any(|t| g.is_match(&t.name)) {
+        if open_container(&p)?
+            .tensors()
+            .iter()
+            .any(|t| g.is_match(&t.name))
+        {
             return Ok(());
         }
     }
     Err(Error::Invalid(format!(
-        "--only matched no tensor of {}; list the names with `deeplock inspect {}`",
-        input.display(),
-        input.display()
+        "the tensor selection {:?} matched no tensor of {}; list the tensor names with `deeplock inspect {}`",
+        opts_only, input.display(), input.display()
     )))
 }
 
@@ -482,8 +534,8 @@ pub fn lock(
     engine: &mut dyn Engine,
     opts: &Options,
 ) -> Result<Report> {
-    let only = globs(&opts.only, "--only")?;
-    check_only_matches(input, only.as_ref())?;
+    let only = globs(&opts.only, "tensor selection")?;
+    check_only_matches(input, only.as_ref(), &opts.only)?;
     run(input, output, Direction::Lock, engine, opts, |p| {
         plan_lock(p, key, only.as_ref())
     })
@@ -500,7 +552,7 @@ pub fn unlock(
 ) -> Result<Report> {
     if !opts.only.is_empty() {
         return Err(Error::Invalid(
-            "--only applies to lock; unlock restores every tensor the file lists as locked".into(),
+            "a tensor selection applies to lock only; unlock restores every tensor the file lists as locked".into(),
         ));
     }
     run(input, output, Direction::Unlock, engine, opts, |p| {
@@ -528,22 +580,16 @@ impl Inspection {
     }
 }
 
-/// Inspects a safetensors file, or every shard of a checkpoint directory.
+/// Inspects a model file, or every shard of a checkpoint directory.
 pub fn inspect(path: &Path) -> Result<Vec<Inspection>> {
-    let files = model_files(path)?;
-    files
+    model_files(path)?
         .into_iter()
         .map(|p| {
-            let h = read_header(&p)?;
-            let lock = LockInfo::from_header(&h, &p)?;
+            let c = open_container(&p)?;
             Ok(Inspection {
-                user_metadata: h
-                    .metadata()
-                    .into_iter()
-                    .filter(|(k, _)| !lock_info::is_owned_key(k))
-                    .collect(),
-                tensors: h.tensors,
-                lock,
+                lock: c.lock_record()?,
+                user_metadata: c.user_metadata(),
+                tensors: c.tensors().to_vec(),
                 path: p,
             })
         })
@@ -564,4 +610,103 @@ pub fn verify(path: &Path, key: &MasterKey) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::CpuEngine;
+    use crate::CpuLocker;
+
+    /// A format of another shape than safetensors: tensors at arbitrary places, bytes
+    /// between them kept or replaced, new bytes in the middle.
+    struct Toy {
+        tensors: Vec<TensorEntry>,
+        ranges: Vec<std::ops::Range<u64>>,
+    }
+
+    impl Container for Toy {
+        fn tensors(&self) -> &[TensorEntry] {
+            &self.tensors
+        }
+        fn byte_range(&self, i: usize) -> std::ops::Range<u64> {
+            self.ranges[i].clone()
+        }
+        fn lock_record(&self) -> Result<Option<LockInfo>> {
+            Ok(None)
+        }
+        fn user_metadata(&self) -> Vec<(String, String)> {
+            Vec::new()
+        }
+        fn layout(&self, _: Option<&LockInfo>) -> Result<Layout> {
+            Ok(Layout(vec![
+                Piece::Copy(0..3),
+                Piece::Tensor(0),
+                Piece::Bytes(b"new".to_vec()),
+                Piece::Copy(40..45),
+                Piece::Tensor(1),
+                Piece::Copy(10..12),
+            ]))
+        }
+    }
+
+    #[test]
+    fn any_layout_is_written_in_order_with_tensors_transformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("toy");
+        let bytes: Vec<u8> = (0..64u8).collect();
+        fs::write(&path, &bytes).unwrap();
+        let entry = |name: &str, len: u64| TensorEntry {
+            name: name.into(),
+            dtype: "U8".into(),
+            shape: vec![len as usize],
+            start: 0,
+            end: len,
+        };
+        let toy = Toy {
+            tensors: vec![entry("a", 7), entry("b", 19)],
+            ranges: vec![20..27, 45..64],
+        };
+        let key = MasterKey::from_hex("000102030405060708090a0b0c0d0e0f").unwrap();
+        let salt = Salt::from_hex("01010101010101010101010101010101").unwrap();
+        let cipher = |n: &str| Arc::new(TensorCipher::for_tensor(&key, &salt, n));
+        let plan = FilePlan {
+            layout: toy.layout(None).unwrap(),
+            input: Box::new(toy),
+            lock: None,
+            ciphers: vec![Some(cipher("a")), None],
+            clear_bool: 0,
+        };
+        let mut out = tempfile::tempfile().unwrap();
+        let mut engine = CpuEngine::new(CpuLocker::new());
+        // Small chunks: the pieces cross chunk boundaries.
+        let opts = Options {
+            chunk_size: 16,
+            ..Options::default()
+        };
+        let mut input = File::open(&path).unwrap();
+        write_layout(
+            &path,
+            &mut input,
+            &path,
+            &plan,
+            Direction::Lock,
+            &mut engine,
+            &opts,
+            &mut out,
+        )
+        .unwrap();
+        let mut a = bytes[20..27].to_vec();
+        crate::reference::apply(&cipher("a"), Direction::Lock, 0, &mut a);
+        let mut want = bytes[0..3].to_vec();
+        want.extend_from_slice(&a);
+        want.extend_from_slice(b"new");
+        want.extend_from_slice(&bytes[40..45]);
+        want.extend_from_slice(&bytes[45..64]);
+        want.extend_from_slice(&bytes[10..12]);
+        let mut got = Vec::new();
+        out.seek(SeekFrom::Start(0)).unwrap();
+        out.read_to_end(&mut got).unwrap();
+        assert_eq!(got, want);
+    }
 }

@@ -232,21 +232,30 @@ impl Header {
         }
     }
 
-    /// Puts back an empty `__metadata__` (`"{}"` or `"null"`, as
-    /// [`Header::empty_metadata`] named it) where there is none, as the first entry.
+    /// Sets `__metadata__`, which holds no entries now, to `"{}"` or `"null"` (as
+    /// [`Header::empty_metadata`] named it): in its place if it is there, else as the
+    /// first entry.
     pub fn restore_empty_metadata(&mut self, form: &str) {
-        if self.object.contains_key(METADATA_KEY) {
-            return;
-        }
         let value = if form == "null" {
             Value::Null
         } else {
             Value::Object(Map::new())
         };
+        if let Some(m) = self.object.get_mut(METADATA_KEY) {
+            *m = value;
+            return;
+        }
         let mut object = Map::new();
         object.insert(METADATA_KEY.into(), value);
         object.extend(std::mem::take(&mut self.object));
         self.object = object;
+    }
+
+    /// Drops `__metadata__` if it is an empty object.
+    pub fn drop_empty_metadata(&mut self) {
+        if matches!(self.object.get(METADATA_KEY), Some(Value::Object(m)) if m.is_empty()) {
+            self.object.shift_remove(METADATA_KEY);
+        }
     }
 
     /// The bytes that start a file with this header: the 8-byte length, then compact
@@ -261,12 +270,10 @@ impl Header {
         out
     }
 
-    /// Removes metadata `key`; drops `__metadata__` altogether if that leaves it empty.
+    /// Removes metadata `key`, leaving `__metadata__` in place even if empty.
     pub fn remove_metadata(&mut self, key: &str) {
         if let Some(Value::Object(m)) = self.object.get_mut(METADATA_KEY) {
-            if m.shift_remove(key).is_some() && m.is_empty() {
-                self.object.shift_remove(METADATA_KEY);
-            }
+            m.shift_remove(key);
         }
     }
 }
@@ -295,6 +302,7 @@ mod tests {
         h.set_metadata("deeplock.version", "1".into());
         assert_eq!(h.metadata_value("deeplock.version"), Some("1"));
         h.remove_metadata("deeplock.version");
+        h.drop_empty_metadata();
         let bytes = h.to_bytes();
         assert_eq!(bytes.len() % 8, 0);
         assert_eq!(std::str::from_utf8(&bytes[8..]).unwrap().trim_end(), s);
@@ -311,6 +319,7 @@ mod tests {
             "{text}"
         );
         h.remove_metadata("deeplock.version");
+        h.drop_empty_metadata();
         assert_eq!(
             String::from_utf8(h.to_bytes()[8..].to_vec())
                 .unwrap()

@@ -41,6 +41,7 @@ pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod files;
+pub mod format;
 pub mod gpu;
 pub mod header;
 pub mod hex;

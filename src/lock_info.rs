@@ -128,8 +128,9 @@ impl LockInfo {
         for k in OWNED_KEYS {
             header.remove_metadata(k);
         }
-        if let Some(form) = empty {
-            header.restore_empty_metadata(&form);
+        match empty {
+            Some(form) => header.restore_empty_metadata(&form),
+            None => header.drop_empty_metadata(),
         }
     }
 

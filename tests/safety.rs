@@ -160,10 +160,13 @@ fn null_metadata_locks_into_a_file_that_unlocks() {
 #[test]
 fn empty_and_null_metadata_come_back_as_they_were() {
     let s = Scratch::new();
-    for meta in ["{}", "null"] {
-        let json = format!(
-            r#"{{"__metadata__":{meta},"w":{{"dtype":"U8","shape":[3],"data_offsets":[0,3]}}}}"#
-        );
+    let w = r#""w":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}"#;
+    for json in [
+        format!(r#"{{"__metadata__":{{}},{w}}}"#),
+        format!(r#"{{"__metadata__":null,{w}}}"#),
+        format!(r#"{{{w},"__metadata__":null}}"#),
+        format!(r#"{{{w},"__metadata__":{{}}}}"#),
+    ] {
         let mut json = json.into_bytes();
         json.resize(json.len().div_ceil(8) * 8, b' ');
         let mut file = (json.len() as u64).to_le_bytes().to_vec();
@@ -181,7 +184,12 @@ fn empty_and_null_metadata_come_back_as_they_were() {
             "--force",
         ]));
         ok(&s.run(&["unlock", l, "-o", u, "--key-file", "key", "--force"]));
-        assert_eq!(fs::read(s.path(u)).unwrap(), file, "{meta}");
+        assert_eq!(
+            fs::read(s.path(u)).unwrap(),
+            file,
+            "{}",
+            String::from_utf8_lossy(&file)
+        );
     }
 }
 

@@ -1,0 +1,83 @@
+//! Model containers: the seam where a file format plugs into lock, unlock, verify and
+//! inspect.
+//!
+//! A [`Container`] says which tensors a file holds and where their bytes lie, reads and
+//! writes the lock record in the format's own way (safetensors: `__metadata__` keys),
+//! and describes the output of a lock or an unlock as a [`Layout`]: the pieces of the
+//! new file in order, each new bytes (a rewritten header), a tensor of the input
+//! (transformed or passed through), or a range of the input copied as it is. The
+//! streamer in [`crate::files`] writes any layout the same way, so a format that keeps
+//! its tensors in place (safetensors, ONNX, TFLite, GGUF) only has to say where they
+//! are and how its header changes.
+
+pub mod safetensors;
+
+use std::fs::File;
+use std::ops::Range;
+use std::path::Path;
+
+use crate::error::Result;
+use crate::header::TensorEntry;
+use crate::lock_info::LockInfo;
+
+/// A model file whose tensors deeplock can lock in place.
+pub trait Container {
+    /// The tensors, in the order their bytes lie in the file.
+    fn tensors(&self) -> &[TensorEntry];
+
+    /// Where the bytes of tensor `i` (of [`Container::tensors`]) lie in the file.
+    fn byte_range(&self, i: usize) -> Range<u64>;
+
+    /// The lock record the file carries: `None` if it is not locked, an error if it
+    /// carries a damaged one.
+    fn lock_record(&self) -> Result<Option<LockInfo>>;
+
+    /// The user's metadata (everything but deeplock's own), sorted by key.
+    fn user_metadata(&self) -> Vec<(String, String)>;
+
+    /// The file written with `record` added (`Some`, for lock) or with its lock record
+    /// removed (`None`, for unlock); an error if the format cannot hold it.
+    fn layout(&self, record: Option<&LockInfo>) -> Result<Layout>;
+}
+
+/// The pieces of an output file, in order.
+#[derive(Debug)]
+pub struct Layout(pub Vec<Piece>);
+
+/// One piece of an output file.
+#[derive(Debug)]
+pub enum Piece {
+    /// New bytes (a rewritten header, an added record).
+    Bytes(Vec<u8>),
+    /// The bytes of the input's tensor `i`, locked, unlocked or passed through.
+    Tensor(usize),
+    /// A range of the input file, copied as it is.
+    Copy(Range<u64>),
+}
+
+impl Layout {
+    /// Bytes the output will hold.
+    pub fn len(&self, container: &dyn Container) -> u64 {
+        self.0
+            .iter()
+            .map(|p| match p {
+                Piece::Bytes(b) => b.len() as u64,
+                Piece::Tensor(i) => {
+                    let r = container.byte_range(*i);
+                    r.end - r.start
+                }
+                Piece::Copy(r) => r.end - r.start,
+            })
+            .sum()
+    }
+
+    /// Whether the output is empty (never, for a real format).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Opens the model file at `path`, opened as `file` (a regular file), in its format.
+pub fn open(file: &mut File, path: &Path) -> Result<Box<dyn Container>> {
+    Ok(Box::new(safetensors::Safetensors::read(file, path)?))
+}
