@@ -165,16 +165,16 @@ fn transform(t: Transform, verbose: bool) -> CliResult<i32> {
     deeplock::output::remove_temporaries_on_signals()?;
     for s in deeplock::output::sweep_stale(t.output) {
         if s.removed {
-            eprintln!(
+            out::warn(format_args!(
                 "deeplock: removed {}, left by an interrupted deeplock run",
-                s.path.display()
-            );
+                report::shown_path(&s.path)
+            ));
         } else {
-            eprintln!(
+            out::warn(format_args!(
                 "deeplock: note: {} looks left by an interrupted deeplock run{}; remove it if no deeplock is running there",
-                s.path.display(),
+                report::shown_path(&s.path),
                 s.pid.map(|p| format!(" (process {p})")).unwrap_or_default()
-            );
+            ));
         }
     }
     let key = keyfile::load(&t.key.key_file)?;
@@ -205,19 +205,23 @@ fn transform(t: Transform, verbose: bool) -> CliResult<i32> {
     out::buffered(|w| report::print_done(w, done, t.input, t.output, &r))
         .map_err(|e| e.done(|| out::written(t.output)))?;
     for (path, why) in &r.skipped {
-        eprintln!("deeplock: left out {} ({})", path.display(), why.describe());
+        out::warn(format_args!(
+            "deeplock: left out {} ({})",
+            report::shown_path(path),
+            why.describe()
+        ));
     }
     for path in &r.plaintext {
-        eprintln!(
+        out::warn(format_args!(
             "deeplock: warning: copied {} in the clear, as allowed",
-            path.display()
-        );
+            report::shown_path(path)
+        ));
     }
     if r.clear_bool > 0 {
-        eprintln!(
+        out::warn(format_args!(
             "deeplock: note: {} BOOL tensor(s) left in the clear: locked bytes would not be valid booleans",
             r.clear_bool
-        );
+        ));
     }
     Ok(0)
 }
