@@ -594,6 +594,17 @@ fn a_failed_write_names_the_output() {
 }
 
 #[test]
+fn error_messages_escape_file_names() {
+    let s = Scratch::new();
+    let name = "x\ndeeplock: key matches\u{1b}]0;owned\u{7}.safetensors";
+    fs::write(s.path(name), b"short").unwrap();
+    let o = s.run(&["inspect", name]);
+    refused(&o, "\\n");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+}
+
+#[test]
 fn standard_output_is_not_an_output() {
     let s = Scratch::new();
     refused(

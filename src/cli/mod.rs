@@ -235,7 +235,12 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) if e.is_broken_pipe() => 0,
         Err(e) => {
-            out::warn(format_args!("deeplock: error: {e}"));
+            // Paths and names in the message come from the file system: escaped, so a
+            // file name cannot forge lines or drive the terminal.
+            out::warn(format_args!(
+                "deeplock: error: {}",
+                report::shown(&e.to_string())
+            ));
             1
         }
     }
