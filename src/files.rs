@@ -195,6 +195,7 @@ fn plan_lock(path: &Path, key: &MasterKey, only: Option<&GlobSet>) -> Result<Fil
     let salt = Salt::generate()?;
     let mut locked = Vec::new();
     let mut clear_bool = 0;
+    let first = TensorCipher::for_tensor(key, &salt, "");
     let ciphers = input
         .tensors()
         .iter()
@@ -206,7 +207,7 @@ fn plan_lock(path: &Path, key: &MasterKey, only: Option<&GlobSet>) -> Result<Fil
             }
             chosen.then(|| {
                 locked.push(t.name.clone());
-                Arc::new(TensorCipher::for_tensor(key, &salt, &t.name))
+                Arc::new(first.with_nonce(&salt, &t.name))
             })
         })
         .collect();
@@ -236,12 +237,13 @@ fn plan_unlock(path: &Path, key: &MasterKey) -> Result<FilePlan> {
             path: path.to_path_buf(),
         });
     }
+    let first = TensorCipher::for_tensor(key, &info.salt, "");
     let ciphers = input
         .tensors()
         .iter()
         .map(|t| {
             info.is_locked(&t.name)
-                .then(|| Arc::new(TensorCipher::for_tensor(key, &info.salt, &t.name)))
+                .then(|| Arc::new(first.with_nonce(&info.salt, &t.name)))
         })
         .collect();
     let layout = input.layout(None)?;
@@ -269,8 +271,8 @@ fn stream(
 ) -> Result<()> {
     let mut input = open(path)?;
     // Parse again from this handle, to catch a file changed since planning.
-    let again = format::open(&mut input, path)?;
-    if again.tensors() != plan.input.tensors() {
+    let changed = format::open(&mut input, path)?.tensors() != plan.input.tensors();
+    if changed {
         return Err(Error::format(
             path,
             "the file changed while being read; try again",

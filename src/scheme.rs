@@ -79,20 +79,29 @@ impl Nonce {
 /// Everything needed to lock or unlock the bytes of one tensor, at any offset:
 /// the AES-128 key (as the `aes` crate's cipher and as expanded round keys for the
 /// backends that run the rounds themselves) and the tensor's nonce.
-/// Secret: `Debug` is redacted and both key forms are zeroized on drop.
+/// Secret: `Debug` is redacted and both key forms are zeroized on drop. The expanded key
+/// is shared by the ciphers made from one with [`TensorCipher::with_nonce`]: one per
+/// file, not one per tensor (a model can have millions).
 #[derive(Clone)]
 pub struct TensorCipher {
+    keys: std::sync::Arc<ExpandedKey>,
+    nonce: Nonce,
+}
+
+/// The master key in the two forms the backends use.
+struct ExpandedKey {
     aes: Aes128,
     round_keys: RoundKeys,
-    nonce: Nonce,
 }
 
 impl TensorCipher {
     /// The cipher for a tensor with nonce `nonce`.
     pub fn new(key: &MasterKey, nonce: Nonce) -> Self {
         TensorCipher {
-            aes: Aes128::new(key.as_bytes().into()),
-            round_keys: RoundKeys::expand(key),
+            keys: std::sync::Arc::new(ExpandedKey {
+                aes: Aes128::new(key.as_bytes().into()),
+                round_keys: RoundKeys::expand(key),
+            }),
             nonce,
         }
     }
@@ -102,6 +111,15 @@ impl TensorCipher {
         Self::new(key, Nonce::derive(salt, name))
     }
 
+    /// The cipher under the same key for the tensor `name` of the file with `salt`,
+    /// sharing this one's expanded key.
+    pub fn with_nonce(&self, salt: &Salt, name: &str) -> Self {
+        TensorCipher {
+            keys: self.keys.clone(),
+            nonce: Nonce::derive(salt, name),
+        }
+    }
+
     /// The tensor's nonce.
     pub fn nonce(&self) -> Nonce {
         self.nonce
@@ -109,12 +127,12 @@ impl TensorCipher {
 
     /// The expanded AES-128 round keys.
     pub fn round_keys(&self) -> &RoundKeys {
-        &self.round_keys
+        &self.keys.round_keys
     }
 
     /// The `aes` crate's block cipher under the master key.
     pub fn aes(&self) -> &Aes128 {
-        &self.aes
+        &self.keys.aes
     }
 }
 
