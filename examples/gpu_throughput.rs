@@ -42,6 +42,8 @@ fn report(what: &str, bytes: usize, d: Duration) {
 }
 
 fn main() -> deeplock::Result<()> {
+    // SAFETY: first thing in main, before any other thread exists.
+    let _runtime_dir = unsafe { deeplock::gpu::private_runtime_dir() };
     let mib: usize = std::env::args()
         .nth(1)
         .map(|a| a.parse().expect("size in MiB"))

@@ -60,7 +60,11 @@ struct Args {
 }
 
 fn main() {
-    if let Err(e) = run(Args::parse()) {
+    // SAFETY: first thing in main, before any other thread exists.
+    let runtime_dir = unsafe { deeplock::gpu::private_runtime_dir() };
+    let result = run(Args::parse());
+    drop(runtime_dir);
+    if let Err(e) = result {
         eprintln!("paper: {e}");
         std::process::exit(1);
     }

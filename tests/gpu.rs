@@ -67,6 +67,18 @@ fn check_apply(locker: &GpuLocker, cipher: &TensorCipher, offset: u64, data: &[u
 }
 
 #[test]
+fn a_software_adapter_says_so() {
+    let Some(ctx) = context() else { return };
+    let software = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
+    assert_eq!(
+        ctx.describe().contains("a software adapter"),
+        software,
+        "{}",
+        ctx.describe()
+    );
+}
+
+#[test]
 fn spec_known_answer() {
     let Some(locker) = shared() else { return };
     let key = MasterKey::from_hex("000102030405060708090a0b0c0d0e0f").unwrap();

@@ -99,7 +99,9 @@ impl GpuContext {
             .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
-    /// One line for logs: adapter, device type, backend, driver.
+    /// One line for logs: adapter, device type, backend, driver, and for a software
+    /// adapter (lavapipe, llvmpipe, WARP) that it is one, so that its speed is not read
+    /// as a GPU's.
     pub fn describe(&self) -> String {
         let i = &self.info;
         let driver = [i.driver.as_str(), i.driver_info.as_str()]
@@ -118,7 +120,11 @@ impl GpuContext {
             } else {
                 &driver
             }
-        )
+        ) + if i.device_type == wgpu::DeviceType::Cpu {
+            "; a software adapter, running on the CPU: its speed says nothing of a real GPU's"
+        } else {
+            ""
+        }
     }
 }
 

@@ -19,6 +19,7 @@ mod context;
 mod locker;
 mod matmul;
 mod plan;
+mod runtime_dir;
 mod slot;
 mod timer;
 
@@ -29,6 +30,7 @@ pub use matmul::{
     ConvInput, FusedMatmul, GpuTensor, HostTensor, Kernel, Linear, MatmulPass, MatmulShape,
     TensorKey, WeightDtype,
 };
+pub use runtime_dir::private_runtime_dir;
 pub(crate) use slot::{f32s, read_mapped, PendingRead, Slot};
 pub use timer::KernelTimer;
 
