@@ -194,3 +194,51 @@ fn gpu_runs_the_cifar10_cnn_as_the_cpu_reference() {
         assert!(relative_error(&one, &expect[..10]) < 1e-4);
     }
 }
+
+#[test]
+fn gpu_forward_from_several_threads_at_once_keeps_each_input_its_own() {
+    let Some(ctx) = context("gpu_forward_from_several_threads_at_once_keeps_each_input_its_own")
+    else {
+        return;
+    };
+    let arch = arch();
+    let path = fixture("fashion_mnist_cnn.safetensors");
+    let cpu = Model::load(&path, &arch, None).unwrap();
+    let gpu = GpuModel::load(ctx, &path, &arch, None, Unlock::PerQuery, 4).unwrap();
+    const THREADS: usize = 4;
+    let batch = 4;
+    let inputs: Vec<Vec<f32>> = (0..THREADS as u64)
+        .map(|t| {
+            let mut rng = SplitMix64(100 + t);
+            (0..batch * 28 * 28).map(|_| rng.next_signed_unit()).collect()
+        })
+        .collect();
+    let barrier = std::sync::Barrier::new(THREADS);
+    std::thread::scope(|s| {
+        for input in &inputs {
+            let (gpu, cpu, barrier) = (&gpu, &cpu, &barrier);
+            s.spawn(move || {
+                let expect = cpu.forward(input, batch).unwrap();
+                for round in 0..3 {
+                    barrier.wait();
+                    let got = gpu.forward(input, batch).unwrap();
+                    let err = relative_error(&got, &expect);
+                    assert!(err < 1e-4, "round {round}: relative error {err}");
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn gpu_limits_are_not_reported_as_a_malformed_file() {
+    let Some(ctx) = context("gpu_limits_are_not_reported_as_a_malformed_file") else {
+        return;
+    };
+    let path = fixture("fashion_mnist_cnn.safetensors");
+    let e = GpuModel::load(ctx, &path, &arch(), None, Unlock::PerQuery, 1 << 28)
+        .err()
+        .expect("a batch larger than the device binds");
+    assert!(matches!(e, deeplock::Error::Invalid(_)), "{e:?}");
+    assert!(e.to_string().contains("smaller batch"), "{e}");
+}

@@ -50,7 +50,7 @@ impl Slot {
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!(
-                "could not allocate 2 x {capacity} bytes of GPU memory ({e}); use smaller chunks or --device cpu"
+                "could not allocate 2 x {capacity} bytes of GPU memory ({e}); use smaller chunks"
             )));
         }
         Ok(Slot { storage, staging })

@@ -116,17 +116,28 @@ struct Weight {
     cipher: Option<TensorCipher>,
 }
 
+/// What one forward pass writes: the activations, the layer kernels' uniforms (inside
+/// `steps`) and the read-back buffer. One pass at a time owns it (see
+/// [`GpuModel::forward`]).
+struct Buffers {
+    /// Activations: `[0]` the input, the last the logits.
+    acts: Vec<wgpu::Buffer>,
+    staging: wgpu::Buffer,
+    steps: Vec<Step>,
+}
+
 /// A model loaded onto the GPU, ready to run batches of up to [`GpuModel::max_batch`]
-/// inputs (larger ones run in pieces).
+/// inputs (larger ones run in pieces). `Sync`: threads may share one and call
+/// [`GpuModel::forward`] at once; their passes take turns on the model's buffers.
 pub struct GpuModel {
     ctx: GpuContext,
     matmul: FusedMatmul,
     pipelines: [wgpu::ComputePipeline; 3],
     weights: Vec<Weight>,
-    /// Activations: `[0]` the input, the last the logits.
-    acts: Vec<wgpu::Buffer>,
-    staging: wgpu::Buffer,
-    steps: Vec<Step>,
+    /// Held from the input's upload to the logits' read-back: the queue runs the writes
+    /// of every thread at its next submission, so two passes on one set of buffers
+    /// would compute on each other's inputs and map one staging buffer twice.
+    buffers: std::sync::Mutex<Buffers>,
     input: [usize; 3],
     outputs: usize,
     max_batch: usize,
@@ -164,49 +175,51 @@ impl GpuModel {
                 "the model is locked (it has deeplock metadata); pass the key it was locked with",
             )),
         };
-        let device = ctx.device();
-        let mut weights: Vec<Weight> = raw
-            .tensors
-            .iter()
-            .zip(ciphers)
-            .map(|(t, cipher)| Weight {
-                buffer: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some(&format!("deeplock infer {}", t.name)),
-                    contents: &t.bytes,
-                    usage: wgpu::BufferUsages::STORAGE,
-                }),
-                cipher,
-            })
-            .collect();
-        let names: Vec<String> = raw.tensors.iter().map(|t| t.name.clone()).collect();
-        let locked = weights.iter().any(|w| w.cipher.is_some());
-        // Shapes only: the values of a locked file are noise here and are dropped.
-        let model = Model::new(
-            arch,
-            &raw.tensors
-                .into_iter()
-                .map(RawTensor::into_tensor)
-                .collect::<Vec<_>>(),
-        )
-        .map_err(|e| Error::format(path, e.to_string()))?;
-        if unlock == Unlock::AtLoad && locked {
-            let locker = GpuLocker::new(ctx);
-            let mut encoder = device.create_command_encoder(&Default::default());
-            for w in &mut weights {
-                if let Some(cipher) = w.cipher.take() {
-                    let region = Region {
-                        cipher: &cipher,
-                        tensor_offset: 0,
-                        range: 0..w.buffer.size(),
-                    };
-                    locker.encode(&mut encoder, &w.buffer, Direction::Unlock, &[region], None)?;
+        ctx.catch("loading the model onto the GPU", || {
+            let device = ctx.device();
+            let mut weights: Vec<Weight> = raw
+                .tensors
+                .iter()
+                .zip(ciphers)
+                .map(|(t, cipher)| Weight {
+                    buffer: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some(&format!("deeplock infer {}", t.name)),
+                        contents: &t.bytes,
+                        usage: wgpu::BufferUsages::STORAGE,
+                    }),
+                    cipher,
+                })
+                .collect();
+            let names: Vec<String> = raw.tensors.iter().map(|t| t.name.clone()).collect();
+            let locked = weights.iter().any(|w| w.cipher.is_some());
+            // Shapes only: the values of a locked file are noise here and are dropped.
+            let model = Model::new(
+                arch,
+                &raw.tensors
+                    .into_iter()
+                    .map(RawTensor::into_tensor)
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|e| Error::format(path, e.to_string()))?;
+            if unlock == Unlock::AtLoad && locked {
+                let locker = GpuLocker::new(ctx);
+                let mut encoder = device.create_command_encoder(&Default::default());
+                for w in &mut weights {
+                    if let Some(cipher) = w.cipher.take() {
+                        let region = Region {
+                            cipher: &cipher,
+                            tensor_offset: 0,
+                            range: 0..w.buffer.size(),
+                        };
+                        locker.encode(&mut encoder, &w.buffer, Direction::Unlock, &[region], None)?;
+                    }
                 }
+                let submission = ctx.queue().submit([encoder.finish()]);
+                wait(ctx, Some(submission))?;
             }
-            let submission = ctx.queue().submit([encoder.finish()]);
-            wait(ctx, Some(submission))?;
-        }
-        Self::build(ctx, arch, &model, &names, weights, max_batch, locked)
-            .map_err(|e| Error::format(path, e.to_string()))
+            // Not the file's fault: what the GPU cannot hold or refuses is reported as such.
+            Self::build(ctx, arch, &model, &names, weights, max_batch, locked)
+        })
     }
 
     /// Lays out the activations and the steps of `model`, whose tensors are `weights`
@@ -369,9 +382,11 @@ impl GpuModel {
             ctx: ctx.clone(),
             pipelines: kernels.pipelines,
             weights,
-            acts,
-            staging,
-            steps,
+            buffers: std::sync::Mutex::new(Buffers {
+                acts,
+                staging,
+                steps,
+            }),
             input,
             outputs,
             max_batch,
@@ -444,13 +459,21 @@ impl GpuModel {
                 }
             }
         }
+        // A panic elsewhere while holding it leaves nothing half-done that matters: the
+        // next pass rewrites every buffer it reads.
+        let buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        let Buffers {
+            acts,
+            staging,
+            steps,
+        } = &*buffers;
         let queue = self.ctx.queue();
-        queue.write_buffer(&self.acts[0], 0, bytemuck::cast_slice(&nhwc));
+        queue.write_buffer(&acts[0], 0, bytemuck::cast_slice(&nhwc));
         let device = self.ctx.device();
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("deeplock infer forward"),
         });
-        for step in &self.steps {
+        for step in steps {
             match step {
                 Step::Layer {
                     op,
@@ -494,10 +517,10 @@ impl GpuModel {
                         }
                     };
                     let op = Linear {
-                        x: &self.acts[x],
+                        x: &acts[x],
                         w: tensor(w),
                         bias: Some(tensor(b)),
-                        y: &self.acts[y],
+                        y: &acts[y],
                         shape: MatmulShape {
                             m: rows * batch as u32,
                             n,
@@ -513,12 +536,12 @@ impl GpuModel {
             }
         }
         let bytes = 4 * (batch * self.outputs) as u64;
-        let logits = self.acts.last().expect("an input and an output");
-        encoder.copy_buffer_to_buffer(logits, 0, &self.staging, 0, bytes);
+        let logits = acts.last().expect("an input and an output");
+        encoder.copy_buffer_to_buffer(logits, 0, staging, 0, bytes);
         let submission = queue.submit([encoder.finish()]);
         read_mapped(
             &self.ctx,
-            &self.staging,
+            staging,
             0..bytes,
             Some(submission),
             "logits",
