@@ -182,10 +182,7 @@ impl DeviceBench {
         match &self.timer {
             Some(t) => Ok(Some(t.elapsed(&self.ctx)?.as_secs_f64())),
             None => {
-                self.ctx
-                    .device()
-                    .poll(wgpu::PollType::wait_indefinitely())
-                    .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+                self.ctx.wait(None)?;
                 Ok(None)
             }
         }

@@ -327,9 +327,7 @@ impl<'a> MatmulBench<'a> {
                 Ok(s)
             }
             None => {
-                ctx.device()
-                    .poll(wgpu::PollType::wait_indefinitely())
-                    .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+                ctx.wait(None)?;
                 Ok(start.elapsed().as_secs_f64())
             }
         }

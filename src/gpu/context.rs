@@ -99,6 +99,17 @@ impl GpuContext {
             .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
+    /// Waits until `submission` (or, with `None`, all submitted work) has run.
+    pub fn wait(&self, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: submission,
+                timeout: None,
+            })
+            .map(drop)
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))
+    }
+
     /// Runs `f`, which creates GPU objects or records work, and reports what the device
     /// refused meanwhile (out of memory, a validation error) as [`Error::Gpu`], naming
     /// `what` was being done, instead of the device's default of panicking. An error of

@@ -35,6 +35,7 @@ use super::{
     buffer_entry, storage_layout, uniform_layout, AES_CTR_WGSL, MATMUL_COMMON_WGSL,
     MATMUL_GEMM_WGSL, MATMUL_GEMV_WGSL,
 };
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::scheme::TensorCipher;
 
@@ -84,21 +85,26 @@ impl WeightDtype {
 
     /// The safetensors name: `F32`, `F16`, `BF16`.
     pub fn name(self) -> &'static str {
+        self.dtype().name()
+    }
+
+    /// The element type it is.
+    pub fn dtype(self) -> Dtype {
         match self {
-            WeightDtype::F32 => "F32",
-            WeightDtype::F16 => "F16",
-            WeightDtype::Bf16 => "BF16",
+            WeightDtype::F32 => Dtype::F32,
+            WeightDtype::F16 => Dtype::F16,
+            WeightDtype::Bf16 => Dtype::BF16,
         }
+    }
+
+    /// The kernels' type for tensors of `dtype`, if they can decode it.
+    pub fn of(dtype: Dtype) -> Option<Self> {
+        WeightDtype::ALL.into_iter().find(|w| w.dtype() == dtype)
     }
 
     /// The type of a safetensors tensor, if the kernels can decode it.
     pub fn from_safetensors(dtype: safetensors::Dtype) -> Option<Self> {
-        match dtype {
-            safetensors::Dtype::F32 => Some(WeightDtype::F32),
-            safetensors::Dtype::F16 => Some(WeightDtype::F16),
-            safetensors::Dtype::BF16 => Some(WeightDtype::Bf16),
-            _ => None,
-        }
+        Dtype::from_safetensors(dtype).and_then(Self::of)
     }
 
     /// `DTYPE_*` in `matmul_common.wgsl`.

@@ -159,13 +159,7 @@ pub(crate) fn wait_for_map(
     submission: Option<wgpu::SubmissionIndex>,
     rx: &mpsc::Receiver<MapResult>,
 ) -> Result<MapResult> {
-    let wait = wgpu::PollType::Wait {
-        submission_index: submission,
-        timeout: None,
-    };
-    ctx.device()
-        .poll(wait)
-        .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+    ctx.wait(submission)?;
     rx.recv()
         .map_err(|_| Error::Gpu("a GPU read-back was abandoned (device lost?)".into()))
 }
