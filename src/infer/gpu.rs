@@ -40,10 +40,9 @@ const MAXPOOL_WGSL: &str = include_str!("../../shaders/infer_maxpool.wgsl");
 const RELU_WGSL: &str = include_str!("../../shaders/infer_relu.wgsl");
 const FLATTEN_WGSL: &str = include_str!("../../shaders/infer_flatten.wgsl");
 
-/// Invocations per workgroup of the layer kernels (`WORKGROUP` in infer_common.wgsl).
-const WORKGROUP: u64 = 256;
-/// Workgroups per dispatch row; more rows are used beyond it.
-const MAX_GROUPS_X: u64 = 65_535;
+/// Invocations per workgroup of the layer kernels: `WORKGROUP` of infer_common.wgsl,
+/// a pipeline constant set from this one.
+const WORKGROUP: u32 = 256;
 
 /// When the weights of a locked model are unlocked on the GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -393,8 +392,11 @@ impl GpuModel {
                     ..*params
                 };
                 queue.write_buffer(uniform, 0, bytemuck::bytes_of(&p));
-                let groups = total.div_ceil(WORKGROUP);
-                let x = groups.min(MAX_GROUPS_X);
+                let groups = total.div_ceil(u64::from(WORKGROUP));
+                // Workgroups per dispatch row, as the device allows; rows beyond it.
+                let x = groups.min(u64::from(
+                    device.limits().max_compute_workgroups_per_dimension,
+                ));
                 let mut pass = encoder.begin_compute_pass(&Default::default());
                 pass.set_pipeline(&self.pipelines[*op as usize]);
                 pass.set_bind_group(0, group, &[]);
@@ -541,7 +543,10 @@ impl LayerKernels {
                 layout: Some(&pipeline_layout),
                 module: &module,
                 entry_point: Some(entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[("WORKGROUP", f64::from(WORKGROUP))],
+                    ..Default::default()
+                },
                 cache: None,
             })
         };
@@ -581,4 +586,31 @@ impl LayerKernels {
             ],
         })
     }
+}
+
+/// The layout of [`Params`], for `gpu::layout_tests`.
+#[cfg(test)]
+pub(crate) fn layouts() -> Vec<crate::gpu::Layout> {
+    use std::mem::offset_of;
+    vec![crate::gpu::Layout::new::<Params>(
+        "Params",
+        &[
+            ("total", offset_of!(Params, total)),
+            ("h", offset_of!(Params, h)),
+            ("w", offset_of!(Params, w)),
+            ("c", offset_of!(Params, c)),
+            ("oh", offset_of!(Params, oh)),
+            ("ow", offset_of!(Params, ow)),
+            ("size", offset_of!(Params, size)),
+            ("unused", offset_of!(Params, unused)),
+        ],
+    )]
+}
+
+/// The layer kernels' WGSL, each composed after infer_common.wgsl.
+#[cfg(test)]
+pub(crate) fn sources() -> Vec<String> {
+    [MAXPOOL_WGSL, RELU_WGSL, FLATTEN_WGSL]
+        .map(|s| format!("{COMMON_WGSL}\n{s}"))
+        .to_vec()
 }

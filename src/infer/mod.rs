@@ -44,4 +44,6 @@ pub use plan::{Plan, PlannedTensor, Product, Shape, Step, MAX_VALUES};
 pub use reference::{accuracy, argmax};
 
 #[cfg(test)]
+pub(crate) use gpu::{layouts as gpu_layouts, sources as gpu_sources};
+#[cfg(test)]
 mod tests;
