@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use wgpu::util::DeviceExt;
 
-use super::{median_seconds, Rate, Record, Runs, Seconds, Workload};
+use super::{median_of, Rate, Record, Runs, Seconds, Workload};
 use crate::engine::{Chunk, ChunkPacker};
 use crate::error::{Error, Result};
 use crate::gpu::{
@@ -187,19 +187,6 @@ impl DeviceBench {
             }
         }
     }
-}
-
-/// The median of `runs` of `f`, failing on its first error.
-fn median_of(runs: Runs, mut f: impl FnMut() -> Result<Option<f64>>) -> Result<f64> {
-    let mut err = None;
-    let s = median_seconds(runs, || match f() {
-        Ok(t) => t,
-        Err(e) => {
-            err.get_or_insert(e);
-            Some(0.0)
-        }
-    });
-    err.map_or(Ok(s), Err)
 }
 
 /// Measures one workload on one device.
