@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::header::Header;
 use crate::infer::arch::Arch;
@@ -59,12 +60,12 @@ pub(crate) struct ModelFile {
 impl ModelFile {
     /// Reads the header of the file at `path` and plans `arch` from it; a mismatch is
     /// the file's (a format error naming it). `check` sees each tensor's name and dtype
-    /// as the header writes it first (the CPU refuses what it cannot decode).
+    /// first (the CPU refuses what it cannot decode).
     pub(crate) fn open(
         path: &Path,
         arch: &Arch,
         key: Option<&MasterKey>,
-        check: impl Fn(&str, &str) -> Result<()>,
+        check: impl Fn(&str, Dtype) -> Result<()>,
     ) -> Result<Self> {
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
         let header = Header::read(&mut file, path)?;
@@ -76,7 +77,14 @@ impl ModelFile {
                     format!("no tensor {name:?}, which the architecture uses; list the file's tensors with `deeplock inspect {}`", path.display()),
                 )
             })?;
-            check(name, &entry.dtype)?;
+            // The boundary with the header's text: parsed once, a value from here on.
+            let dtype = Dtype::parse(&entry.dtype).ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("tensor {name:?} has an unknown dtype {:?}", entry.dtype),
+                )
+            })?;
+            check(name, dtype)?;
         }
         let plan = Plan::from_entries(arch, &header.tensors)
             .map_err(|e| Error::format(path, e.to_string()))?;

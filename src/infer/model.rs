@@ -168,7 +168,7 @@ impl Model {
     /// Only the tensors `arch` names are read; they must be F32.
     pub fn load(path: &Path, arch: &Arch, key: Option<&MasterKey>) -> Result<Self> {
         let mut file = ModelFile::open(path, arch, key, |name, dtype| {
-            if dtype == Dtype::F32.name() {
+            if dtype == Dtype::F32 {
                 return Ok(());
             }
             Err(Error::format(
