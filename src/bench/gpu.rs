@@ -14,7 +14,7 @@ use crate::gpu::{
 use crate::key::MasterKey;
 use crate::scheme::{Direction, Salt, TensorCipher};
 
-const COPY_WGSL: &str = include_str!("../../shaders/copy.wgsl");
+pub(crate) const COPY_WGSL: &str = include_str!("../../shaders/copy.wgsl");
 const COPY_WORKGROUPS: u32 = 4096;
 const COPY_WORKGROUP_SIZE: u64 = 256;
 
@@ -299,7 +299,10 @@ impl CopyKernel {
             ),
             module: &module,
             entry_point: Some("copy_main"),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[("WORKGROUP_SIZE", COPY_WORKGROUP_SIZE as f64)],
+                ..Default::default()
+            },
             cache: None,
         });
         let limits = device.limits();

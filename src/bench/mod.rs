@@ -8,7 +8,7 @@
 //! against the same kernels on plaintext weights and against unlocking first.
 
 mod cpu;
-mod gpu;
+pub(crate) mod gpu;
 pub mod matmul;
 mod svg;
 

@@ -3,6 +3,7 @@
 //! the host mirrors, that every number the shaders take from the host is a pipeline
 //! constant without a default (so it can only come from the host), and the few numbers
 //! that must stay WGSL `const`s (register array bounds) against their host twins.
+//! (The bench's copy kernel, `shaders/copy.wgsl`, is checked here too.)
 
 use naga::{Expression, Literal, Module, TypeInner};
 
@@ -136,6 +137,8 @@ fn rust_and_wgsl_share_one_layout_and_one_source_for_each_number() {
         );
     }
     assert!(required_overrides(&lock).contains(&"WORKGROUP_SIZE".to_owned()));
+    let copy = parse("copy", crate::bench::gpu::COPY_WGSL);
+    assert_eq!(required_overrides(&copy), ["WORKGROUP_SIZE"]);
     for module in &infer {
         assert!(required_overrides(module).contains(&"WORKGROUP".to_owned()));
     }
