@@ -2,7 +2,9 @@
 // step, in the same grid-stride shape as the lock kernel, so lock throughput over copy
 // throughput says how close locking runs to the device's memory limit.
 
-const WORKGROUP_SIZE: u32 = 256u;
+// Invocations per workgroup: a pipeline constant, the host's `COPY_WORKGROUP_SIZE`
+// (src/bench/gpu.rs).
+override WORKGROUP_SIZE: u32;
 
 @group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;

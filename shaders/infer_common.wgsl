@@ -1,7 +1,7 @@
 // Shared by the inference layer kernels (infer_*.wgsl, each appended to this file):
 // one source activation, one destination, and the layer's dimensions. Activations are
 // f32, NHWC ([batch, height, width, channels], channels fastest) except where a kernel
-// says otherwise. Dispatches are 2-D (x up to 65535 workgroups, then rows of them) so a
+// says otherwise. Dispatches are 2-D (x up to the device's limit of workgroups, then rows of them) so a
 // large batch fits; `flat_index` turns the grid back into one element index.
 
 struct Params {
@@ -23,7 +23,9 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(2) var<uniform> params: Params;
 
-const WORKGROUP: u32 = 256u;
+// Invocations per workgroup: a pipeline constant, set from the host's `WORKGROUP`
+// (src/infer/gpu.rs).
+override WORKGROUP: u32;
 
 fn flat_index(wg: vec3<u32>, groups: vec3<u32>, local: u32) -> u32 {
     return (wg.y * groups.x + wg.x) * WORKGROUP + local;

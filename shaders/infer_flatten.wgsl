@@ -1,7 +1,7 @@
 // Flatten: NHWC activations to per-image vectors in PyTorch's NCHW order (c, y, x), the
 // order the first dense layer's weights were trained on. dst[i] is written in output order.
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP)
 fn flatten_main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,

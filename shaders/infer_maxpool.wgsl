@@ -1,7 +1,7 @@
 // Max over kh x kh windows, stride kh, NHWC; a window holding a NaN gives NaN (as
 // PyTorch's MaxPool2d and the CPU reference), so a wrong key's garbage stays visible.
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP)
 fn maxpool_main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,

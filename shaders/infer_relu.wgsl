@@ -1,6 +1,6 @@
 // max(x, 0), elementwise, keeping NaN (x < 0 is false for NaN).
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP)
 fn relu_main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,

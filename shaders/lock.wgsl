@@ -8,7 +8,9 @@
 // they were (partial words are merged under a byte mask; words wholly outside are never
 // touched).
 
-const WORKGROUP_SIZE: u32 = 256u;
+// Invocations per workgroup: a pipeline constant, the host's `WORKGROUP_SIZE`
+// (src/gpu/plan.rs).
+override WORKGROUP_SIZE: u32;
 
 struct LockParams {
     // Keystream block of the tensor byte that falls on the first byte of the group holding

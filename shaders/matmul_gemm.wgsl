@@ -24,15 +24,19 @@
 // Batch rows per invocation, 4, 8 or 16 (pipeline constant).
 override TM: u32;
 override TILE_M: u32 = 16u * TM;
+// The largest TM (a `const`: it sizes the registers; checked against the host's
+// variants by the layout test).
 const TM_MAX: u32 = 16u;
-const TILE_N: u32 = 64u;
+// Output columns per workgroup (host: `GEMM_TILE_N`; pipeline constant, like THREADS).
+override TILE_N: u32;
 // Elements of K per slice (a multiple of 8, so a row span of BF16/F16 is whole blocks).
 override TILE_K: u32 = select(32u, 16u, TM > 8u);
-const THREADS: u32 = 256u;
+// Invocations per workgroup, 16 x 16 (host: `THREADS`).
+override THREADS: u32;
 // Row strides of the slices, one word more than a row so that the invocations storing
 // one column (consecutive kk) hit different banks of workgroup memory.
 override X_STRIDE: u32 = TILE_M + 1u;
-const W_STRIDE: u32 = TILE_N + 1u;
+override W_STRIDE: u32 = TILE_N + 1u;
 override X_TILE_LEN: u32 = TILE_K * X_STRIDE;
 override W_TILE_LEN: u32 = TILE_K * W_STRIDE;
 

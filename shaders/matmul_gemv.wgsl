@@ -13,13 +13,16 @@
 // the locked kernel runs one AES block (about 160 table lookups in workgroup memory) per
 // 16 bytes of W it reads: AES, not memory bandwidth, bounds it.
 
-const GEMV_ROWS: u32 = 4u;
-const GEMV_LANES: u32 = 64u;
+// Outputs per workgroup and invocations per output, and invocations per workgroup:
+// pipeline constants from the host (`GEMV_ROWS`, `THREADS / GEMV_ROWS`, `THREADS`).
+override GEMV_ROWS: u32;
+override GEMV_LANES: u32;
 // Batch rows per workgroup, 1 or 8 (pipeline constant; host: `GEMV_BATCH`). Registers
 // for the most; loops run to the constant GEMV_BATCH, so with 1 they compile away.
 override GEMV_BATCH: u32;
+// A `const` (it sizes the registers), the host's `GEMV_BATCH`: the layout test checks.
 const GEMV_BATCH_MAX: u32 = 8u;
-const THREADS: u32 = 256u;
+override THREADS: u32;
 
 var<workgroup> partial: array<f32, THREADS>;
 

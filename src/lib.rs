@@ -38,6 +38,7 @@
 
 pub mod bench;
 pub mod cpu;
+pub mod dtype;
 pub mod engine;
 pub mod error;
 pub mod files;
@@ -57,6 +58,7 @@ pub mod scheme;
 pub mod zoo;
 
 pub use cpu::CpuLocker;
+pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use key::MasterKey;
 pub use key_schedule::RoundKeys;

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use flate2::read::GzDecoder;
 
 use crate::error::{Error, Result};
+use crate::infer::{accuracy, Model, Shape};
 
 /// Where Debian's `dataset-fashion-mnist` package installs Fashion-MNIST.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -165,6 +166,26 @@ impl Dataset {
             .iter()
             .map(|&p| f32::from(p) / 255.0)
             .collect()
+    }
+
+    /// The accuracy of `model` (the CPU reference) on images `range` (scaled to [0, 1]),
+    /// which must be of the model's input shape `[1, rows, cols]`.
+    pub fn evaluate(&self, model: &Model, range: std::ops::Range<usize>) -> Result<f64> {
+        let want = Shape::Image([1, self.rows, self.cols]);
+        if model.input_shape() != want {
+            return Err(Error::Invalid(format!(
+                "the model takes inputs of shape {:?}, the data set's images are {want:?}",
+                model.input_shape()
+            )));
+        }
+        if range.start > range.end || range.end > self.len() {
+            return Err(Error::Invalid(format!(
+                "images {range:?} asked of a data set of {}",
+                self.len()
+            )));
+        }
+        let predictions = model.predict(&self.batch_f32(range.clone()), range.len())?;
+        Ok(accuracy(&predictions, &self.labels[range]))
     }
 }
 

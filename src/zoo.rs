@@ -5,17 +5,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::header::Header;
-
-/// A named f32 tensor.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Tensor {
-    /// The name, PyTorch style (`conv1.weight`).
-    pub name: String,
-    /// The shape, PyTorch layout: conv `[out, in, kh, kw]`, linear `[out, in]`.
-    pub shape: Vec<usize>,
-    /// The values, row-major.
-    pub values: Vec<f32>,
-}
+pub use crate::infer::Tensor;
 
 /// Shapes of the Keras `cifar10_cnn` example network (1,250,858 parameters in 12
 /// tensors), in PyTorch layout: four 3x3 convolutions (3→32→32→64→64) and two dense

@@ -58,7 +58,7 @@ fn fixture_classifies_real_test_images() {
         return;
     };
     let model = Model::load(&model_path(), &arch(), None).unwrap();
-    let acc = model.evaluate(&test, 0..N).unwrap();
+    let acc = test.evaluate(&model, 0..N).unwrap();
     println!("accuracy on the first {N} test images: {acc:.4}");
     assert!(acc > 0.85, "{acc}");
 }

@@ -194,3 +194,143 @@ fn gpu_runs_the_cifar10_cnn_as_the_cpu_reference() {
         assert!(relative_error(&one, &expect[..10]) < 1e-4);
     }
 }
+
+#[test]
+fn gpu_forward_from_several_threads_at_once_keeps_each_input_its_own() {
+    let Some(ctx) = context("gpu_forward_from_several_threads_at_once_keeps_each_input_its_own")
+    else {
+        return;
+    };
+    let arch = arch();
+    let path = fixture("fashion_mnist_cnn.safetensors");
+    let cpu = Model::load(&path, &arch, None).unwrap();
+    let gpu = GpuModel::load(ctx, &path, &arch, None, Unlock::PerQuery, 4).unwrap();
+    const THREADS: usize = 4;
+    let batch = 4;
+    let inputs: Vec<Vec<f32>> = (0..THREADS as u64)
+        .map(|t| {
+            let mut rng = SplitMix64(100 + t);
+            (0..batch * 28 * 28)
+                .map(|_| rng.next_signed_unit())
+                .collect()
+        })
+        .collect();
+    let barrier = std::sync::Barrier::new(THREADS);
+    std::thread::scope(|s| {
+        for input in &inputs {
+            let (gpu, cpu, barrier) = (&gpu, &cpu, &barrier);
+            s.spawn(move || {
+                let expect = cpu.forward(input, batch).unwrap();
+                for round in 0..3 {
+                    barrier.wait();
+                    let got = gpu.forward(input, batch).unwrap();
+                    let err = relative_error(&got, &expect);
+                    assert!(err < 1e-4, "round {round}: relative error {err}");
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn gpu_limits_are_not_reported_as_a_malformed_file() {
+    let Some(ctx) = context("gpu_limits_are_not_reported_as_a_malformed_file") else {
+        return;
+    };
+    let path = fixture("fashion_mnist_cnn.safetensors");
+    let e = GpuModel::load(ctx, &path, &arch(), None, Unlock::PerQuery, 1 << 28)
+        .err()
+        .expect("a batch larger than the device binds");
+    assert!(matches!(e, deeplock::Error::Invalid(_)), "{e:?}");
+    assert!(e.to_string().contains("smaller batch"), "{e}");
+}
+
+/// The fixture's tensors with every value rounded to `dtype` (F16 or BF16): as f32
+/// tensors for the CPU reference, and written as a `dtype` safetensors file at `path`.
+fn fixture_as(dtype: safetensors::Dtype, path: &Path) -> Vec<deeplock::infer::Tensor> {
+    let bytes = std::fs::read(fixture("fashion_mnist_cnn.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors = Vec::new();
+    let mut encoded = Vec::new();
+    for (name, view) in file.tensors() {
+        assert_eq!(view.dtype(), safetensors::Dtype::F32);
+        let mut out = Vec::new();
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| {
+                let v = f32::from_le_bytes(b.try_into().unwrap());
+                let (rounded, le) = match dtype {
+                    safetensors::Dtype::F16 => {
+                        let h = half::f16::from_f32(v);
+                        (h.to_f32(), h.to_le_bytes())
+                    }
+                    safetensors::Dtype::BF16 => {
+                        let h = half::bf16::from_f32(v);
+                        (h.to_f32(), h.to_le_bytes())
+                    }
+                    d => unreachable!("{d:?}"),
+                };
+                out.extend_from_slice(&le);
+                rounded
+            })
+            .collect();
+        tensors.push(deeplock::infer::Tensor {
+            name: name.clone(),
+            shape: view.shape().to_vec(),
+            values,
+        });
+        encoded.push((name, view.shape().to_vec(), out));
+    }
+    let views: Vec<_> = encoded
+        .iter()
+        .map(|(name, shape, data)| {
+            let v = safetensors::tensor::TensorView::new(dtype, shape.clone(), data).unwrap();
+            (name.clone(), v)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+    tensors
+}
+
+#[test]
+fn gpu_runs_f16_and_bf16_weights_as_the_cpu_reference() {
+    let Some(ctx) = context("gpu_runs_f16_and_bf16_weights_as_the_cpu_reference") else {
+        return;
+    };
+    let arch = arch();
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::from_bytes(*b"half-precision-k");
+    let batch = 3;
+    let mut rng = SplitMix64(11);
+    let input: Vec<f32> = (0..batch * 28 * 28)
+        .map(|_| rng.next_signed_unit().abs())
+        .collect();
+    for dtype in [safetensors::Dtype::F16, safetensors::Dtype::BF16] {
+        let plain = dir.path().join(format!("{dtype:?}.safetensors"));
+        let tensors = fixture_as(dtype, &plain);
+        let expect = Model::new(&arch, &tensors)
+            .unwrap()
+            .forward(&input, batch)
+            .unwrap();
+        let locked = dir.path().join(format!("{dtype:?}.locked.safetensors"));
+        let mut engine = CpuEngine::new(CpuLocker::new());
+        files::lock(&plain, &locked, &key, &mut engine, &Options::default()).unwrap();
+        for mode in [Unlock::PerQuery, Unlock::AtLoad] {
+            let gpu = GpuModel::load(ctx, &locked, &arch, Some(&key), mode, batch).unwrap();
+            assert!(gpu
+                .plan()
+                .tensors()
+                .iter()
+                .all(|t| t.dtype.name() == format!("{dtype:?}")));
+            let err = relative_error(&gpu.forward(&input, batch).unwrap(), &expect);
+            println!("{dtype:?}, {}: relative error {err:.2e}", mode.name());
+            assert!(err < 1e-4, "{dtype:?} {}: {err}", mode.name());
+            let one = gpu.forward(&input[..28 * 28], 1).unwrap();
+            assert!(relative_error(&one, &expect[..10]) < 1e-4);
+        }
+        // The CPU runs F32 weights only, and says so.
+        let e = Model::load(&plain, &arch, None).unwrap_err().to_string();
+        assert!(e.contains(&format!("is {dtype:?}")), "{e}");
+    }
+}

@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use wgpu::util::DeviceExt;
 
-use super::{median_seconds, Rate, Record, Runs, Seconds, Workload};
+use super::{median_of, Rate, Record, Runs, Seconds, Workload};
 use crate::engine::{Chunk, ChunkPacker, GpuEngine};
 use crate::error::{Error, Result};
 use crate::gpu::{buffer_entry, storage_layout, GpuContext, GpuLocker, KernelTimer, Region};
 use crate::key::MasterKey;
 use crate::scheme::{Direction, Salt, TensorCipher};
 
-const COPY_WGSL: &str = include_str!("../../shaders/copy.wgsl");
+pub(crate) const COPY_WGSL: &str = include_str!("../../shaders/copy.wgsl");
 const COPY_WORKGROUPS: u32 = 4096;
 const COPY_WORKGROUP_SIZE: u64 = 256;
 
@@ -180,27 +180,11 @@ impl DeviceBench {
         match &self.timer {
             Some(t) => Ok(Some(t.elapsed(&self.ctx)?.as_secs_f64())),
             None => {
-                self.ctx
-                    .device()
-                    .poll(wgpu::PollType::wait_indefinitely())
-                    .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+                self.ctx.wait(None)?;
                 Ok(None)
             }
         }
     }
-}
-
-/// The median of `runs` of `f`, failing on its first error.
-fn median_of(runs: Runs, mut f: impl FnMut() -> Result<Option<f64>>) -> Result<f64> {
-    let mut err = None;
-    let s = median_seconds(runs, || match f() {
-        Ok(t) => t,
-        Err(e) => {
-            err.get_or_insert(e);
-            Some(0.0)
-        }
-    });
-    err.map_or(Ok(s), Err)
 }
 
 /// Measures one workload on one device.
@@ -313,7 +297,10 @@ impl CopyKernel {
             ),
             module: &module,
             entry_point: Some("copy_main"),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[("WORKGROUP_SIZE", COPY_WORKGROUP_SIZE as f64)],
+                ..Default::default()
+            },
             cache: None,
         });
         let limits = device.limits();

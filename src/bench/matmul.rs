@@ -18,7 +18,7 @@
 use serde::Serialize;
 use wgpu::util::DeviceExt;
 
-use super::{median_seconds, Runs};
+use super::{grouped_table, median_of, Runs};
 use crate::cpu::CpuLocker;
 use crate::error::{Error, Result};
 use crate::gpu::{
@@ -327,9 +327,7 @@ impl<'a> MatmulBench<'a> {
                 Ok(s)
             }
             None => {
-                ctx.device()
-                    .poll(wgpu::PollType::wait_indefinitely())
-                    .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+                ctx.wait(None)?;
                 Ok(start.elapsed().as_secs_f64())
             }
         }
@@ -406,17 +404,7 @@ pub fn bench_matmul(
                 info.name
             )));
         }
-        let time = |path| -> Result<f64> {
-            let mut err = None;
-            let s = median_seconds(runs, || match bench.seconds(path) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    err = Some(e);
-                    Some(0.0)
-                }
-            });
-            err.map_or(Ok(s), Err)
-        };
+        let time = |path| median_of(runs, || bench.seconds(path).map(Some));
         let fused = time(MatmulPath::Fused)?;
         let plain = time(MatmulPath::Plain)?;
         let unlock_then_plain = time(MatmulPath::UnlockThenPlain)?;
@@ -469,48 +457,42 @@ fn relative_difference(a: &[f32], b: &[f32]) -> f64 {
 
 /// A readable table of `records`.
 pub fn matmul_table(records: &[MatmulRecord]) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let mut last = String::new();
-    for r in records {
-        let who = format!("gpu {} ({}, {})", r.adapter, r.backend, r.device_type);
-        if who != last {
-            let _ = writeln!(s, "\n{who}");
-            let _ = writeln!(
-                s,
-                "  {:>20} {:>12} {:>10} {:>10} {:>12} {:>7} {:>7} {:>9} {:>9} {:>9}",
-                "case",
-                "kernel",
-                "fused ms",
-                "plain ms",
-                "unlock+pl ms",
-                "f/p",
-                "u+p/p",
-                "GF fused",
-                "GF plain",
-                "W GB/s f"
-            );
-            last = who;
-        }
-        let _ = writeln!(
-            s,
-            "  {:>20} {:>12} {:>10.3} {:>10.3} {:>12.3} {:>7.2} {:>7.2} {:>9.1} {:>9.1} {:>9.2}",
-            format!("{}x{}x{} {}", r.m, r.n, r.k, r.dtype),
-            if r.k_splits > 1 {
-                format!("{} k/{}", r.kernel, r.k_splits)
-            } else {
-                r.kernel.clone()
-            },
-            r.fused_ms,
-            r.plain_ms,
-            r.unlock_then_plain_ms,
-            r.fused_over_plain,
-            r.unlock_then_plain_over_plain,
-            r.gflops_fused,
-            r.gflops_plain,
-            r.weight_gbps_fused
-        );
-    }
-    s.push_str("\n  Y = X·Wᵀ, m x n x k; median kernel times (timestamps where available); k/N = K split into N ranges; f/p = fused over plain (the decode's cost), u+p/p = unlock into scratch then plain, over plain; GF = 10^9 flop/s; W GB/s f = weight bytes over fused time\n");
-    s
+    let header = format!(
+        "  {:>20} {:>12} {:>10} {:>10} {:>12} {:>7} {:>7} {:>9} {:>9} {:>9}",
+        "case",
+        "kernel",
+        "fused ms",
+        "plain ms",
+        "unlock+pl ms",
+        "f/p",
+        "u+p/p",
+        "GF fused",
+        "GF plain",
+        "W GB/s f"
+    );
+    grouped_table(
+        records,
+        |r| format!("gpu {} ({}, {})", r.adapter, r.backend, r.device_type),
+        &header,
+        |r| {
+            format!(
+                "  {:>20} {:>12} {:>10.3} {:>10.3} {:>12.3} {:>7.2} {:>7.2} {:>9.1} {:>9.1} {:>9.2}",
+                format!("{}x{}x{} {}", r.m, r.n, r.k, r.dtype),
+                if r.k_splits > 1 {
+                    format!("{} k/{}", r.kernel, r.k_splits)
+                } else {
+                    r.kernel.clone()
+                },
+                r.fused_ms,
+                r.plain_ms,
+                r.unlock_then_plain_ms,
+                r.fused_over_plain,
+                r.unlock_then_plain_over_plain,
+                r.gflops_fused,
+                r.gflops_plain,
+                r.weight_gbps_fused
+            )
+        },
+        "\n  Y = X·Wᵀ, m x n x k; median kernel times (timestamps where available); k/N = K split into N ranges; f/p = fused over plain (the decode's cost), u+p/p = unlock into scratch then plain, over plain; GF = 10^9 flop/s; W GB/s f = weight bytes over fused time\n",
+    )
 }

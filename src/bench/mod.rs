@@ -8,13 +8,15 @@
 //! against the same kernels on plaintext weights and against unlocking first.
 
 mod cpu;
-mod gpu;
+pub(crate) mod gpu;
 pub mod matmul;
 mod svg;
 
 use std::time::Instant;
 
 use serde::Serialize;
+
+use crate::error::Result;
 
 pub use cpu::bench_cpu;
 pub use gpu::{bench_gpu, bench_gpus, open_adapters, DeviceBench};
@@ -118,6 +120,45 @@ pub fn median_seconds(runs: Runs, mut f: impl FnMut() -> Option<f64>) -> f64 {
     t[t.len() / 2]
 }
 
+/// The median of `runs` of `f`, as [`median_seconds`], failing on its first error.
+pub(crate) fn median_of(runs: Runs, mut f: impl FnMut() -> Result<Option<f64>>) -> Result<f64> {
+    let mut err = None;
+    let s = median_seconds(runs, || match f() {
+        Ok(t) => t,
+        Err(e) => {
+            err.get_or_insert(e);
+            Some(0.0)
+        }
+    });
+    err.map_or(Ok(s), Err)
+}
+
+/// A table of `records` grouped by device: a line naming the device (`who`) and the
+/// `header` line before each run of records of one device, a `row` per record, then
+/// `footer`.
+pub(crate) fn grouped_table<R>(
+    records: &[R],
+    who: impl Fn(&R) -> String,
+    header: &str,
+    row: impl Fn(&R) -> String,
+    footer: &str,
+) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let mut last = String::new();
+    for r in records {
+        let who = who(r);
+        if who != last {
+            let _ = writeln!(s, "\n{who}");
+            let _ = writeln!(s, "{header}");
+            last = who;
+        }
+        let _ = writeln!(s, "{}", row(r));
+    }
+    s.push_str(footer);
+    s
+}
+
 /// A throughput: bytes over the median seconds, in GB/s (10^9 bytes per second).
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Rate {
@@ -209,48 +250,44 @@ pub struct Seconds {
 
 /// A readable table of `records`.
 pub fn table(records: &[Record]) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let mut last = String::new();
-    for r in records {
-        let who = format!(
-            "{} {} (vendor {:#06x}, {}, {}, {})",
-            r.device, r.adapter, r.vendor, r.backend, r.device_type, r.driver
-        );
-        if who != last {
-            let _ = writeln!(s, "\n{who}");
-            let _ = writeln!(
-                s,
-                "  {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>9} {:>9}",
-                "workload",
-                "bytes",
-                "lock",
-                "unlock",
-                "lock+io",
-                "unlk+io",
-                "copy",
-                "l/copy",
-                "aes-ctr",
-                "lock 1t"
-            );
-            last = who;
-        }
-        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
-        let _ = writeln!(
-            s,
-            "  {:>12} {:>12} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>6.2} {:>9} {:>9}",
-            r.size_label,
-            r.size_bytes,
-            r.lock_gbps,
-            r.unlock_gbps,
-            r.lock_wall_gbps,
-            r.unlock_wall_gbps,
-            r.copy_gbps,
-            r.lock_over_copy,
-            opt(r.aes_ctr_gbps),
-            opt(r.lock_1t_gbps)
-        );
-    }
-    s.push_str("\n  GB/s (10^9 bytes/s), median of the timed runs; lock/unlock = compute only (GPU: kernel by timestamp queries), +io = wall clock with transfers, copy = memcpy (CPU) or copy kernel (GPU)\n");
-    s
+    let header = format!(
+        "  {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>9} {:>9}",
+        "workload",
+        "bytes",
+        "lock",
+        "unlock",
+        "lock+io",
+        "unlk+io",
+        "copy",
+        "l/copy",
+        "aes-ctr",
+        "lock 1t"
+    );
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    grouped_table(
+        records,
+        |r| {
+            format!(
+                "{} {} (vendor {:#06x}, {}, {}, {})",
+                r.device, r.adapter, r.vendor, r.backend, r.device_type, r.driver
+            )
+        },
+        &header,
+        |r| {
+            format!(
+                "  {:>12} {:>12} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>6.2} {:>9} {:>9}",
+                r.size_label,
+                r.size_bytes,
+                r.lock_gbps,
+                r.unlock_gbps,
+                r.lock_wall_gbps,
+                r.unlock_wall_gbps,
+                r.copy_gbps,
+                r.lock_over_copy,
+                opt(r.aes_ctr_gbps),
+                opt(r.lock_1t_gbps)
+            )
+        },
+        "\n  GB/s (10^9 bytes/s), median of the timed runs; lock/unlock = compute only (GPU: kernel by timestamp queries), +io = wall clock with transfers, copy = memcpy (CPU) or copy kernel (GPU)\n",
+    )
 }

@@ -116,6 +116,19 @@ impl AesKeyUniform {
     }
 }
 
+/// The layout of [`AesKeyUniform`], for `gpu::layout_tests`.
+#[cfg(test)]
+pub(crate) fn layouts() -> Vec<super::Layout> {
+    use std::mem::offset_of;
+    vec![super::Layout::new::<AesKeyUniform>(
+        "AesKey",
+        &[
+            ("round_keys", offset_of!(AesKeyUniform, round_keys)),
+            ("nonce", offset_of!(AesKeyUniform, nonce)),
+        ],
+    )]
+}
+
 /// Size of [`AesKeyUniform`] as bound (192 bytes).
 pub const KEY_UNIFORM_SIZE: u64 = std::mem::size_of::<AesKeyUniform>() as u64;
 

@@ -55,7 +55,7 @@ impl GpuContext {
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
             Error::Gpu(format!(
-                "could not open a device on {} ({:?}): {e}; use --device cpu",
+                "could not open a device on {} ({:?}): {e}",
                 info.name, info.backend
             ))
         })?;
@@ -97,6 +97,34 @@ impl GpuContext {
         self.device
             .features()
             .contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Waits until `submission` (or, with `None`, all submitted work) has run.
+    pub fn wait(&self, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: submission,
+                timeout: None,
+            })
+            .map(drop)
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))
+    }
+
+    /// Runs `f`, which creates GPU objects or records work, and reports what the device
+    /// refused meanwhile (out of memory, a validation error) as [`Error::Gpu`], naming
+    /// `what` was being done, instead of the device's default of panicking. An error of
+    /// `f`'s own comes first.
+    pub(crate) fn catch<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        let invalid = pollster::block_on(validation.pop());
+        let oom = pollster::block_on(memory.pop());
+        let value = value?;
+        match oom.or(invalid) {
+            Some(e) => Err(Error::Gpu(format!("{what} failed: {e}"))),
+            None => Ok(value),
+        }
     }
 
     /// One line for logs: adapter, device type, backend, driver, and for a software
@@ -141,8 +169,18 @@ fn request_adapter(pref: wgpu::PowerPreference) -> Option<wgpu::Adapter> {
 
 fn no_adapter() -> Error {
     Error::Gpu(
-        "no GPU adapter found; use --device cpu, or install a GPU driver with Vulkan, Metal or \
-         DX12 support (on Linux without a GPU, Mesa's lavapipe provides a software one)"
+        "no GPU adapter found; install a GPU driver with Vulkan, Metal or DX12 support (on \
+         Linux without a GPU, Mesa's lavapipe provides a software one)"
             .into(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    /// The library says what is wrong; naming a CLI flag is the CLI's business.
+    #[test]
+    fn errors_name_no_cli_flag() {
+        let e = super::no_adapter().to_string();
+        assert!(e.contains("no GPU adapter") && !e.contains("--"), "{e}");
+    }
 }

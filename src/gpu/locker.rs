@@ -115,7 +115,10 @@ impl GpuLocker {
                 module: &module,
                 entry_point: Some(entry_point),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &[aes::copies_constant(table_copies)],
+                    constants: &[
+                        aes::copies_constant(table_copies),
+                        ("WORKGROUP_SIZE", f64::from(super::plan::WORKGROUP_SIZE)),
+                    ],
                     // Every workgroup overwrites its tables before reading them.
                     zero_initialize_workgroup_memory: false,
                 },

@@ -16,6 +16,8 @@
 pub mod aes;
 mod binding;
 mod context;
+#[cfg(test)]
+mod layout_tests;
 mod locker;
 mod matmul;
 mod plan;
@@ -50,3 +52,29 @@ const MATMUL_GEMM_WGSL: &str = include_str!("../../shaders/matmul_gemm.wgsl");
 
 /// WGSL of the GEMV kernel (after [`AES_CTR_WGSL`] and the common part).
 const MATMUL_GEMV_WGSL: &str = include_str!("../../shaders/matmul_gemv.wgsl");
+
+/// A Rust struct that mirrors a WGSL uniform struct: its size and the offset of the
+/// field behind each WGSL member, checked against the compiled WGSL by `layout_tests`.
+#[cfg(test)]
+pub(crate) struct Layout {
+    /// The WGSL struct's name.
+    pub wgsl: &'static str,
+    /// `size_of` the Rust struct.
+    pub size: usize,
+    /// Every WGSL member, with the offset of the Rust field (or part of one) behind it.
+    pub members: Vec<(&'static str, usize)>,
+    /// The Rust struct is padded beyond the WGSL struct's size (bound whole).
+    pub padded: bool,
+}
+
+#[cfg(test)]
+impl Layout {
+    pub(crate) fn new<T>(wgsl: &'static str, members: &[(&'static str, usize)]) -> Self {
+        Layout {
+            wgsl,
+            size: std::mem::size_of::<T>(),
+            members: members.to_vec(),
+            padded: false,
+        }
+    }
+}

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-/// Invocations per workgroup; must match `WORKGROUP_SIZE` in shaders/lock.wgsl.
+/// Invocations per workgroup: `WORKGROUP_SIZE` of shaders/lock.wgsl, a pipeline
+/// constant set from this one.
 pub(crate) const WORKGROUP_SIZE: u32 = 256;
 
 /// The `LockParams` uniform of shaders/lock.wgsl (24 bytes in WGSL, padded here).
@@ -21,6 +22,24 @@ pub(crate) struct LockParams {
     /// Window-relative end of the bytes to transform.
     pub byte_hi: u32,
     pub pad: [u32; 3],
+}
+
+/// The layout of [`LockParams`], for `gpu::layout_tests`: 32 bytes here, bound whole,
+/// 24 in WGSL.
+#[cfg(test)]
+pub(crate) fn layouts() -> Vec<super::Layout> {
+    use std::mem::offset_of;
+    let mut layout = super::Layout::new::<LockParams>(
+        "LockParams",
+        &[
+            ("first_block", offset_of!(LockParams, first_block)),
+            ("shift", offset_of!(LockParams, shift)),
+            ("byte_lo", offset_of!(LockParams, byte_lo)),
+            ("byte_hi", offset_of!(LockParams, byte_hi)),
+        ],
+    );
+    layout.padded = true;
+    vec![layout]
 }
 
 /// Size of [`LockParams`] as bound.

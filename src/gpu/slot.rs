@@ -50,7 +50,7 @@ impl Slot {
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!(
-                "could not allocate 2 x {capacity} bytes of GPU memory ({e}); use smaller chunks or --device cpu"
+                "could not allocate 2 x {capacity} bytes of GPU memory ({e}); use smaller chunks"
             )));
         }
         Ok(Slot { storage, staging })
@@ -159,13 +159,7 @@ pub(crate) fn wait_for_map(
     submission: Option<wgpu::SubmissionIndex>,
     rx: &mpsc::Receiver<MapResult>,
 ) -> Result<MapResult> {
-    let wait = wgpu::PollType::Wait {
-        submission_index: submission,
-        timeout: None,
-    };
-    ctx.device()
-        .poll(wait)
-        .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+    ctx.wait(submission)?;
     rx.recv()
         .map_err(|_| Error::Gpu("a GPU read-back was abandoned (device lost?)".into()))
 }

@@ -5,6 +5,10 @@
 //! at load by [`GpuLocker`] into plain buffers that the same kernels then read as they are
 //! ([`Unlock::AtLoad`]). Comparing the two gives the price of never unlocking.
 //!
+//! Loading plans the architecture from the file's header alone ([`Plan`]) and uploads
+//! each tensor's bytes as the file stores them, locked or not, F32, F16 or BF16: the
+//! kernels decode them. No weight is ever decoded on the host.
+//!
 //! Activations are NHWC on the GPU. A convolution is the fused GEMM as an implicit GEMM
 //! ([`FusedMatmul::encode_conv`]: it reads the input image where an im2col matrix with
 //! rows `(b, oy, ox)` and columns `(c, ky, kx)` would be, without building it): a PyTorch
@@ -15,6 +19,8 @@
 //! their own. Every buffer, bind group and pipeline is made at load for a maximum batch;
 //! a forward pass is one command encoder and one submission.
 
+use std::sync::Mutex;
+
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
@@ -22,9 +28,10 @@ use crate::gpu::{
     f32s, read_mapped, storage_layout, uniform_layout, ConvInput, FusedMatmul, GpuContext,
     GpuLocker, GpuTensor, Kernel, Linear, MatmulShape, Region, TensorKey, WeightDtype,
 };
-use crate::infer::arch::{Arch, LayerSpec};
-use crate::infer::cpu::argmax;
-use crate::infer::model::{Layer, Model, RawTensor, RawTensors, Shape};
+use crate::infer::arch::Arch;
+use crate::infer::file::ModelFile;
+use crate::infer::plan::{Plan, Shape, Step};
+use crate::infer::reference::{argmax, check_batch};
 use crate::key::MasterKey;
 use crate::scheme::{Direction, TensorCipher};
 
@@ -33,10 +40,9 @@ const MAXPOOL_WGSL: &str = include_str!("../../shaders/infer_maxpool.wgsl");
 const RELU_WGSL: &str = include_str!("../../shaders/infer_relu.wgsl");
 const FLATTEN_WGSL: &str = include_str!("../../shaders/infer_flatten.wgsl");
 
-/// Invocations per workgroup of the layer kernels (`WORKGROUP` in infer_common.wgsl).
-const WORKGROUP: u64 = 256;
-/// Workgroups per dispatch row; more rows are used beyond it.
-const MAX_GROUPS_X: u64 = 65_535;
+/// Invocations per workgroup of the layer kernels: `WORKGROUP` of infer_common.wgsl,
+/// a pipeline constant set from this one.
+const WORKGROUP: u32 = 256;
 
 /// When the weights of a locked model are unlocked on the GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,56 +85,46 @@ enum Op {
     Flatten,
 }
 
-/// One dispatch of a forward pass.
-enum Step {
-    /// A layer kernel from activation `src` to activation `dst`; `params.total` is per
-    /// image and scaled by the batch at each forward.
-    Layer {
-        op: Op,
-        params: Params,
-        uniform: wgpu::Buffer,
-        group: wgpu::BindGroup,
-    },
-    /// `act[y] = act[x] · weights[w]ᵀ + weights[b]`, `rows` matrix rows per image; with
-    /// `conv`, `act[x]` is the images the rows are gathered from.
-    Matmul {
-        x: usize,
-        y: usize,
-        w: usize,
-        b: usize,
-        rows: u32,
-        n: u32,
-        k: u32,
-        conv: Option<ConvInput>,
-    },
+/// The dispatch of a step of the plan that is a layer kernel, bound to its activations:
+/// `params.total` is per image and scaled by the batch at each forward.
+struct LayerPass {
+    op: Op,
+    params: Params,
+    uniform: wgpu::Buffer,
+    group: wgpu::BindGroup,
 }
 
-/// A step of [`GpuModel::build`]'s plan: a layer kernel from activation to activation,
-/// bound once every activation buffer exists, or a finished step.
-enum Planned {
-    Layer(usize, usize, Op, Params),
-    Step(Step),
-}
-
-/// A weight or bias on the GPU, with its cipher when it is still locked there.
+/// A weight or bias on the GPU, as the file stores it, with its cipher when it is still
+/// locked there.
 struct Weight {
     buffer: wgpu::Buffer,
+    dtype: WeightDtype,
     cipher: Option<TensorCipher>,
 }
 
+/// What one forward pass writes: the activations (`[0]` the input, `[i + 1]` the output
+/// of step `i`), the layer kernels' uniforms and the read-back buffer.
+struct Buffers {
+    acts: Vec<wgpu::Buffer>,
+    staging: wgpu::Buffer,
+    /// One per step; `None` for conv and dense steps (the matmul makes its own uniforms).
+    layers: Vec<Option<LayerPass>>,
+}
+
 /// A model loaded onto the GPU, ready to run batches of up to [`GpuModel::max_batch`]
-/// inputs (larger ones run in pieces).
+/// inputs (larger ones run in pieces). `Sync`: threads may share one and call
+/// [`GpuModel::forward`] at once; their passes take turns on the model's buffers.
 pub struct GpuModel {
     ctx: GpuContext,
     matmul: FusedMatmul,
     pipelines: [wgpu::ComputePipeline; 3],
+    plan: Plan,
+    /// One per tensor of the plan.
     weights: Vec<Weight>,
-    /// Activations: `[0]` the input, the last the logits.
-    acts: Vec<wgpu::Buffer>,
-    staging: wgpu::Buffer,
-    steps: Vec<Step>,
-    input: [usize; 3],
-    outputs: usize,
+    /// Held from the input's upload to the logits' read-back: the queue runs the writes
+    /// of every thread at its next submission, so two passes on one set of buffers
+    /// would compute on each other's inputs and map one staging buffer twice.
+    buffers: Mutex<Buffers>,
     max_batch: usize,
     locked: bool,
 }
@@ -136,9 +132,14 @@ pub struct GpuModel {
 impl GpuModel {
     /// Loads the model described by `arch` from the safetensors file at `path` onto
     /// `ctx`'s device, for batches of up to `max_batch` inputs. A locked file needs `key`
-    /// (a wrong one loads, as a useless model, as [`Model::load`]); `unlock` says when its
-    /// weights are unlocked. A plain file runs the plain kernels whatever `unlock` says.
-    /// Errors where an activation of `max_batch` inputs is larger than the device binds.
+    /// (a wrong one loads, as a useless model, as [`crate::infer::Model::load`]); `unlock`
+    /// says when its weights are unlocked. A plain file runs the plain kernels whatever
+    /// `unlock` says. Weights may be F32, F16 or BF16, as the file stores them.
+    ///
+    /// Errors: the file's ([`Error::Format`]) where it does not fit `arch`; an
+    /// [`Error::Invalid`] where an activation of `max_batch` inputs is larger than the
+    /// device binds; an [`Error::Gpu`] where the device refuses the buffers (out of
+    /// memory).
     pub fn load(
         ctx: &GpuContext,
         path: &std::path::Path,
@@ -147,232 +148,140 @@ impl GpuModel {
         unlock: Unlock,
         max_batch: usize,
     ) -> Result<Self> {
-        let raw = RawTensors::read(path, arch)?;
-        let ciphers: Vec<Option<TensorCipher>> = match (&raw.lock, key) {
-            (None, _) => vec![None; raw.tensors.len()],
-            (Some(info), Some(key)) => raw
-                .tensors
-                .iter()
-                .map(|t| {
-                    info.is_locked(&t.name)
-                        .then(|| TensorCipher::for_tensor(key, &info.salt, &t.name))
-                })
-                .collect(),
-            (Some(_), None) => return Err(Error::format(
-                path,
-                "the model is locked (it has deeplock metadata); pass the key it was locked with",
-            )),
-        };
-        let device = ctx.device();
-        let mut weights: Vec<Weight> = raw
-            .tensors
-            .iter()
-            .zip(ciphers)
-            .map(|(t, cipher)| Weight {
-                buffer: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some(&format!("deeplock infer {}", t.name)),
-                    contents: &t.bytes,
-                    usage: wgpu::BufferUsages::STORAGE,
-                }),
-                cipher,
-            })
-            .collect();
-        let names: Vec<String> = raw.tensors.iter().map(|t| t.name.clone()).collect();
-        let locked = weights.iter().any(|w| w.cipher.is_some());
-        // Shapes only: the values of a locked file are noise here and are dropped.
-        let model = Model::new(
-            arch,
-            &raw.tensors
-                .into_iter()
-                .map(RawTensor::into_tensor)
-                .collect::<Vec<_>>(),
-        )
-        .map_err(|e| Error::format(path, e.to_string()))?;
-        if unlock == Unlock::AtLoad && locked {
-            let locker = GpuLocker::new(ctx);
-            let mut encoder = device.create_command_encoder(&Default::default());
-            for w in &mut weights {
-                if let Some(cipher) = w.cipher.take() {
-                    let region = Region {
-                        cipher: &cipher,
-                        tensor_offset: 0,
-                        range: 0..w.buffer.size(),
-                    };
-                    locker.encode(&mut encoder, &w.buffer, Direction::Unlock, &[region], None)?;
-                }
-            }
-            let submission = ctx.queue().submit([encoder.finish()]);
-            wait(ctx, Some(submission))?;
-        }
-        Self::build(ctx, arch, &model, &names, weights, max_batch, locked)
-            .map_err(|e| Error::format(path, e.to_string()))
-    }
-
-    /// Lays out the activations and the steps of `model`, whose tensors are `weights`
-    /// (named `names`, in [`Arch::tensor_names`] order).
-    fn build(
-        ctx: &GpuContext,
-        arch: &Arch,
-        model: &Model,
-        names: &[String],
-        weights: Vec<Weight>,
-        max_batch: usize,
-        locked: bool,
-    ) -> Result<Self> {
+        let mut file = ModelFile::open(path, arch, key, |_, _| Ok(()))?;
         if max_batch == 0 {
             return Err(Error::Invalid(
                 "the maximum batch must be at least 1".into(),
             ));
         }
+        // Whether any tensor the model uses is locked.
+        let locked = file.ciphers.iter().any(Option::is_some);
+        ctx.catch("loading the model onto the GPU", || {
+            let mut weights = upload(ctx, &mut file)?;
+            if unlock == Unlock::AtLoad {
+                unlock_at_load(ctx, &mut weights)?;
+            }
+            Self::build(ctx, file.plan, weights, max_batch, locked)
+        })
+    }
+
+    /// Lays out the activations and the layer kernels' bindings of `plan`.
+    fn build(
+        ctx: &GpuContext,
+        plan: Plan,
+        weights: Vec<Weight>,
+        max_batch: usize,
+        locked: bool,
+    ) -> Result<Self> {
         let device = ctx.device();
         let limits = device.limits();
         let max_bytes = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
-        let mut acts: Vec<wgpu::Buffer> = Vec::new();
-        let mut alloc = |per_image: usize, what: &str| -> Result<usize> {
-            let bytes = (4 * per_image as u64).saturating_mul(max_batch as u64);
-            if bytes > max_bytes || per_image as u64 * max_batch as u64 > u64::from(u32::MAX) {
-                return Err(Error::Invalid(format!(
-                    "the {what} of a batch of {max_batch} is {bytes} bytes, more than this GPU binds ({max_bytes}); use a smaller batch"
-                )));
-            }
-            acts.push(device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(&format!("deeplock infer {what}")),
-                size: bytes,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            }));
-            Ok(acts.len() - 1)
-        };
-        let shapes = model.shapes();
-        let mut cur = alloc(shapes[0].len(), "input")?;
-        // Layer kernels are bound once every activation buffer exists.
-        let mut plan: Vec<Planned> = Vec::new();
-        let u = |v: usize| v as u32;
-        for (i, layer) in model.layers().iter().enumerate() {
-            let (input, output) = (shapes[i], shapes[i + 1]);
-            let out_len = output.len();
-            match (layer, input, output) {
-                (Layer::Conv(c), Shape::Image([ci, h, w]), Shape::Image([co, oh, ow])) => {
-                    let out = alloc(out_len, &format!("layer {i} conv"))?;
-                    let (wi, bi) = layer_tensors(arch, i, names);
-                    plan.push(Planned::Step(Step::Matmul {
-                        x: cur,
-                        y: out,
-                        w: wi,
-                        b: bi,
-                        rows: u(oh * ow),
-                        n: u(co),
-                        k: u(ci * c.kernel[0] * c.kernel[1]),
-                        conv: Some(ConvInput {
-                            height: u(h),
-                            width: u(w),
-                            channels: u(ci),
-                            kernel: [u(c.kernel[0]), u(c.kernel[1])],
-                            pad: [u(c.pad[0]), u(c.pad[1])],
-                        }),
-                    }));
-                    cur = out;
+        let shapes = plan.shapes();
+        let acts = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, shape)| {
+                let what = match i {
+                    0 => "input".to_owned(),
+                    _ => format!("output of layer {}", i - 1),
+                };
+                let per_image = shape.len() as u64;
+                let bytes = (4 * per_image).saturating_mul(max_batch as u64);
+                if bytes > max_bytes || per_image * max_batch as u64 > u64::from(u32::MAX) {
+                    return Err(Error::Invalid(format!(
+                        "the {what} of a batch of {max_batch} is {bytes} bytes, more than this GPU binds ({max_bytes}); use a smaller batch"
+                    )));
                 }
-                (&Layer::MaxPool { size }, Shape::Image([c, h, w]), Shape::Image([_, oh, ow])) => {
-                    let out = alloc(out_len, &format!("layer {i} maxpool"))?;
-                    let params = Params {
-                        total: u(out_len),
-                        h: u(h),
-                        w: u(w),
-                        c: u(c),
-                        oh: u(oh),
-                        ow: u(ow),
-                        size: u(size),
-                        ..Params::default()
-                    };
-                    plan.push(Planned::Layer(cur, out, Op::MaxPool, params));
-                    cur = out;
-                }
-                (Layer::Relu, _, _) => {
-                    let out = alloc(out_len, &format!("layer {i} relu"))?;
-                    let params = Params {
-                        total: u(out_len),
-                        ..Params::default()
-                    };
-                    plan.push(Planned::Layer(cur, out, Op::Relu, params));
-                    cur = out;
-                }
-                (Layer::Flatten, Shape::Image([c, h, w]), _) => {
-                    let out = alloc(out_len, &format!("layer {i} flatten"))?;
-                    let params = Params {
-                        total: u(out_len),
-                        h: u(h),
-                        w: u(w),
-                        c: u(c),
-                        ..Params::default()
-                    };
-                    plan.push(Planned::Layer(cur, out, Op::Flatten, params));
-                    cur = out;
-                }
-                (Layer::Dense(d), _, _) => {
-                    let out = alloc(out_len, &format!("layer {i} dense"))?;
-                    let (wi, bi) = layer_tensors(arch, i, names);
-                    plan.push(Planned::Step(Step::Matmul {
-                        x: cur,
-                        y: out,
-                        w: wi,
-                        b: bi,
-                        rows: 1,
-                        n: u(d.outputs),
-                        k: u(d.inputs),
-                        conv: None,
-                    }));
-                    cur = out;
-                }
-                (l, s, _) => unreachable!("Model::new checked shapes: {l:?} on {s:?}"),
-            }
-        }
+                Ok(device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("deeplock infer {what}")),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_DST
+                        | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let kernels = LayerKernels::new(device);
-        let steps = plan
-            .into_iter()
-            .map(|planned| match planned {
-                Planned::Layer(src, dst, op, params) => {
-                    let uniform = device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("deeplock infer layer params"),
-                        size: std::mem::size_of::<Params>() as u64,
-                        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    });
-                    let group = kernels.bind(device, &acts[src], &acts[dst], &uniform);
-                    Step::Layer {
-                        op,
-                        params,
-                        uniform,
-                        group,
+        let u = |v: usize| v as u32;
+        let layers = plan
+            .steps()
+            .iter()
+            .enumerate()
+            .map(|(i, step)| {
+                let total = u(plan.elements(i));
+                let (op, params) = match (*step, shapes[i], shapes[i + 1]) {
+                    (Step::Conv { .. } | Step::Dense { .. }, _, _) => return None,
+                    (
+                        Step::MaxPool { size },
+                        Shape::Image([c, h, w]),
+                        Shape::Image([_, oh, ow]),
+                    ) => {
+                        let params = Params {
+                            total,
+                            h: u(h),
+                            w: u(w),
+                            c: u(c),
+                            oh: u(oh),
+                            ow: u(ow),
+                            size: u(size),
+                            ..Params::default()
+                        };
+                        (Op::MaxPool, params)
                     }
-                }
-                Planned::Step(step) => step,
+                    (Step::Relu, _, _) => (
+                        Op::Relu,
+                        Params {
+                            total,
+                            ..Params::default()
+                        },
+                    ),
+                    (Step::Flatten, Shape::Image([c, h, w]), _) => {
+                        let params = Params {
+                            total,
+                            h: u(h),
+                            w: u(w),
+                            c: u(c),
+                            ..Params::default()
+                        };
+                        (Op::Flatten, params)
+                    }
+                    (s, shape, _) => unreachable!("the plan checked shapes: {s:?} on {shape:?}"),
+                };
+                let uniform = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("deeplock infer layer params"),
+                    size: std::mem::size_of::<Params>() as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let group = kernels.bind(device, &acts[i], &acts[i + 1], &uniform);
+                Some(LayerPass {
+                    op,
+                    params,
+                    uniform,
+                    group,
+                })
             })
             .collect();
-        let outputs = model.outputs();
         let staging = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("deeplock infer logits read-back"),
-            size: 4 * (outputs * max_batch) as u64,
+            size: 4 * (plan.outputs() * max_batch) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let Shape::Image(input) = shapes[0] else {
-            unreachable!("a model's input is an image")
-        };
         Ok(GpuModel {
             matmul: FusedMatmul::new(ctx),
             ctx: ctx.clone(),
             pipelines: kernels.pipelines,
+            plan,
             weights,
-            acts,
-            staging,
-            steps,
-            input,
-            outputs,
+            buffers: Mutex::new(Buffers {
+                acts,
+                staging,
+                layers,
+            }),
             max_batch,
             locked,
         })
@@ -385,7 +294,12 @@ impl GpuModel {
 
     /// Number of outputs (logits) per input.
     pub fn outputs(&self) -> usize {
-        self.outputs
+        self.plan.outputs()
+    }
+
+    /// The plan the model runs: shapes, tensor sizes and types, products.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// Whether weights stay locked on the GPU and are decoded at every query.
@@ -403,21 +317,13 @@ impl GpuModel {
         &self.ctx
     }
 
-    /// Runs a batch of `batch` inputs, NCHW as [`Model::forward`] takes them; returns the
-    /// logits, `[batch, outputs]` row-major. Batches above [`GpuModel::max_batch`] run
-    /// in pieces, one submission each.
+    /// Runs a batch of `batch` inputs, NCHW as [`crate::infer::Model::forward`] takes
+    /// them; returns the logits, `[batch, outputs]` row-major. Batches above
+    /// [`GpuModel::max_batch`] run in pieces, one submission each. Threads may call it
+    /// at once on one model: each gets the logits of its own inputs.
     pub fn forward(&self, input: &[f32], batch: usize) -> Result<Vec<f32>> {
-        let [c, h, w] = self.input;
-        let per = c * h * w;
-        if batch.checked_mul(per) != Some(input.len()) {
-            return Err(Error::Invalid(format!(
-                "a batch of {batch} inputs of shape {:?} has {} values, {} were given",
-                self.input,
-                batch.saturating_mul(per),
-                input.len()
-            )));
-        }
-        let mut logits = Vec::with_capacity(batch * self.outputs);
+        let per = check_batch(Shape::Image(self.plan.input()), input, batch)?;
+        let mut logits = Vec::with_capacity(batch * self.outputs());
         for piece in input.chunks(per * self.max_batch) {
             logits.extend(self.forward_piece(piece, piece.len() / per)?);
         }
@@ -427,12 +333,26 @@ impl GpuModel {
     /// The predicted class of each input: [`argmax`] of its logits.
     pub fn predict(&self, input: &[f32], batch: usize) -> Result<Vec<usize>> {
         let logits = self.forward(input, batch)?;
-        Ok(logits.chunks(self.outputs).map(argmax).collect())
+        Ok(logits.chunks(self.outputs()).map(argmax).collect())
+    }
+
+    /// The weight or bias operand of plan tensor `i`.
+    fn tensor(&self, i: usize) -> GpuTensor<'_> {
+        let t = &self.weights[i];
+        GpuTensor {
+            buffer: &t.buffer,
+            offset: 0,
+            dtype: t.dtype,
+            locked: t.cipher.as_ref().map(|cipher| TensorKey {
+                cipher,
+                tensor_offset: 0,
+            }),
+        }
     }
 
     /// One submission of at most `max_batch` inputs.
     fn forward_piece(&self, input: &[f32], batch: usize) -> Result<Vec<f32>> {
-        let [c, h, w] = self.input;
+        let [c, h, w] = self.plan.input();
         // NCHW to NHWC on the host: a copy of the input, small next to the layers.
         let mut nhwc = vec![0f32; input.len()];
         for (b, image) in input.chunks_exact(c * h * w).enumerate() {
@@ -443,81 +363,95 @@ impl GpuModel {
                 }
             }
         }
+        // A panic elsewhere while holding it leaves nothing half-done that matters: the
+        // next pass rewrites every buffer it reads.
+        let buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        let Buffers {
+            acts,
+            staging,
+            layers,
+        } = &*buffers;
         let queue = self.ctx.queue();
-        queue.write_buffer(&self.acts[0], 0, bytemuck::cast_slice(&nhwc));
+        queue.write_buffer(&acts[0], 0, bytemuck::cast_slice(&nhwc));
         let device = self.ctx.device();
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("deeplock infer forward"),
         });
-        for step in &self.steps {
-            match step {
-                Step::Layer {
-                    op,
-                    params,
-                    uniform,
-                    group,
-                } => {
-                    let total = u64::from(params.total) * batch as u64;
-                    let p = Params {
-                        total: total as u32,
-                        ..*params
-                    };
-                    queue.write_buffer(uniform, 0, bytemuck::bytes_of(&p));
-                    let groups = total.div_ceil(WORKGROUP);
-                    let x = groups.min(MAX_GROUPS_X);
-                    let mut pass = encoder.begin_compute_pass(&Default::default());
-                    pass.set_pipeline(&self.pipelines[*op as usize]);
-                    pass.set_bind_group(0, group, &[]);
-                    pass.dispatch_workgroups(x as u32, groups.div_ceil(x) as u32, 1);
-                }
-                &Step::Matmul {
-                    x,
-                    y,
-                    w,
-                    b,
-                    rows,
-                    n,
-                    k,
-                    conv,
-                } => {
-                    let tensor = |i: usize| {
-                        let t = &self.weights[i];
-                        GpuTensor {
-                            buffer: &t.buffer,
-                            offset: 0,
-                            dtype: WeightDtype::F32,
-                            locked: t.cipher.as_ref().map(|cipher| TensorKey {
-                                cipher,
-                                tensor_offset: 0,
-                            }),
-                        }
-                    };
-                    let op = Linear {
-                        x: &self.acts[x],
-                        w: tensor(w),
-                        bias: Some(tensor(b)),
-                        y: &self.acts[y],
-                        shape: MatmulShape {
-                            m: rows * batch as u32,
-                            n,
-                            k,
-                        },
-                        kernel: Kernel::Auto,
-                    };
-                    match &conv {
-                        Some(input) => self.matmul.encode_conv(&mut encoder, &op, input, None)?,
-                        None => self.matmul.encode(&mut encoder, &op, None)?,
-                    };
-                }
+        let u = |v: usize| v as u32;
+        for (i, step) in self.plan.steps().iter().enumerate() {
+            if let Some(LayerPass {
+                op,
+                params,
+                uniform,
+                group,
+            }) = &layers[i]
+            {
+                let total = u64::from(params.total) * batch as u64;
+                let p = Params {
+                    total: total as u32,
+                    ..*params
+                };
+                queue.write_buffer(uniform, 0, bytemuck::bytes_of(&p));
+                let groups = total.div_ceil(u64::from(WORKGROUP));
+                // Workgroups per dispatch row, as the device allows; rows beyond it.
+                let x = groups.min(u64::from(
+                    device.limits().max_compute_workgroups_per_dimension,
+                ));
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&self.pipelines[*op as usize]);
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(x as u32, groups.div_ceil(x) as u32, 1);
+                continue;
             }
+            let product = self.plan.product(i).expect("a conv or dense step");
+            let (weight, bias, conv) = match *step {
+                Step::Conv {
+                    weight,
+                    bias,
+                    in_channels,
+                    kernel,
+                    pad,
+                    ..
+                } => {
+                    let Shape::Image([_, h, w]) = self.plan.shapes()[i] else {
+                        unreachable!("a conv takes an image")
+                    };
+                    let conv = ConvInput {
+                        height: u(h),
+                        width: u(w),
+                        channels: u(in_channels),
+                        kernel: kernel.map(u),
+                        pad: pad.map(u),
+                    };
+                    (weight, bias, Some(conv))
+                }
+                Step::Dense { weight, bias, .. } => (weight, bias, None),
+                _ => unreachable!("layer kernels are bound"),
+            };
+            let op = Linear {
+                x: &acts[i],
+                w: self.tensor(weight),
+                bias: Some(self.tensor(bias)),
+                y: &acts[i + 1],
+                shape: MatmulShape {
+                    m: u(product.rows * batch),
+                    n: u(product.n),
+                    k: u(product.k),
+                },
+                kernel: Kernel::Auto,
+            };
+            match &conv {
+                Some(input) => self.matmul.encode_conv(&mut encoder, &op, input, None)?,
+                None => self.matmul.encode(&mut encoder, &op, None)?,
+            };
         }
-        let bytes = 4 * (batch * self.outputs) as u64;
-        let logits = self.acts.last().expect("an input and an output");
-        encoder.copy_buffer_to_buffer(logits, 0, &self.staging, 0, bytes);
+        let bytes = 4 * (batch * self.outputs()) as u64;
+        let logits = acts.last().expect("an input and an output");
+        encoder.copy_buffer_to_buffer(logits, 0, staging, 0, bytes);
         let submission = queue.submit([encoder.finish()]);
         read_mapped(
             &self.ctx,
-            &self.staging,
+            staging,
             0..bytes,
             Some(submission),
             "logits",
@@ -526,26 +460,56 @@ impl GpuModel {
     }
 }
 
-/// The indices in `names` of the weight and bias of conv or dense layer `i` of `arch`.
-fn layer_tensors(arch: &Arch, i: usize, names: &[String]) -> (usize, usize) {
-    let (w, b) = match &arch.layers[i] {
-        LayerSpec::Conv(c) => (&c.weight, &c.bias),
-        LayerSpec::Dense(d) => (&d.weight, &d.bias),
-        l => unreachable!("layer {i} ({l:?}) has no weights"),
-    };
-    let index = |name: &String| names.iter().position(|n| n == name).expect("tensor read");
-    (index(w), index(b))
+/// Uploads each of the plan's tensors from `file` as stored, one at a time (the host
+/// holds one tensor's bytes at once, never decoded).
+fn upload(ctx: &GpuContext, file: &mut ModelFile) -> Result<Vec<Weight>> {
+    let mut bytes = Vec::new();
+    let mut weights = Vec::with_capacity(file.plan.tensors().len());
+    for i in 0..file.plan.tensors().len() {
+        let t = &file.plan.tensors()[i];
+        let dtype = WeightDtype::of(t.dtype).expect("the plan takes what the kernels decode");
+        let label = format!("deeplock infer {}", t.name);
+        bytes.clear();
+        // Whole words: storage bindings are arrays of u32.
+        bytes.resize(file.len(i)?.next_multiple_of(4).max(4), 0);
+        let len = file.len(i)?;
+        file.read(i, &mut bytes[..len])?;
+        let buffer = ctx
+            .device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(&label),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::STORAGE,
+            });
+        weights.push(Weight {
+            buffer,
+            dtype,
+            cipher: file.ciphers[i].take(),
+        });
+    }
+    Ok(weights)
 }
 
-/// Waits for `submission` (or all work).
-fn wait(ctx: &GpuContext, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
-    ctx.device()
-        .poll(wgpu::PollType::Wait {
-            submission_index: submission,
-            timeout: None,
-        })
-        .map(drop)
-        .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))
+/// Unlocks the locked `weights` in place on the GPU, in one submission, and forgets
+/// their ciphers: the plain kernels then read them.
+fn unlock_at_load(ctx: &GpuContext, weights: &mut [Weight]) -> Result<()> {
+    if weights.iter().all(|w| w.cipher.is_none()) {
+        return Ok(());
+    }
+    let locker = GpuLocker::new(ctx);
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    for w in weights.iter_mut() {
+        if let Some(cipher) = w.cipher.take() {
+            let region = Region {
+                cipher: &cipher,
+                tensor_offset: 0,
+                range: 0..w.buffer.size(),
+            };
+            locker.encode(&mut encoder, &w.buffer, Direction::Unlock, &[region], None)?;
+        }
+    }
+    let submission = ctx.queue().submit([encoder.finish()]);
+    ctx.wait(Some(submission))
 }
 
 /// The layer kernels' shared bind group layout and their pipelines, in [`Op`] order.
@@ -579,7 +543,10 @@ impl LayerKernels {
                 layout: Some(&pipeline_layout),
                 module: &module,
                 entry_point: Some(entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[("WORKGROUP", f64::from(WORKGROUP))],
+                    ..Default::default()
+                },
                 cache: None,
             })
         };
@@ -619,4 +586,31 @@ impl LayerKernels {
             ],
         })
     }
+}
+
+/// The layout of [`Params`], for `gpu::layout_tests`.
+#[cfg(test)]
+pub(crate) fn layouts() -> Vec<crate::gpu::Layout> {
+    use std::mem::offset_of;
+    vec![crate::gpu::Layout::new::<Params>(
+        "Params",
+        &[
+            ("total", offset_of!(Params, total)),
+            ("h", offset_of!(Params, h)),
+            ("w", offset_of!(Params, w)),
+            ("c", offset_of!(Params, c)),
+            ("oh", offset_of!(Params, oh)),
+            ("ow", offset_of!(Params, ow)),
+            ("size", offset_of!(Params, size)),
+            ("unused", offset_of!(Params, unused)),
+        ],
+    )]
+}
+
+/// The layer kernels' WGSL, each composed after infer_common.wgsl.
+#[cfg(test)]
+pub(crate) fn sources() -> Vec<String> {
+    [MAXPOOL_WGSL, RELU_WGSL, FLATTEN_WGSL]
+        .map(|s| format!("{COMMON_WGSL}\n{s}"))
+        .to_vec()
 }

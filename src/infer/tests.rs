@@ -6,7 +6,7 @@ use std::path::Path;
 use super::*;
 use crate::engine::CpuEngine;
 use crate::files::{self, Options};
-use crate::{CpuLocker, MasterKey};
+use crate::{CpuLocker, Dtype, MasterKey};
 
 fn t(name: &str, shape: &[usize], values: Vec<f32>) -> Tensor {
     Tensor {
@@ -342,4 +342,169 @@ fn fast_path_matches_the_reference_on_the_cifar10_cnn() {
         assert!((a - b).abs() <= 1e-4 * scale, "{a} {b}");
     }
     assert!(model.forward_fast(&x[1..], batch).is_err());
+}
+
+/// Header entries of `tensors` (name, shape), all of `dtype`, laid out back to back.
+fn entries(tensors: &[(&str, &[usize])], dtype: Dtype) -> Vec<crate::header::TensorEntry> {
+    let mut start = 0;
+    tensors
+        .iter()
+        .map(|&(name, shape)| {
+            let len = shape.iter().product::<usize>() as u64 * dtype.size().unwrap();
+            start += len;
+            crate::header::TensorEntry {
+                name: name.into(),
+                dtype: dtype.name().into(),
+                shape: shape.to_vec(),
+                start: start - len,
+                end: start,
+            }
+        })
+        .collect()
+}
+
+/// A product's (rows per image, n, k).
+type Dims = (usize, usize, usize);
+
+/// Checks `plan` against the expected (output shape, product) of every step and the
+/// (name, bytes) of every tensor.
+fn check_plan(
+    plan: &Plan,
+    input: [usize; 3],
+    steps: &[(Shape, Option<Dims>)],
+    tensors: &[(&str, u64)],
+) {
+    assert_eq!(plan.input(), input);
+    assert_eq!(plan.shapes()[0], Shape::Image(input));
+    assert_eq!(plan.steps().len(), steps.len());
+    for (i, &(shape, product)) in steps.iter().enumerate() {
+        assert_eq!(plan.shapes()[i + 1], shape, "step {i}");
+        assert_eq!(plan.elements(i), shape.len(), "step {i}");
+        let got = plan.product(i).map(|p| (p.rows, p.n, p.k));
+        assert_eq!(got, product, "step {i}");
+    }
+    let got: Vec<(&str, u64)> = plan
+        .tensors()
+        .iter()
+        .map(|t| (t.name.as_str(), t.bytes()))
+        .collect();
+    assert_eq!(got, tensors);
+    assert_eq!(plan.outputs(), 10);
+}
+
+#[test]
+fn plans_every_layer_of_the_fashion_mnist_cnn_from_its_header() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let a = Arch::read(&dir.join("fashion_mnist_cnn.arch.json")).unwrap();
+    let header = files::read_header(&dir.join("fashion_mnist_cnn.safetensors")).unwrap();
+    let plan = Plan::from_entries(&a, &header.tensors).unwrap();
+    use Shape::{Image, Vector};
+    check_plan(
+        &plan,
+        [1, 28, 28],
+        &[
+            (Image([16, 24, 24]), Some((576, 16, 25))),
+            (Image([16, 12, 12]), None),
+            (Image([16, 12, 12]), None),
+            (Image([32, 8, 8]), Some((64, 32, 400))),
+            (Image([32, 4, 4]), None),
+            (Image([32, 4, 4]), None),
+            (Vector(512), None),
+            (Vector(128), Some((1, 128, 512))),
+            (Vector(128), None),
+            (Vector(10), Some((1, 10, 128))),
+        ],
+        &[
+            ("conv1.weight", 1600),
+            ("conv1.bias", 64),
+            ("conv2.weight", 51200),
+            ("conv2.bias", 128),
+            ("fc1.weight", 262144),
+            ("fc1.bias", 512),
+            ("fc2.weight", 5120),
+            ("fc2.bias", 40),
+        ],
+    );
+    assert!(matches!(
+        plan.steps()[0],
+        Step::Conv {
+            weight: 0,
+            bias: 1,
+            in_channels: 1,
+            out_channels: 16,
+            kernel: [5, 5],
+            pad: [0, 0]
+        }
+    ));
+    assert_eq!(plan.weight_bytes(), 320808);
+    // The CPU model runs the same plan.
+    let model = Model::load(&dir.join("fashion_mnist_cnn.safetensors"), &a, None).unwrap();
+    assert_eq!(model.plan(), &plan);
+}
+
+#[test]
+fn plans_every_layer_of_the_cifar10_cnn_in_bf16() {
+    let a = crate::zoo::cifar10_cnn_arch();
+    let plan = Plan::from_entries(&a, &entries(&crate::zoo::CIFAR10_CNN, Dtype::BF16)).unwrap();
+    use Shape::{Image, Vector};
+    check_plan(
+        &plan,
+        [3, 32, 32],
+        &[
+            (Image([32, 32, 32]), Some((1024, 32, 27))),
+            (Image([32, 32, 32]), None),
+            (Image([32, 30, 30]), Some((900, 32, 288))),
+            (Image([32, 30, 30]), None),
+            (Image([32, 15, 15]), None),
+            (Image([64, 15, 15]), Some((225, 64, 288))),
+            (Image([64, 15, 15]), None),
+            (Image([64, 13, 13]), Some((169, 64, 576))),
+            (Image([64, 13, 13]), None),
+            (Image([64, 6, 6]), None),
+            (Vector(2304), None),
+            (Vector(512), Some((1, 512, 2304))),
+            (Vector(512), None),
+            (Vector(10), Some((1, 10, 512))),
+        ],
+        &[
+            ("conv1.weight", 1728),
+            ("conv1.bias", 64),
+            ("conv2.weight", 18432),
+            ("conv2.bias", 64),
+            ("conv3.weight", 36864),
+            ("conv3.bias", 128),
+            ("conv4.weight", 73728),
+            ("conv4.bias", 128),
+            ("fc1.weight", 2359296),
+            ("fc1.bias", 1024),
+            ("fc2.weight", 10240),
+            ("fc2.bias", 20),
+        ],
+    );
+    assert!(matches!(plan.steps()[0], Step::Conv { pad: [1, 1], .. }));
+    assert!(plan.tensors().iter().all(|t| t.dtype == Dtype::BF16));
+    assert_eq!(
+        plan.weight_bytes(),
+        2 * crate::zoo::CIFAR10_CNN_PARAMS as u64
+    );
+    // F32 doubles every size; the shapes are the same plan's.
+    let f32_plan = Plan::from_entries(&a, &entries(&crate::zoo::CIFAR10_CNN, Dtype::F32)).unwrap();
+    assert_eq!(f32_plan.shapes(), plan.shapes());
+    assert_eq!(
+        f32_plan.weight_bytes(),
+        4 * crate::zoo::CIFAR10_CNN_PARAMS as u64
+    );
+}
+
+#[test]
+fn plans_refuse_what_the_kernels_cannot_decode() {
+    let a = crate::zoo::cifar10_cnn_arch();
+    let e = Plan::from_entries(&a, &entries(&crate::zoo::CIFAR10_CNN, Dtype::F64))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("layer 0") && e.contains("is F64"), "{e}");
+    let e = Plan::from_entries(&a, &entries(&crate::zoo::CIFAR10_CNN[1..], Dtype::F32))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no tensor \"conv1.weight\""), "{e}");
 }

@@ -1,4 +1,4 @@
-//! The CPU reference forward pass: plain loops that follow each layer's definition, with
+//! The CPU reference forward pass ([`Model::forward`]): plain loops that follow each layer's definition, with
 //! every sum accumulated in f64 (then rounded to f32, the activations' type), so that a
 //! faster path (the GPU kernels) can be checked against it. Inputs of a batch run in
 //! parallel; each input's computation is sequential and deterministic.
@@ -11,22 +11,14 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::infer::model::{Conv, Dense, Layer, Model, Shape};
-use crate::mnist::Dataset;
+use crate::infer::model::{Conv, Dense, Layer, Model};
+use crate::infer::plan::Shape;
 
 impl Model {
     /// Runs a batch of `batch` inputs, NCHW (`[batch, c, h, w]` row-major, the shape of
     /// [`Model::input_shape`]); returns the logits, `[batch, outputs]` row-major.
     pub fn forward(&self, input: &[f32], batch: usize) -> Result<Vec<f32>> {
-        let per = self.input_shape().len();
-        if batch.checked_mul(per) != Some(input.len()) {
-            return Err(Error::Invalid(format!(
-                "a batch of {batch} inputs of shape {:?} has {} values, {} were given",
-                self.input_shape(),
-                batch.saturating_mul(per),
-                input.len()
-            )));
-        }
+        let per = check_batch(self.input_shape(), input, batch)?;
         if batch == 0 {
             return Ok(Vec::new());
         }
@@ -43,18 +35,32 @@ impl Model {
     /// Runs one input through every layer.
     fn forward_one(&self, input: &[f32]) -> Vec<f32> {
         let mut x = input.to_vec();
-        for (layer, &shape) in self.layers.iter().zip(&self.shapes) {
+        for (layer, &shape) in self.layers.iter().zip(self.plan.shapes()) {
             x = match (layer, shape) {
                 (Layer::Conv(c), Shape::Image(dims)) => conv(c, &x, dims),
                 (&Layer::MaxPool { size }, Shape::Image(dims)) => max_pool(size, &x, dims),
                 (Layer::Relu, _) => x.into_iter().map(relu).collect(),
                 (Layer::Flatten, _) => x,
                 (Layer::Dense(d), Shape::Vector(_)) => dense(d, &x),
-                (l, s) => unreachable!("Model::new checked shapes: {l:?} on {s:?}"),
+                (l, s) => unreachable!("the plan checked shapes: {l:?} on {s:?}"),
             };
         }
         x
     }
+}
+
+/// Checks that `input` holds `batch` inputs of `shape`; returns the values per input.
+/// Every forward pass (reference, fast CPU, GPU) takes its batch through it.
+pub(crate) fn check_batch(shape: Shape, input: &[f32], batch: usize) -> Result<usize> {
+    let per = shape.len();
+    if batch.checked_mul(per) != Some(input.len()) {
+        return Err(Error::Invalid(format!(
+            "a batch of {batch} inputs of shape {shape:?} has {} values, {} were given",
+            batch.saturating_mul(per),
+            input.len()
+        )));
+    }
+    Ok(per)
 }
 
 /// `max(x, 0)`, keeping NaN.
@@ -168,26 +174,4 @@ pub fn accuracy(predictions: &[usize], labels: &[u8]) -> f64 {
         .filter(|(&p, &l)| p == usize::from(l))
         .count();
     right as f64 / labels.len() as f64
-}
-
-impl Model {
-    /// The accuracy of the model on images `range` of `data` (scaled to [0, 1]), which
-    /// must be of the model's input shape `[1, rows, cols]`.
-    pub fn evaluate(&self, data: &Dataset, range: std::ops::Range<usize>) -> Result<f64> {
-        let want = Shape::Image([1, data.rows, data.cols]);
-        if self.input_shape() != want {
-            return Err(Error::Invalid(format!(
-                "the model takes inputs of shape {:?}, the data set's images are {want:?}",
-                self.input_shape()
-            )));
-        }
-        if range.start > range.end || range.end > data.len() {
-            return Err(Error::Invalid(format!(
-                "images {range:?} asked of a data set of {}",
-                data.len()
-            )));
-        }
-        let predictions = self.predict(&data.batch_f32(range.clone()), range.len())?;
-        Ok(accuracy(&predictions, &data.labels[range]))
-    }
 }

@@ -2,7 +2,7 @@
 //! blocked matmul (AVX2 where the CPU has it), dense layers over a chunk of inputs at
 //! once, chunks in parallel. It is what makes evaluating a model on a whole test set (and
 //! the paper's Figure 1a: a hundred wrong keys on 10,000 images) take seconds rather than
-//! minutes; the f64 reference in `cpu.rs` stays the definition it is tested against.
+//! minutes; the f64 reference in `reference.rs` stays the definition it is tested against.
 //!
 //! Activations of a chunk are kept per input in NCHW order, as the reference keeps them:
 //! the im2col matrix of an input is `[c * kh * kw, oh * ow]` (a row per weight column,
@@ -10,9 +10,10 @@
 
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
-use crate::infer::cpu::argmax;
-use crate::infer::model::{Conv, Dense, Layer, Model, Shape};
+use crate::error::Result;
+use crate::infer::model::{Conv, Dense, Layer, Model};
+use crate::infer::plan::Shape;
+use crate::infer::reference::{argmax, check_batch};
 
 /// Inputs per parallel task: enough columns for the dense layers' matmul to use its
 /// register blocks, few enough that a 10,000-image run load-balances over the cores.
@@ -26,15 +27,7 @@ impl Model {
     /// Like [`Model::forward`], in f32 and much faster; the logits agree with it to
     /// about 1e-6 relative (f32 against f64 sums).
     pub fn forward_fast(&self, input: &[f32], batch: usize) -> Result<Vec<f32>> {
-        let per = self.input_shape().len();
-        if batch.checked_mul(per) != Some(input.len()) {
-            return Err(Error::Invalid(format!(
-                "a batch of {batch} inputs of shape {:?} has {} values, {} were given",
-                self.input_shape(),
-                batch.saturating_mul(per),
-                input.len()
-            )));
-        }
+        let per = check_batch(self.input_shape(), input, batch)?;
         let packed: Vec<Packed> = self.layers.iter().map(Packed::new).collect();
         let out: Vec<Vec<f32>> = input
             .par_chunks(per * CHUNK)
@@ -53,7 +46,7 @@ impl Model {
     fn forward_chunk(&self, packed: &[Packed], x: &[f32], n: usize) -> Vec<f32> {
         let mut x = x.to_vec();
         let mut cols = Vec::new();
-        for ((layer, &shape), p) in self.layers.iter().zip(&self.shapes).zip(packed) {
+        for ((layer, &shape), p) in self.layers.iter().zip(self.plan.shapes()).zip(packed) {
             x = match (layer, shape) {
                 (Layer::Conv(c), Shape::Image(dims)) => {
                     let per = dims.iter().product::<usize>();
@@ -70,7 +63,7 @@ impl Model {
                     .collect(),
                 (Layer::Flatten, _) => x,
                 (Layer::Dense(d), Shape::Vector(_)) => dense(d, p, &x, n),
-                (l, s) => unreachable!("Model::new checked shapes: {l:?} on {s:?}"),
+                (l, s) => unreachable!("the plan checked shapes: {l:?} on {s:?}"),
             };
         }
         x

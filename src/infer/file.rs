@@ -1,0 +1,143 @@
+//! A model file opened for inference: its header planned against an architecture, the
+//! cipher of each locked tensor, and the tensors' bytes read as they are stored. What
+//! both runtimes load from: the CPU unlocks the bytes in memory and decodes them, the
+//! GPU uploads them as they are.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use crate::dtype::Dtype;
+use crate::error::{Error, Result};
+use crate::header::Header;
+use crate::infer::arch::Arch;
+use crate::infer::plan::Plan;
+use crate::key::MasterKey;
+use crate::lock_info::LockInfo;
+use crate::scheme::TensorCipher;
+
+/// The cipher of each of the tensors `names` of the file at `path`, whose lock record
+/// is `lock`: `Some` for those it lists as locked, `None` for the others and for every
+/// tensor of a file that is not locked (a `key` given for one is not used). Errors if the
+/// file is locked and there is no key. The key is not checked against the file's key
+/// check value: a wrong one gives ciphers that decode garbage.
+pub(crate) fn tensor_ciphers<'a>(
+    path: &Path,
+    lock: Option<&LockInfo>,
+    key: Option<&MasterKey>,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<Option<TensorCipher>>> {
+    match (lock, key) {
+        (None, _) => Ok(names.into_iter().map(|_| None).collect()),
+        (Some(info), Some(key)) => {
+            let first = TensorCipher::for_tensor(key, &info.salt, "");
+            Ok(names
+                .into_iter()
+                .map(|name| {
+                    info.is_locked(name)
+                        .then(|| first.with_nonce(&info.salt, name))
+                })
+                .collect())
+        }
+        (Some(_), None) => Err(Error::format(
+            path,
+            "the model is locked (it has deeplock metadata); pass the key it was locked with",
+        )),
+    }
+}
+
+/// A safetensors file opened for `arch`.
+pub(crate) struct ModelFile {
+    path: PathBuf,
+    file: File,
+    /// Where each of the plan's tensors lies in the file: (offset, bytes).
+    spans: Vec<(u64, u64)>,
+    /// The plan, from the header alone.
+    pub(crate) plan: Plan,
+    /// The cipher of each of the plan's tensors, `None` where it is not locked.
+    pub(crate) ciphers: Vec<Option<TensorCipher>>,
+}
+
+impl ModelFile {
+    /// Reads the header of the file at `path` and plans `arch` from it; a mismatch is
+    /// the file's (a format error naming it). `check` sees each tensor's name and dtype
+    /// first (the CPU refuses what it cannot decode).
+    pub(crate) fn open(
+        path: &Path,
+        arch: &Arch,
+        key: Option<&MasterKey>,
+        check: impl Fn(&str, Dtype) -> Result<()>,
+    ) -> Result<Self> {
+        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let header = Header::read(&mut file, path)?;
+        let lock = LockInfo::from_header(&header, path)?;
+        for name in arch.tensor_names() {
+            let entry = header.tensors.iter().find(|t| t.name == name).ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("no tensor {name:?}, which the architecture uses; list the file's tensors with `deeplock inspect {}`", path.display()),
+                )
+            })?;
+            // The boundary with the header's text: parsed once, a value from here on.
+            let dtype = Dtype::parse(&entry.dtype).ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("tensor {name:?} has an unknown dtype {:?}", entry.dtype),
+                )
+            })?;
+            check(name, dtype)?;
+        }
+        let plan = Plan::from_entries(arch, &header.tensors)
+            .map_err(|e| Error::format(path, e.to_string()))?;
+        let spans = plan
+            .tensors()
+            .iter()
+            .map(|t| {
+                let e = header
+                    .tensors
+                    .iter()
+                    .find(|e| e.name == t.name)
+                    .expect("planned from the header");
+                (header.data_start() + e.start, e.len())
+            })
+            .collect();
+        let ciphers = tensor_ciphers(
+            path,
+            lock.as_ref(),
+            key,
+            plan.tensors().iter().map(|t| t.name.as_str()),
+        )?;
+        Ok(ModelFile {
+            path: path.to_owned(),
+            file,
+            spans,
+            plan,
+            ciphers,
+        })
+    }
+
+    /// Reads the bytes of the plan's tensor `i` as stored (locked or not) into `out`,
+    /// which is [`crate::infer::PlannedTensor::bytes`] long.
+    pub(crate) fn read(&mut self, i: usize, out: &mut [u8]) -> Result<()> {
+        let (offset, len) = self.spans[i];
+        debug_assert_eq!(out.len() as u64, len);
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| self.file.read_exact(out))
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// The size of the plan's tensor `i` in memory, or an error naming the file if it
+    /// cannot exist on this machine.
+    pub(crate) fn len(&self, i: usize) -> Result<usize> {
+        usize::try_from(self.spans[i].1).map_err(|_| {
+            Error::format(
+                &self.path,
+                format!(
+                    "tensor {:?} is too large for this machine",
+                    self.plan.tensors()[i].name
+                ),
+            )
+        })
+    }
+}

@@ -1,0 +1,413 @@
+//! [`Plan`]: an architecture checked against the element types and shapes of its tensors,
+//! before any weight is read: every activation's shape, every tensor's size in bytes and
+//! every product's dimensions, worked out once. The CPU reference and the fast CPU path
+//! run a [`super::Model`] built from one; [`super::GpuModel`] sizes its buffers and
+//! dispatches from one, straight from a file's header, so that it never needs the
+//! weights on the host.
+
+use crate::dtype::Dtype;
+use crate::error::{Error, Result};
+use crate::infer::arch::{Arch, LayerSpec, Padding};
+
+/// The shape of an activation of one input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// Channels, height, width.
+    Image([usize; 3]),
+    /// A vector (after `flatten` or a dense layer).
+    Vector(usize),
+}
+
+impl Shape {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match *self {
+            Shape::Image([c, h, w]) => c * h * w,
+            Shape::Vector(n) => n,
+        }
+    }
+
+    /// Whether it holds no values (never, in a [`Plan`]).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Most values an activation may hold: the largest `Vec<f32>` that can exist, so that
+/// no shape arithmetic can overflow (every dimension and padding is at most this).
+pub const MAX_VALUES: usize = isize::MAX as usize / 4;
+
+/// The element types a plan takes weights of: those the GPU kernels decode.
+pub const DTYPES: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::BF16];
+
+/// What a plan knows of a tensor: no values, only what sizes follow from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedTensor {
+    /// Its name in the file.
+    pub name: String,
+    /// Its element type, one of [`DTYPES`].
+    pub dtype: Dtype,
+    /// Its shape.
+    pub shape: Vec<usize>,
+}
+
+impl PlannedTensor {
+    /// Number of elements.
+    pub fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Size in bytes, as stored.
+    pub fn bytes(&self) -> u64 {
+        self.elements() as u64 * self.dtype.size().expect("plan dtypes are whole bytes")
+    }
+}
+
+/// One step of a plan: a layer with its dimensions, and for conv and dense layers the
+/// indices of its weight and bias in [`Plan::tensors`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A stride-1 convolution.
+    Conv {
+        /// Index of the weight, `[out, in, kh, kw]`.
+        weight: usize,
+        /// Index of the bias, `[out]`.
+        bias: usize,
+        /// Input channels.
+        in_channels: usize,
+        /// Output channels.
+        out_channels: usize,
+        /// Kernel height and width.
+        kernel: [usize; 2],
+        /// Zeros added above and below, and left and right.
+        pad: [usize; 2],
+    },
+    /// Max over `size`x`size` windows, stride `size`.
+    MaxPool {
+        /// The window's side.
+        size: usize,
+    },
+    /// `max(x, 0)`.
+    Relu,
+    /// Image to vector, channel-major.
+    Flatten,
+    /// A dense layer.
+    Dense {
+        /// Index of the weight, `[outputs, inputs]`.
+        weight: usize,
+        /// Index of the bias, `[outputs]`.
+        bias: usize,
+        /// Inputs.
+        inputs: usize,
+        /// Outputs.
+        outputs: usize,
+    },
+}
+
+/// The dimensions of a conv or dense step as one matrix product per image,
+/// `Y [rows, n] = X [rows, k] · Wᵀ`: for a convolution, one row per output position
+/// (the implicit GEMM of [`crate::gpu::FusedMatmul::encode_conv`]), `k = in * kh * kw`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Product {
+    /// Rows per image: output positions, or 1 for a dense layer.
+    pub rows: usize,
+    /// Output features.
+    pub n: usize,
+    /// Input features.
+    pub k: usize,
+}
+
+/// An architecture checked against its tensors: the steps, the shape of every
+/// activation and what is known of every tensor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// In the order of [`Arch::tensor_names`].
+    tensors: Vec<PlannedTensor>,
+    steps: Vec<Step>,
+    /// `shapes[i]` is the input of `steps[i]`; the last is the output.
+    shapes: Vec<Shape>,
+}
+
+impl Plan {
+    /// Plans `arch` with its tensors described by `describe` (name to element type and
+    /// shape; `None`: no such tensor), checking every shape: tensors against the layers
+    /// (rank, size, element type one of [`DTYPES`]), and each layer's input against the
+    /// previous layer's output. Errors are [`Error::Invalid`], naming the layer.
+    pub fn new(
+        arch: &Arch,
+        describe: impl Fn(&str) -> Option<(Dtype, Vec<usize>)>,
+    ) -> Result<Self> {
+        let bad = |i: usize, what: String| Error::Invalid(format!("layer {i}: {what}"));
+        let mut tensors: Vec<PlannedTensor> = Vec::new();
+        let find = |tensors: &mut Vec<PlannedTensor>,
+                    i: usize,
+                    name: &str,
+                    rank: usize|
+         -> Result<usize> {
+            let at = match tensors.iter().position(|t| t.name == name) {
+                Some(at) => at,
+                None => {
+                    let (dtype, shape) = describe(name).ok_or_else(|| {
+                        bad(i, format!("no tensor {name:?} among the model's tensors; list them with `deeplock inspect MODEL`"))
+                    })?;
+                    if !DTYPES.contains(&dtype) {
+                        return Err(bad(
+                            i,
+                            format!("tensor {name:?} is {dtype}; inference runs F32, F16 and BF16 weights: convert the model to one of them"),
+                        ));
+                    }
+                    tensors.push(PlannedTensor {
+                        name: name.to_owned(),
+                        dtype,
+                        shape,
+                    });
+                    tensors.len() - 1
+                }
+            };
+            let shape = &tensors[at].shape;
+            if shape.len() != rank || !matches!(checked_len(shape), Some(1..)) {
+                return Err(bad(
+                    i,
+                    format!("tensor {name:?} has shape {shape:?}; this layer needs a non-empty {rank}-D tensor"),
+                ));
+            }
+            Ok(at)
+        };
+        if arch.input.contains(&0) || checked_len(&arch.input).is_none() {
+            return Err(Error::Invalid(format!(
+                "input shape {:?}: channels, height and width must be at least 1, and their product at most {MAX_VALUES}",
+                arch.input
+            )));
+        }
+        let mut shape = Shape::Image(arch.input);
+        let mut shapes = vec![shape];
+        let mut steps = Vec::with_capacity(arch.layers.len());
+        for (i, spec) in arch.layers.iter().enumerate() {
+            let image = |s: Shape, what: &str| match s {
+                Shape::Image(d) => Ok(d),
+                Shape::Vector(n) => Err(bad(
+                    i,
+                    format!("{what} takes an image [c, h, w], but its input is a vector of {n}"),
+                )),
+            };
+            let (step, next) = match spec {
+                LayerSpec::Conv(cs) => {
+                    let [ci, h, w] = image(shape, "conv")?;
+                    let weight = find(&mut tensors, i, &cs.weight, 4)?;
+                    let &[co, wci, kh, kw] = &tensors[weight].shape[..] else {
+                        unreachable!("rank checked")
+                    };
+                    if wci != ci {
+                        return Err(bad(
+                            i,
+                            format!(
+                                "conv weight {:?} takes {wci} input channels, its input has {ci}",
+                                cs.weight
+                            ),
+                        ));
+                    }
+                    let pad = match cs.padding {
+                        Padding::Valid => [0, 0],
+                        Padding::Same if kh % 2 == 1 && kw % 2 == 1 => [(kh - 1) / 2, (kw - 1) / 2],
+                        Padding::Same => {
+                            return Err(bad(
+                                i,
+                                format!(
+                                    "\"same\" padding needs an odd kernel, {:?} is {kh}x{kw}",
+                                    cs.weight
+                                ),
+                            ))
+                        }
+                    };
+                    let (oh, ow) = (
+                        (h + 2 * pad[0]).checked_sub(kh - 1),
+                        (w + 2 * pad[1]).checked_sub(kw - 1),
+                    );
+                    let (Some(oh @ 1..), Some(ow @ 1..)) = (oh, ow) else {
+                        return Err(bad(
+                            i,
+                            format!(
+                                "a {kh}x{kw} kernel does not fit a {h}x{w} input with {:?} padding",
+                                cs.padding
+                            ),
+                        ));
+                    };
+                    let bias = find(&mut tensors, i, &cs.bias, 1)?;
+                    check_bias(i, &tensors[bias], co)?;
+                    let step = Step::Conv {
+                        weight,
+                        bias,
+                        in_channels: ci,
+                        out_channels: co,
+                        kernel: [kh, kw],
+                        pad,
+                    };
+                    (step, Shape::Image([co, oh, ow]))
+                }
+                &LayerSpec::MaxPool(size) => {
+                    let [c, h, w] = image(shape, "maxpool")?;
+                    if size == 0 || h / size == 0 || w / size == 0 {
+                        return Err(bad(
+                            i,
+                            format!("a {size}x{size} max-pool does not fit a {h}x{w} input"),
+                        ));
+                    }
+                    (
+                        Step::MaxPool { size },
+                        Shape::Image([c, h / size, w / size]),
+                    )
+                }
+                LayerSpec::Relu => (Step::Relu, shape),
+                LayerSpec::Flatten => (Step::Flatten, Shape::Vector(shape.len())),
+                LayerSpec::Dense(ds) => {
+                    let Shape::Vector(n) = shape else {
+                        return Err(bad(
+                            i,
+                            format!("dense takes a vector, but its input is an image {shape:?}; add \"flatten\" before it"),
+                        ));
+                    };
+                    let weight = find(&mut tensors, i, &ds.weight, 2)?;
+                    let (outputs, inputs) = (tensors[weight].shape[0], tensors[weight].shape[1]);
+                    if inputs != n {
+                        return Err(bad(
+                            i,
+                            format!(
+                                "dense weight {:?} takes {inputs} inputs, its input has {n}",
+                                ds.weight
+                            ),
+                        ));
+                    }
+                    let bias = find(&mut tensors, i, &ds.bias, 1)?;
+                    check_bias(i, &tensors[bias], outputs)?;
+                    let step = Step::Dense {
+                        weight,
+                        bias,
+                        inputs,
+                        outputs,
+                    };
+                    (step, Shape::Vector(outputs))
+                }
+            };
+            if let Shape::Image(d) = next {
+                if checked_len(&d).is_none() {
+                    return Err(bad(
+                        i,
+                        format!("its output {d:?} has more than {MAX_VALUES} values"),
+                    ));
+                }
+            }
+            steps.push(step);
+            shape = next;
+            shapes.push(shape);
+        }
+        Ok(Plan {
+            tensors,
+            steps,
+            shapes,
+        })
+    }
+
+    /// Plans `arch` with the tensors of a safetensors header (`entries`, by name).
+    pub fn from_entries(arch: &Arch, entries: &[crate::header::TensorEntry]) -> Result<Self> {
+        // The boundary with the header's text: each dtype parsed once.
+        let mut parsed = Vec::with_capacity(entries.len());
+        for e in entries {
+            let dtype = Dtype::parse(&e.dtype).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "tensor {:?} has an unknown dtype {:?}",
+                    e.name, e.dtype
+                ))
+            })?;
+            parsed.push((e, dtype));
+        }
+        Self::new(arch, |name| {
+            let (e, dtype) = parsed.iter().find(|(e, _)| e.name == name)?;
+            Some((*dtype, e.shape.clone()))
+        })
+    }
+
+    /// The tensors the steps use, each once, in the order of [`Arch::tensor_names`].
+    pub fn tensors(&self) -> &[PlannedTensor] {
+        &self.tensors
+    }
+
+    /// The steps, one per layer of the architecture.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// The shape of each step's input, then of the output: one more than the steps.
+    pub fn shapes(&self) -> &[Shape] {
+        &self.shapes
+    }
+
+    /// The shape of one input, `[channels, height, width]`.
+    pub fn input(&self) -> [usize; 3] {
+        match self.shapes[0] {
+            Shape::Image(d) => d,
+            Shape::Vector(_) => unreachable!("a plan's input is an image"),
+        }
+    }
+
+    /// Number of outputs (logits) per input.
+    pub fn outputs(&self) -> usize {
+        self.shapes[self.shapes.len() - 1].len()
+    }
+
+    /// Values each step writes per image: the length of its output.
+    pub fn elements(&self, step: usize) -> usize {
+        self.shapes[step + 1].len()
+    }
+
+    /// Step `step` as a matrix product, if it is a conv or dense layer.
+    pub fn product(&self, step: usize) -> Option<Product> {
+        match self.steps[step] {
+            Step::Conv {
+                out_channels,
+                in_channels,
+                kernel: [kh, kw],
+                ..
+            } => {
+                let Shape::Image([_, oh, ow]) = self.shapes[step + 1] else {
+                    unreachable!("a conv outputs an image")
+                };
+                Some(Product {
+                    rows: oh * ow,
+                    n: out_channels,
+                    k: in_channels * kh * kw,
+                })
+            }
+            Step::Dense {
+                inputs, outputs, ..
+            } => Some(Product {
+                rows: 1,
+                n: outputs,
+                k: inputs,
+            }),
+            Step::MaxPool { .. } | Step::Relu | Step::Flatten => None,
+        }
+    }
+
+    /// Bytes of the weights, all tensors together, as stored.
+    pub fn weight_bytes(&self) -> u64 {
+        self.tensors.iter().map(PlannedTensor::bytes).sum()
+    }
+}
+
+/// The product of `dims`, if it is at most [`MAX_VALUES`].
+pub(crate) fn checked_len(dims: &[usize]) -> Option<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_VALUES)
+}
+
+/// Checks that a bias tensor has one value per output channel or unit.
+fn check_bias(layer: usize, t: &PlannedTensor, outputs: usize) -> Result<()> {
+    if t.shape[0] != outputs {
+        return Err(Error::Invalid(format!(
+            "layer {layer}: bias {:?} has {} values for {outputs} outputs",
+            t.name, t.shape[0]
+        )));
+    }
+    Ok(())
+}
