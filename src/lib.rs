@@ -12,17 +12,18 @@
 //! Each layer uses only the ones below it (tests/layers.rs keeps it so):
 //!
 //! ```text
-//!  front ends    infer (CPU reference, fast CPU, GpuModel)   bench   zoo   mnist
+//!  front ends    infer (CPU reference, fast CPU, GpuModel)   mnist   zoo   bench
 //!                                    |
 //!  operations    files: lock, unlock, verify, inspect of files and checkpoint directories
 //!                                    |
-//!  containers    header (safetensors, validated once)   lock_info (the lock record)   output
+//!  containers    format (the Container trait; safetensors)   header   lock_info   output
 //!                                    |
 //!  stream        engine: the Engine protocol, chunk packing, CpuEngine, GpuEngine
 //!                                    |
 //!  backends      cpu (AES-NI / VAES, all cores)          gpu (WGSL kernels, fused matmul)
 //!                                    |
-//!  the scheme    key, scheme (salt, nonce, cipher), sbox, key_schedule, reference, hex, error
+//!  the scheme    key, scheme (salt, nonce, cipher), sbox, key_schedule, reference, dtype,
+//!                hex, error
 //! ```
 //!
 //! The pieces:
