@@ -203,7 +203,7 @@ pub struct Record {
     /// Unlock throughput, as `lock_gbps`.
     pub unlock_gbps: f64,
     /// Lock throughput by wall clock, transfers included (GPU: upload, lock, read back;
-    /// CPU: as `lock_gbps`).
+    /// CPU: as `lock_gbps`, which has no transfers; the table shows `-`).
     pub lock_wall_gbps: f64,
     /// Unlock throughput by wall clock, as `lock_wall_gbps`.
     pub unlock_wall_gbps: f64,
@@ -264,6 +264,9 @@ pub fn table(records: &[Record]) -> String {
         "lock 1t"
     );
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    // +io is the wall clock with host-device transfers: the CPU has none, and its
+    // figure would only repeat lock's.
+    let gpu_only = |r: &Record, v: f64| opt((r.device == "gpu").then_some(v));
     grouped_table(
         records,
         |r| {
@@ -275,19 +278,19 @@ pub fn table(records: &[Record]) -> String {
         &header,
         |r| {
             format!(
-                "  {:>12} {:>12} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>6.2} {:>9} {:>9}",
+                "  {:>12} {:>12} {:>9.2} {:>9.2} {:>9} {:>9} {:>9.2} {:>6.2} {:>9} {:>9}",
                 r.size_label,
                 r.size_bytes,
                 r.lock_gbps,
                 r.unlock_gbps,
-                r.lock_wall_gbps,
-                r.unlock_wall_gbps,
+                gpu_only(r, r.lock_wall_gbps),
+                gpu_only(r, r.unlock_wall_gbps),
                 r.copy_gbps,
                 r.lock_over_copy,
                 opt(r.aes_ctr_gbps),
                 opt(r.lock_1t_gbps)
             )
         },
-        "\n  GB/s (10^9 bytes/s), median of the timed runs; lock/unlock = compute only (GPU: kernel by timestamp queries), +io = wall clock with transfers, copy = memcpy (CPU) or copy kernel (GPU)\n",
+        "\n  GB/s (10^9 bytes/s), median of the timed runs; lock/unlock = compute only (GPU: kernel by timestamp queries), +io = wall clock with host-device transfers (GPU only), copy = memcpy (CPU) or copy kernel (GPU)\n",
     )
 }

@@ -15,20 +15,33 @@ const COLOURS: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
 ];
 
-/// The series of `records`: (name, points of (bytes, GB/s)).
+/// The series of `records`: (name, points of (bytes, GB/s)). Each adapter is its own
+/// series (wgpu can offer the same GPU through Vulkan and GL), named by adapter and
+/// backend.
 fn series(records: &[Record]) -> Vec<(String, Vec<(f64, f64)>)> {
     let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for r in records {
-        let paths: [(&str, Option<f64>); 5] = [
+        let gpu = r.device == "gpu";
+        let paths: [(&str, Option<f64>); 6] = [
             ("lock", Some(r.lock_gbps)),
             ("unlock", Some(r.unlock_gbps)),
-            ("lock+io", (r.device == "gpu").then_some(r.lock_wall_gbps)),
+            ("lock+io", gpu.then_some(r.lock_wall_gbps)),
+            ("unlock+io", gpu.then_some(r.unlock_wall_gbps)),
             ("copy", Some(r.copy_gbps)),
             ("aes-ctr 1 core", r.aes_ctr_gbps),
         ];
+        let device = if gpu {
+            let name: String = r.adapter.chars().take(22).collect();
+            format!("gpu {name} ({})", r.backend)
+        } else {
+            "cpu".to_string()
+        };
         for (path, v) in paths {
-            let Some(v) = v else { continue };
-            let name = format!("{} {path}", r.device);
+            // A log axis has no place for zero (a run too short to time).
+            let Some(v) = v.filter(|v| *v > 0.0) else {
+                continue;
+            };
+            let name = format!("{device} {path}");
             let point = (r.size_bytes as f64, v);
             match out.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, pts)) => pts.push(point),
@@ -39,7 +52,9 @@ fn series(records: &[Record]) -> Vec<(String, Vec<(f64, f64)>)> {
     out
 }
 
-/// Draws `records` as an SVG line chart (log-scale size, linear GB/s).
+/// Draws `records` as an SVG line chart, both axes on log scales: a software adapter
+/// runs a thousand times slower than the CPU, and on a linear axis it would sit on zero.
+/// A series of one size is a labelled dot.
 pub fn plot(records: &[Record], title: &str) -> String {
     let series = series(records);
     let xs: Vec<f64> = series
@@ -54,14 +69,20 @@ pub fn plot(records: &[Record], title: &str) -> String {
     } else {
         (x0, x1)
     };
-    let ymax = series
+    let (lo, hi) = series
         .iter()
         .flat_map(|(_, p)| p.iter().map(|q| q.1))
-        .fold(0.0, f64::max)
-        .max(1e-3)
-        * 1.1;
+        .fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
+    let (y0, y1) = if lo > hi {
+        (0.0, 1.0)
+    } else {
+        (
+            lo.log10().floor(),
+            hi.log10().ceil().max(lo.log10().floor() + 1.0),
+        )
+    };
     let px = |x: f64| LEFT + (x.log2() - x0) / (x1 - x0) * (W - LEFT - RIGHT);
-    let py = |y: f64| H - BOTTOM - y / ymax * (H - TOP - BOTTOM);
+    let py = |y: f64| H - BOTTOM - (y.log10() - y0) / (y1 - y0) * (H - TOP - BOTTOM);
     let mut s = String::new();
     let _ = write!(
         s,
@@ -74,18 +95,23 @@ pub fn plot(records: &[Record], title: &str) -> String {
         b = H - BOTTOM,
         r = W - RIGHT
     );
-    for i in 0..=4 {
-        let y = ymax * i as f64 / 4.0;
+    for k in y0 as i32..=y1 as i32 {
+        let y = 10f64.powi(k);
         let _ = write!(
             s,
-            r#"<text x="{}" y="{}" text-anchor="end">{y:.1}</text>"#,
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
             LEFT - 6.0,
-            py(y) + 4.0
+            py(y) + 4.0,
+            if k < 0 {
+                format!("{y:.*}", (-k) as usize)
+            } else {
+                format!("{y:.0}")
+            }
         );
     }
     let _ = write!(
         s,
-        r#"<text x="14" y="{}" transform="rotate(-90 14 {0})">GB/s</text>"#,
+        r#"<text x="14" y="{}" transform="rotate(-90 14 {0})">GB/s (log scale)</text>"#,
         (TOP + H - BOTTOM) / 2.0
     );
     let mut sizes: Vec<f64> = series
@@ -126,6 +152,14 @@ pub fn plot(records: &[Record], title: &str) -> String {
             let (x, y) = p.split_once(',').expect("x,y");
             let _ = write!(s, r#"<circle cx="{x}" cy="{y}" r="3" fill="{c}"/>"#);
         }
+        if let [(x, y)] = pts[..] {
+            let _ = write!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" fill="{c}">{y:.3}</text>"#,
+                px(x) + 6.0,
+                py(y) + 4.0
+            );
+        }
         let ly = TOP + 10.0 + 18.0 * i as f64;
         let _ = write!(
             s,
@@ -145,4 +179,91 @@ fn escape(t: &str) -> String {
     t.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Record, Seconds};
+    use super::*;
+
+    fn record(device: &str, adapter: &str, backend: &str, size: usize, gbps: f64) -> Record {
+        let secs = size as f64 / gbps / 1e9;
+        Record {
+            device: device.into(),
+            adapter: adapter.into(),
+            vendor: 0,
+            backend: backend.into(),
+            device_type: "Cpu".into(),
+            driver: String::new(),
+            size_label: "w".into(),
+            size_bytes: size,
+            lock_gbps: gbps,
+            unlock_gbps: gbps,
+            lock_wall_gbps: gbps / 2.0,
+            unlock_wall_gbps: gbps / 3.0,
+            copy_gbps: gbps * 2.0,
+            lock_over_copy: 2.0,
+            aes_ctr_gbps: None,
+            lock_1t_gbps: None,
+            unlock_1t_gbps: None,
+            table_copies: None,
+            seconds: Seconds {
+                lock: secs,
+                unlock: secs,
+                lock_wall: secs,
+                unlock_wall: secs,
+                copy: secs,
+                aes_ctr: None,
+                lock_1t: None,
+                unlock_1t: None,
+            },
+            runs: 1,
+        }
+    }
+
+    #[test]
+    fn adapters_are_series_of_their_own_with_gpu_transfers_and_a_log_axis() {
+        let records = [
+            record("cpu", "EPYC", "vaes-avx2", 1 << 20, 15.0),
+            record("gpu", "llvmpipe", "Vulkan", 1 << 20, 0.01),
+            record("gpu", "llvmpipe", "Gl", 1 << 20, 0.02),
+        ];
+        let names: Vec<String> = series(&records).into_iter().map(|(n, _)| n).collect();
+        for want in [
+            "cpu lock",
+            "gpu llvmpipe (Vulkan) lock",
+            "gpu llvmpipe (Gl) lock",
+            "gpu llvmpipe (Vulkan) unlock+io",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+        }
+        assert!(!names.iter().any(|n| n == "cpu lock+io"), "{names:?}");
+        let svg = plot(&records, "t");
+        // A software adapter's 0.01 GB/s is well above the axis, not on it: ticks at
+        // every power of ten from 0.001 to 100.
+        assert!(svg.contains(">0.001<") && svg.contains(">100<"), "{svg}");
+        assert!(
+            svg.contains(">0.010<"),
+            "one size: each dot labelled with its value"
+        );
+        for dot in svg.split("<circle").skip(1) {
+            let cy = dot
+                .split("cy=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            let cy: f64 = cy.parse().unwrap();
+            assert!(cy < H - BOTTOM - 20.0, "a dot sits on the axis: {dot}");
+        }
+    }
+
+    #[test]
+    fn the_cpu_table_has_no_transfer_columns() {
+        let t = super::super::table(&[record("cpu", "EPYC", "vaes-avx2", 4096, 15.0)]);
+        let row = t.lines().find(|l| l.contains("4096")).unwrap();
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&cols[3..6], ["15.00", "-", "-"], "{row}");
+    }
 }
