@@ -237,14 +237,10 @@ fn plan_unlock(path: &Path, key: &MasterKey) -> Result<FilePlan> {
             path: path.to_path_buf(),
         });
     }
-    let first = TensorCipher::for_tensor(key, &info.salt, "");
-    let ciphers = input
-        .tensors()
-        .iter()
-        .map(|t| {
-            info.is_locked(&t.name)
-                .then(|| Arc::new(first.with_nonce(&info.salt, &t.name)))
-        })
+    let ciphers = info
+        .ciphers(key, input.tensors().iter().map(|t| t.name.as_str()))
+        .into_iter()
+        .map(|c| c.map(Arc::new))
         .collect();
     let layout = input.layout(None)?;
     Ok(FilePlan {

@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::header::Header;
 use crate::key::MasterKey;
-use crate::scheme::{Salt, SCHEME, VERSION};
+use crate::scheme::{Salt, TensorCipher, SCHEME, VERSION};
 
 const K_VERSION: &str = "deeplock.version";
 const K_SCHEME: &str = "deeplock.scheme";
@@ -93,6 +93,23 @@ impl LockInfo {
             }
         }
         Ok(Some(LockInfo { salt, kcv, locked }))
+    }
+
+    /// The cipher of each of the tensors `names` under `key`: `Some` for those this
+    /// record lists as locked, `None` for the others; one expanded key for them all.
+    pub fn ciphers<'a>(
+        &self,
+        key: &MasterKey,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<Option<TensorCipher>> {
+        let first = TensorCipher::for_tensor(key, &self.salt, "");
+        names
+            .into_iter()
+            .map(|name| {
+                self.is_locked(name)
+                    .then(|| first.with_nonce(&self.salt, name))
+            })
+            .collect()
     }
 
     /// Whether tensor `name` is locked (a binary search of the sorted names).

@@ -29,16 +29,7 @@ pub(crate) fn tensor_ciphers<'a>(
 ) -> Result<Vec<Option<TensorCipher>>> {
     match (lock, key) {
         (None, _) => Ok(names.into_iter().map(|_| None).collect()),
-        (Some(info), Some(key)) => {
-            let first = TensorCipher::for_tensor(key, &info.salt, "");
-            Ok(names
-                .into_iter()
-                .map(|name| {
-                    info.is_locked(name)
-                        .then(|| first.with_nonce(&info.salt, name))
-                })
-                .collect())
-        }
+        (Some(info), Some(key)) => Ok(info.ciphers(key, names)),
         (Some(_), None) => Err(Error::format(
             path,
             "the model is locked (it has deeplock metadata); pass the key it was locked with",
