@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Every real-GPU measurement and check of deeplock in one go, for a GPU machine that has
-# no Rust toolchain (such as the `device` tool's H100/H200 machines, see DEVELOPERS notes
-# in BENCHMARKS.md "Real GPU").
+# no Rust toolchain (DEVELOPERS.md "Measuring on a real GPU"; BENCHMARKS.md "Real GPU").
 #
 #   scripts/gpu_report.sh prepare DIR    here: release binaries (stripped, gzipped), the
 #                                        GPU test executables and Fashion-MNIST's test split
