@@ -605,6 +605,28 @@ fn error_messages_escape_file_names() {
 }
 
 #[test]
+fn without_a_gpu_the_cli_says_how_to_run_on_the_cpu() {
+    let s = Scratch::new();
+    let o = Command::new(bin())
+        .args([
+            "lock",
+            "model.safetensors",
+            "-o",
+            "o.safetensors",
+            "--key-file",
+            "key",
+        ])
+        .args(["--device", "gpu"])
+        // A backend this platform does not have: no adapter at all.
+        .env("WGPU_BACKEND", if cfg!(windows) { "metal" } else { "dx12" })
+        .current_dir(s.dir.path())
+        .output()
+        .unwrap();
+    refused(&o, "GPU: ");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("; pass --device cpu"));
+}
+
+#[test]
 fn standard_output_is_not_an_output() {
     let s = Scratch::new();
     refused(

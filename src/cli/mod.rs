@@ -226,6 +226,14 @@ fn transform(t: Transform, verbose: bool) -> CliResult<i32> {
     Ok(0)
 }
 
+/// What the command line adds to a library error: the flag that gets around it.
+fn hint(e: &out::CliError) -> &'static str {
+    match e {
+        out::CliError::Lib(deeplock::Error::Gpu(_)) => "; pass --device cpu to run on the CPU",
+        _ => "",
+    }
+}
+
 /// Runs the command line; returns the process exit code: 0 on success and when the
 /// reader of standard output closed it early (`deeplock inspect FILE | head`), 1 on any
 /// error, after one line on standard error.
@@ -238,8 +246,9 @@ pub fn main() -> i32 {
             // Paths and names in the message come from the file system: escaped, so a
             // file name cannot forge lines or drive the terminal.
             out::warn(format_args!(
-                "deeplock: error: {}",
-                report::shown(&e.to_string())
+                "deeplock: error: {}{}",
+                report::shown(&e.to_string()),
+                hint(&e)
             ));
             1
         }
