@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use crate::dtype::Dtype;
 use crate::engine::{Chunk, ChunkPacker, Engine};
 use crate::error::{Error, Result};
 use crate::format::{self, Container, Layout, Piece};
@@ -183,7 +184,7 @@ struct FilePlan {
 
 /// The dtype lock leaves in the clear: PyTorch and NumPy read any byte but 0 and 1 of
 /// a boolean as undefined, so locked booleans would not load as booleans at all.
-const CLEAR_DTYPE: &str = "BOOL";
+const CLEAR_DTYPE: Dtype = Dtype::BOOL;
 
 fn plan_lock(path: &Path, key: &MasterKey, only: Option<&GlobSet>) -> Result<FilePlan> {
     let input = open_container(path)?;
@@ -656,7 +657,7 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let entry = |name: &str, len: u64| TensorEntry {
             name: name.into(),
-            dtype: "U8".into(),
+            dtype: Dtype::U8,
             shape: vec![len as usize],
             start: 0,
             end: len,

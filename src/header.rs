@@ -15,6 +15,7 @@ use safetensors::tensor::{Metadata, TensorInfo};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 
 /// Largest header accepted, in bytes (the `safetensors` crate's own limit).
@@ -28,8 +29,8 @@ pub const METADATA_KEY: &str = "__metadata__";
 pub struct TensorEntry {
     /// The tensor's name.
     pub name: String,
-    /// The dtype as written in the header (`F32`, `BF16`, ...).
-    pub dtype: String,
+    /// The dtype (`F32`, `BF16`, ...), parsed once here.
+    pub dtype: Dtype,
     /// The shape.
     pub shape: Vec<usize>,
     /// Start of its bytes, relative to the data section.
@@ -151,9 +152,16 @@ impl Header {
             };
             Metadata::new(None, vec![(String::new(), alone)])
                 .map_err(|e| invalid(&format_args!("tensor {name:?}: {e}")))?;
+            // The safetensors crate accepted it above, so it is one Dtype knows.
+            let dtype = Dtype::parse(&entry.dtype).ok_or_else(|| {
+                invalid(&format_args!(
+                    "tensor {name:?} has an unknown dtype {:?}",
+                    entry.dtype
+                ))
+            })?;
             tensors.push(TensorEntry {
                 name: name.clone(),
-                dtype: entry.dtype,
+                dtype,
                 shape: entry.shape,
                 start,
                 end,

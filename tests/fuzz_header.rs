@@ -409,7 +409,7 @@ fn lock_round_trip(g: &GenFile) -> Result<(), TestCaseError> {
     for t in &f.tensors {
         prop_assert_eq!(
             f.is_locked(&t.name),
-            t.dtype != "BOOL",
+            t.dtype != deeplock::Dtype::BOOL,
             "tensor {:?} ({}) listed wrongly",
             t.name,
             t.dtype

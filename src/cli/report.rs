@@ -160,7 +160,7 @@ pub fn inspection_json(found: &[Inspection]) -> String {
                 "metadata": f.user_metadata.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
                 "tensors": f.tensors.iter().map(|t| serde_json::json!({
                     "name": t.name,
-                    "dtype": t.dtype,
+                    "dtype": t.dtype.name(),
                     "shape": t.shape,
                     "bytes": t.len(),
                     "data_offsets": [t.start, t.end],

@@ -69,14 +69,7 @@ impl ModelFile {
                     format!("no tensor {name:?}, which the architecture uses; list the file's tensors with `deeplock inspect {}`", path.display()),
                 )
             })?;
-            // The boundary with the header's text: parsed once, a value from here on.
-            let dtype = Dtype::parse(&entry.dtype).ok_or_else(|| {
-                Error::format(
-                    path,
-                    format!("tensor {name:?} has an unknown dtype {:?}", entry.dtype),
-                )
-            })?;
-            check(name, dtype)?;
+            check(name, entry.dtype)?;
         }
         let plan = Plan::from_entries(arch, &header.tensors)
             .map_err(|e| Error::format(path, e.to_string()))?;

@@ -309,20 +309,9 @@ impl Plan {
 
     /// Plans `arch` with the tensors of a safetensors header (`entries`, by name).
     pub fn from_entries(arch: &Arch, entries: &[crate::header::TensorEntry]) -> Result<Self> {
-        // The boundary with the header's text: each dtype parsed once.
-        let mut parsed = Vec::with_capacity(entries.len());
-        for e in entries {
-            let dtype = Dtype::parse(&e.dtype).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "tensor {:?} has an unknown dtype {:?}",
-                    e.name, e.dtype
-                ))
-            })?;
-            parsed.push((e, dtype));
-        }
         Self::new(arch, |name| {
-            let (e, dtype) = parsed.iter().find(|(e, _)| e.name == name)?;
-            Some((*dtype, e.shape.clone()))
+            let e = entries.iter().find(|e| e.name == name)?;
+            Some((e.dtype, e.shape.clone()))
         })
     }
 

@@ -354,7 +354,7 @@ fn entries(tensors: &[(&str, &[usize])], dtype: Dtype) -> Vec<crate::header::Ten
             start += len;
             crate::header::TensorEntry {
                 name: name.into(),
-                dtype: dtype.name().into(),
+                dtype,
                 shape: shape.to_vec(),
                 start: start - len,
                 end: start,
