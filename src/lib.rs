@@ -16,6 +16,9 @@
 //! - [`bench`]: the vendor-neutral benchmark behind `deeplock bench`.
 //! - [`infer`]: running a model, locked or not, on the CPU; [`mnist`]: its test data.
 
+/// Scheme v2: the tags of authenticated locking (MAC keys, chunk, tensor, header and
+/// checkpoint tags), defined in docs/SPEC.md.
+pub mod auth;
 pub mod bench;
 pub mod cpu;
 pub mod engine;
