@@ -23,8 +23,8 @@ use std::ops::Range;
 
 use aes::cipher::{BlockEncrypt, KeyInit};
 use aes::Aes128;
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::Aes128Gcm;
+use aes_gcm::aead::AeadInOut;
+use aes_gcm::{Aes128Gcm, KeyInit as _};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -90,7 +90,8 @@ impl Tag {
 }
 
 /// GMAC under one key: AES-128-GCM's tag with an empty plaintext and the message as
-/// additional data.
+/// additional data. `aes-gcm` zeroizes the whole state (AES round keys and the GHASH
+/// key H) on drop, with its `zeroize` feature, which Cargo.toml turns on.
 struct Gmac(Aes128Gcm);
 
 impl Gmac {
@@ -103,24 +104,9 @@ impl Gmac {
     fn tag(&self, nonce: [u8; 12], message: &[u8]) -> Tag {
         let t = self
             .0
-            .encrypt_in_place_detached(&nonce.into(), message, &mut [])
+            .encrypt_inout_detached(&nonce.into(), message, (&mut [][..]).into())
             .expect("GMAC messages stay under GCM's 2^36-byte limit");
         Tag(t.into())
-    }
-}
-
-impl Drop for Gmac {
-    /// `aes-gcm` 0.10 zeroizes its AES round keys but not its GHASH key H (polyval's
-    /// run-time-detected backend never drops its state): overwrite the whole state with
-    /// that of a public key, so that no derived secret outlives the key.
-    fn drop(&mut self) {
-        let public = Aes128Gcm::new(&[0u8; 16].into());
-        // SAFETY: `&mut self.0` is valid and aligned for writes of its type. The old
-        // value is overwritten without being dropped, which only skips its own
-        // zeroizing of the round keys, which this overwrite does for them too; the new
-        // value is dropped normally after this function.
-        unsafe { std::ptr::write_volatile(&mut self.0, public) };
-        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
     }
 }
 

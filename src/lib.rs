@@ -9,6 +9,7 @@
 //!
 //! The pieces:
 //! - [`MasterKey`], [`Salt`], [`Nonce`], [`TensorCipher`]: the scheme's values.
+//! - [`auth`]: scheme v2's tags (authenticated locking), the same transform plus GMAC.
 //! - [`mod@reference`]: the obviously-correct scalar path every fast path is checked against.
 //! - [`CpuLocker`]: the CPU fast path (AES-NI / VAES, all cores); [`gpu`]: the wgpu path.
 //! - [`files`]: whole safetensors files and checkpoint directories, streamed through an
