@@ -16,7 +16,8 @@
 //!                                    |
 //!  operations    files: lock, unlock, verify, inspect of files and checkpoint directories
 //!                                    |
-//!  containers    format (the Container trait; safetensors)   header   lock_info   output
+//!  containers    format (the Container trait; safetensors)   lock_info   auth (v2 tags)
+//!                header   output
 //!                                    |
 //!  stream        engine: the Engine protocol, chunk packing, CpuEngine, GpuEngine
 //!                                    |
@@ -28,6 +29,7 @@
 //!
 //! The pieces:
 //! - [`MasterKey`], [`Salt`], [`Nonce`], [`TensorCipher`]: the scheme's values.
+//! - [`auth`]: scheme v2's tags (authenticated locking), the same transform plus GMAC.
 //! - [`mod@reference`]: the obviously-correct scalar path every fast path is checked against.
 //! - [`CpuLocker`]: the CPU fast path (AES-NI / VAES, all cores); [`gpu`]: the wgpu path.
 //! - [`engine`]: what the file streamer hands chunks to, on the CPU or a GPU.
@@ -37,6 +39,9 @@
 //! - [`infer`]: running a model, locked or not, on the CPU or a GPU; [`mnist`]: its test
 //!   data; [`zoo`]: the models the demo, benchmarks and tests build.
 
+/// Scheme v2: the tags of authenticated locking (MAC keys, chunk, tensor, header and
+/// checkpoint tags), defined in docs/SPEC.md.
+pub mod auth;
 pub mod bench;
 pub mod cpu;
 pub mod dtype;

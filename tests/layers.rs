@@ -19,7 +19,6 @@ const ORDER: &[&str] = &[
     "key_schedule",
     "scheme",
     "reference",
-    "auth",
     "dtype",
     // Backends.
     "cpu",
@@ -28,6 +27,8 @@ const ORDER: &[&str] = &[
     "engine",
     // Containers and outputs.
     "header",
+    // Scheme v2's tags over a header's tensors (GMAC), for the lock record.
+    "auth",
     "lock_info",
     "output",
     "format",
