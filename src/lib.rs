@@ -54,12 +54,12 @@ pub mod header;
 pub mod hex;
 pub mod infer;
 pub mod key;
-pub mod key_schedule;
+mod key_schedule;
 pub mod lock_info;
 pub mod mnist;
 pub mod output;
 pub mod reference;
-pub mod sbox;
+mod sbox;
 pub mod scheme;
 pub mod zoo;
 

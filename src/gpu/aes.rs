@@ -33,7 +33,7 @@ fn xtime(b: u8) -> u8 {
 /// other three T-tables by rotating it (`Tr[x] = T0[x]` rotated left by 8r bits) and the
 /// S-box from its byte 1, so one 1 KiB table serves every round: small enough to be
 /// replicated once per memory bank (see [`table_copies`]). Then the inverse S-box, four
-/// entries per word. Built from [`crate::sbox`] so the GPU and the CPU share one
+/// entries per word. Built from the crate's S-box module so the GPU and the CPU share one
 /// definition of the S-box.
 pub fn table_words() -> [u32; TABLE_WORDS] {
     let mut t = [0u32; TABLE_WORDS];
