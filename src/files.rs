@@ -99,25 +99,7 @@ pub fn is_safetensors(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
 }
 
-/// Opens `path` for reading if it is a regular file (after following links), refusing
-/// FIFOs, devices and directories with a clear message without waiting on them.
-fn open(path: &Path) -> Result<File> {
-    let mut opts = fs::OpenOptions::new();
-    opts.read(true);
-    // A FIFO opened without O_NONBLOCK waits for a writer; this returns at once and
-    // changes nothing for a regular file.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.custom_flags(libc::O_NONBLOCK);
-    }
-    let file = opts.open(path).map_err(|e| Error::io(path, e))?;
-    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(walk::not_regular(path, &meta, None));
-    }
-    Ok(file)
-}
+use format::open_regular as open;
 
 /// Reads the header of the safetensors file at `path`.
 pub fn read_header(path: &Path) -> Result<Header> {
@@ -168,7 +150,7 @@ fn no_model(dir: &Path) -> Error {
 
 /// Opens the model file at `path` in its format.
 fn open_container(path: &Path) -> Result<Box<dyn Container>> {
-    format::open(&mut open(path)?, path)
+    Ok(format::open_path(path)?.1)
 }
 
 /// One model file's plan: its input, the output's layout, the lock record the output
@@ -386,7 +368,7 @@ fn run(
     let protected: Vec<PathBuf> = opts.key_file.iter().cloned().collect();
     let meta = fs::metadata(input).map_err(|e| Error::io(input, e))?;
     if !meta.is_dir() && !meta.is_file() {
-        return Err(walk::not_regular(input, &meta, None));
+        return Err(output::not_regular(input, &meta, None));
     }
     output::check(input, output, opts.force, &protected)?;
     // A locked model is made to be shipped: as readable as its input. Unlocked weights

@@ -75,6 +75,22 @@ pub fn kind(meta: &fs::Metadata) -> &'static str {
     }
 }
 
+/// The error for a path that is neither a regular file nor a directory.
+pub fn not_regular(path: &Path, meta: &fs::Metadata, inside: Option<&Path>) -> Error {
+    let what = kind(meta);
+    match inside {
+        Some(dir) => Error::Invalid(format!(
+            "{} is {what}, not a regular file; deeplock reads only regular files: move it out of {}",
+            path.display(),
+            dir.display()
+        )),
+        None => Error::Invalid(format!(
+            "{} is {what}, not a regular file; pass a .safetensors file or a checkpoint directory",
+            path.display()
+        )),
+    }
+}
+
 /// Checks that `output` may be written for `input` (a file, or a directory when
 /// `input` is one): not the input or inside it or above it, not one of `protected`
 /// (the key file) nor a directory holding one, not an existing path without `force`,
@@ -192,16 +208,21 @@ fn temp_prefix(path: &Path) -> String {
     )
 }
 
-/// Temporaries of this process that exist now, removed on a signal.
+/// Temporaries this process is writing, removed on a signal: each as the directory it
+/// is in and its name's prefix (which holds this process's id). Registered before the
+/// temporary is created, so that a signal between creating it and registering it cannot
+/// leave it behind; the random end of its name is not known until then.
 static TEMPORARIES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-/// A temporary's entry in [`TEMPORARIES`], taken out when dropped.
+/// A temporary's entry in [`TEMPORARIES`] (its directory joined with its prefix),
+/// taken out when dropped.
 struct Registered(PathBuf);
 
 impl Registered {
-    fn new(path: &Path) -> Self {
-        lock_temporaries().push(path.to_path_buf());
-        Registered(path.to_path_buf())
+    fn new(dir: &Path, prefix: &str) -> Self {
+        let entry = dir.join(prefix);
+        lock_temporaries().push(entry.clone());
+        Registered(entry)
     }
 }
 
@@ -260,9 +281,33 @@ pub fn remove_temporaries_on_signals() -> Result<()> {
 /// Removes every temporary this process is writing now (see
 /// [`remove_temporaries_on_signals`]).
 pub fn remove_temporaries() {
-    let list = lock_temporaries();
-    for p in list.iter() {
-        remove_temporary(p);
+    for entry in lock_temporaries().iter() {
+        remove_registered(entry);
+    }
+}
+
+/// Removes what the entry `dir/prefix` of [`TEMPORARIES`] names: every file or
+/// directory in `dir` whose name starts with `prefix`.
+fn remove_registered(entry: &Path) {
+    let (Some(dir), Some(prefix)) = (entry.parent(), entry.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(names) = fs::read_dir(dir) else {
+        return;
+    };
+    for name in names.flatten() {
+        if name
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(prefix.as_encoded_bytes())
+        {
+            remove_temporary(&name.path());
+        }
     }
 }
 
@@ -432,11 +477,12 @@ pub fn write_file<T>(
     write: impl FnOnce(&mut File) -> Result<T>,
 ) -> Result<T> {
     let dir = parent_dir(path);
+    let prefix = temp_prefix(path);
+    let _registered = Registered::new(dir, &prefix);
     let mut tmp = tempfile::Builder::new()
-        .prefix(&temp_prefix(path))
+        .prefix(&prefix)
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))?;
-    let _registered = Registered::new(tmp.path());
     let value = write(tmp.as_file_mut())?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     access.apply(tmp.path())?;
@@ -470,8 +516,8 @@ pub fn write_dir<T>(
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(fs::Permissions::from_mode(0o700));
     }
+    let _registered = Registered::new(dir, &prefix);
     let tmp = builder.tempdir_in(dir).map_err(|e| Error::io(dir, e))?;
-    let _registered = Registered::new(tmp.path());
     let value = fill(tmp.path())?;
     access.apply(tmp.path())?;
     let exists = fs::symlink_metadata(path).is_ok();
@@ -635,13 +681,19 @@ mod tests {
         let top = tempfile::tempdir().unwrap();
         let out = top.path().join("f");
         write_file(&out, false, &Access::Private, |_| {
-            let listed = lock_temporaries()
+            let mine: Vec<PathBuf> = lock_temporaries()
                 .iter()
-                .any(|p| p.parent() == Some(top.path()));
-            assert!(listed);
+                .filter(|p| p.parent() == Some(top.path()))
+                .cloned()
+                .collect();
+            assert_eq!(mine.len(), 1);
+            // What a signal does now (for this test's entry alone: other tests write
+            // temporaries in this process too): the temporary goes, the write fails.
+            remove_registered(&mine[0]);
+            assert_eq!(fs::read_dir(top.path()).unwrap().count(), 0);
             Ok(())
         })
-        .unwrap();
+        .unwrap_err();
         assert!(!lock_temporaries()
             .iter()
             .any(|p| p.parent() == Some(top.path())));

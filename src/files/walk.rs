@@ -101,7 +101,7 @@ pub fn list(dir: &Path, protected: &[PathBuf], exclude: Option<&GlobSet>) -> Res
                 continue;
             }
             if !meta.is_file() {
-                return Err(not_regular(&path, &meta, Some(dir)));
+                return Err(output::not_regular(&path, &meta, Some(dir)));
             }
             if protected.iter().any(|k| output::same_file(k, &path)) {
                 out.skipped.push((rel, Skip::Key));
@@ -117,20 +117,4 @@ pub fn list(dir: &Path, protected: &[PathBuf], exclude: Option<&GlobSet>) -> Res
     out.dirs.sort();
     out.skipped.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
-}
-
-/// The error for a path that is neither a regular file nor a directory.
-pub fn not_regular(path: &Path, meta: &fs::Metadata, inside: Option<&Path>) -> Error {
-    let what = output::kind(meta);
-    match inside {
-        Some(dir) => Error::Invalid(format!(
-            "{} is {what}, not a regular file; deeplock reads only regular files: move it out of {}",
-            path.display(),
-            dir.display()
-        )),
-        None => Error::Invalid(format!(
-            "{} is {what}, not a regular file; pass a .safetensors file or a checkpoint directory",
-            path.display()
-        )),
-    }
 }

@@ -16,7 +16,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::header::TensorEntry;
 use crate::lock_info::LockInfo;
 
@@ -75,6 +75,33 @@ impl Layout {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// Opens `path` for reading if it is a regular file (after following links), refusing
+/// FIFOs, devices and directories with a clear message without waiting on them.
+pub fn open_regular(path: &Path) -> Result<File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    // A FIFO opened without O_NONBLOCK waits for a writer; this returns at once and
+    // changes nothing for a regular file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = opts.open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(crate::output::not_regular(path, &meta, None));
+    }
+    Ok(file)
+}
+
+/// Opens the model file at `path` in its format: the file, and what it holds.
+pub fn open_path(path: &Path) -> Result<(File, Box<dyn Container>)> {
+    let mut file = open_regular(path)?;
+    let container = open(&mut file, path)?;
+    Ok((file, container))
 }
 
 /// Opens the model file at `path`, opened as `file` (a regular file), in its format.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::header::Header;
+use crate::format;
 use crate::infer::arch::Arch;
 use crate::infer::plan::Plan;
 use crate::key::MasterKey;
@@ -59,11 +59,12 @@ impl ModelFile {
         key: Option<&MasterKey>,
         check: impl Fn(&str, Dtype) -> Result<()>,
     ) -> Result<Self> {
-        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let header = Header::read(&mut file, path)?;
-        let lock = LockInfo::from_header(&header, path)?;
+        // Any container format: the plan needs only its tensors' entries and places.
+        let (file, container) = format::open_path(path)?;
+        let lock = container.lock_record()?;
+        let entries = container.tensors();
         for name in arch.tensor_names() {
-            let entry = header.tensors.iter().find(|t| t.name == name).ok_or_else(|| {
+            let entry = entries.iter().find(|t| t.name == name).ok_or_else(|| {
                 Error::format(
                     path,
                     format!("no tensor {name:?}, which the architecture uses; list the file's tensors with `deeplock inspect {}`", path.display()),
@@ -71,18 +72,18 @@ impl ModelFile {
             })?;
             check(name, entry.dtype)?;
         }
-        let plan = Plan::from_entries(arch, &header.tensors)
-            .map_err(|e| Error::format(path, e.to_string()))?;
+        let plan =
+            Plan::from_entries(arch, entries).map_err(|e| Error::format(path, e.to_string()))?;
         let spans = plan
             .tensors()
             .iter()
             .map(|t| {
-                let e = header
-                    .tensors
+                let i = entries
                     .iter()
-                    .find(|e| e.name == t.name)
+                    .position(|e| e.name == t.name)
                     .expect("planned from the header");
-                (header.data_start() + e.start, e.len())
+                let r = container.byte_range(i);
+                (r.start, r.end - r.start)
             })
             .collect();
         let ciphers = tensor_ciphers(
