@@ -36,6 +36,16 @@ impl Scratch {
         deeplock(self.dir.path(), args, None)
     }
 
+    /// `deeplock lock INPUT -o OUTPUT --key-file key`, which must succeed; its stderr.
+    fn lock(&self, input: &str, output: &str) -> String {
+        ok(&self.run(&["lock", input, "-o", output, "--key-file", "key"]))
+    }
+
+    /// `deeplock unlock INPUT -o OUTPUT --key-file key`, which must succeed; its stderr.
+    fn unlock(&self, input: &str, output: &str) -> String {
+        ok(&self.run(&["unlock", input, "-o", output, "--key-file", "key"]))
+    }
+
     fn run_in(&self, rel: &str, args: &[&str]) -> Output {
         deeplock(&self.path(rel), args, None)
     }
@@ -134,24 +144,10 @@ fn null_metadata_locks_into_a_file_that_unlocks() {
     file.extend_from_slice(json);
     file.extend_from_slice(&[1, 2, 3, 4]);
     fs::write(s.path("nm.safetensors"), &file).unwrap();
-    ok(&s.run(&[
-        "lock",
-        "nm.safetensors",
-        "-o",
-        "L.safetensors",
-        "--key-file",
-        "key",
-    ]));
+    s.lock("nm.safetensors", "L.safetensors");
     let o = s.run(&["inspect", "L.safetensors", "--json"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("\"locked\": true"));
-    ok(&s.run(&[
-        "unlock",
-        "L.safetensors",
-        "-o",
-        "U.safetensors",
-        "--key-file",
-        "key",
-    ]));
+    s.unlock("L.safetensors", "U.safetensors");
     let back = fs::read(s.path("U.safetensors")).unwrap();
     let n = u64::from_le_bytes(back[..8].try_into().unwrap()) as usize;
     assert_eq!(&back[8 + n..], &[1, 2, 3, 4]);
@@ -466,10 +462,10 @@ fn symlinks_inside_a_directory_are_followed() {
     fs::create_dir_all(s.path("snap")).unwrap();
     let model = small_model(&s.path("blobs/123"), 9);
     std::os::unix::fs::symlink("../blobs/123", s.path("snap/model.safetensors")).unwrap();
-    ok(&s.run(&["lock", "snap", "-o", "locked", "--key-file", "key"]));
+    s.lock("snap", "locked");
     let out = s.path("locked/model.safetensors");
     assert!(fs::symlink_metadata(&out).unwrap().is_file());
-    ok(&s.run(&["unlock", "locked", "-o", "back", "--key-file", "key"]));
+    s.unlock("locked", "back");
     assert_eq!(fs::read(s.path("back/model.safetensors")).unwrap(), model);
 }
 
@@ -530,25 +526,11 @@ fn bool_tensors_stay_valid_booleans() {
     file.extend_from_slice(&bytes[8 + n..]);
     file.extend_from_slice(&[0, 1, 1, 0, 0, 1]);
     fs::write(s.path("b.safetensors"), &file).unwrap();
-    let err = ok(&s.run(&[
-        "lock",
-        "b.safetensors",
-        "-o",
-        "L.safetensors",
-        "--key-file",
-        "key",
-    ]));
+    let err = s.lock("b.safetensors", "L.safetensors");
     assert!(err.contains("1 BOOL tensor(s) left in the clear"), "{err}");
     let locked = fs::read(s.path("L.safetensors")).unwrap();
     assert_eq!(&locked[locked.len() - 6..], &[0, 1, 1, 0, 0, 1]);
-    ok(&s.run(&[
-        "unlock",
-        "L.safetensors",
-        "-o",
-        "U.safetensors",
-        "--key-file",
-        "key",
-    ]));
+    s.unlock("L.safetensors", "U.safetensors");
     assert_eq!(fs::read(s.path("U.safetensors")).unwrap(), file);
 }
 
@@ -757,14 +739,7 @@ fn interrupted_runs_leave_no_temporaries() {
     interrupt(s.dir.path(), &unlock, libc::SIGKILL);
     let left = temporaries(s.dir.path());
     assert_eq!(left.len(), 1);
-    let err = ok(&s.run(&[
-        "lock",
-        "model.safetensors",
-        "-o",
-        "small.safetensors",
-        "--key-file",
-        "key",
-    ]));
+    let err = s.lock("model.safetensors", "small.safetensors");
     assert!(err.contains(&format!("removed {}", left[0])), "{err}");
     assert!(temporaries(s.dir.path()).is_empty());
 }
