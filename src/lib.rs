@@ -35,12 +35,10 @@
 //! - [`engine`]: what the file streamer hands chunks to, on the CPU or a GPU.
 //! - [`files`]: whole safetensors files and checkpoint directories, streamed through an
 //!   [`engine::Engine`], written through [`output`]'s safe outputs.
-//! - [`bench`]: the vendor-neutral benchmark behind `deeplock bench`.
+//! - [`mod@bench`]: the vendor-neutral benchmark behind `deeplock bench`.
 //! - [`infer`]: running a model, locked or not, on the CPU or a GPU; [`mnist`]: its test
 //!   data; [`zoo`]: the models the demo, benchmarks and tests build.
 
-/// Scheme v2: the tags of authenticated locking (MAC keys, chunk, tensor, header and
-/// checkpoint tags), defined in docs/SPEC.md.
 pub mod auth;
 pub mod bench;
 pub mod cpu;

@@ -141,7 +141,7 @@ pub struct FusedMatmul {
     /// keeps the buffer it bound alive; passes run in submission order, so one buffer
     /// serves them all.
     scratch: Mutex<wgpu::Buffer>,
-    /// Forced number of K ranges (tests, benchmarks); `None`: by [`TARGET_WORKGROUPS`].
+    /// Forced number of K ranges (tests, benchmarks); `None`: by `TARGET_WORKGROUPS`.
     k_splits: Option<u32>,
 }
 
@@ -181,7 +181,7 @@ impl FusedMatmul {
 
     /// Forces the GEMM to split K into `splits` ranges (at most one per TILE_K = 32
     /// slice of K; 1: never split), or with `None` goes back to the default: splitting
-    /// skinny products until about [`TARGET_WORKGROUPS`] workgroups run. For tests and
+    /// skinny products until about `TARGET_WORKGROUPS` workgroups run. For tests and
     /// benchmarks; results agree either way up to float rounding.
     pub fn set_k_splits(&mut self, splits: Option<u32>) -> Result<()> {
         if splits == Some(0) {

@@ -141,7 +141,7 @@ pub struct GpuTensor<'a> {
     pub locked: Option<TensorKey<'a>>,
 }
 
-/// A weight or bias operand in host memory, for [`FusedMatmul::run`].
+/// A weight or bias operand in host memory, for [`FusedMatmul::run`](super::FusedMatmul::run).
 #[derive(Clone, Copy, Debug)]
 pub struct HostTensor<'a> {
     /// The operand's bytes, little-endian elements.
@@ -170,7 +170,7 @@ pub struct Linear<'a> {
     pub kernel: Kernel,
 }
 
-/// The input of a stride-1 2-D convolution, for [`FusedMatmul::encode_conv`]: the
+/// The input of a stride-1 2-D convolution, for [`FusedMatmul::encode_conv`](super::FusedMatmul::encode_conv): the
 /// convolution is the product of the input's im2col matrix (one row per output position
 /// `(b, oy, ox)`, one column per `(channel, ky, kx)`) with the conv weight
 /// `[out, in, kh, kw]` read as the `Linear` matrix `[out, in * kh * kw]`, as PyTorch
@@ -210,7 +210,7 @@ impl ConvInput {
     }
 }
 
-/// What one [`FusedMatmul::encode`] recorded, for callers that audit GPU memory.
+/// What one [`FusedMatmul::encode`](super::FusedMatmul::encode) recorded, for callers that audit GPU memory.
 #[derive(Debug)]
 pub struct MatmulPass {
     pub(super) uniforms: wgpu::Buffer,
@@ -232,7 +232,7 @@ impl MatmulPass {
     }
 
     /// Batch rows one workgroup covered, each decoding W once: 1 or 8 for the GEMV, 64, 128
-    /// or 256 for the GEMM (see [`FusedMatmul::tile_rows`]).
+    /// or 256 for the GEMM (see [`FusedMatmul::tile_rows`](super::FusedMatmul::tile_rows)).
     pub fn tile_rows(&self) -> u32 {
         self.variant.tile_rows()
     }
@@ -243,7 +243,7 @@ impl MatmulPass {
     }
 
     /// The split-K scratch buffer the pass bound (shared by the passes of one
-    /// [`FusedMatmul`]; holds partial sums of products when K was split). `COPY_SRC`, for
+    /// [`FusedMatmul`](super::FusedMatmul); holds partial sums of products when K was split). `COPY_SRC`, for
     /// audits.
     pub fn scratch(&self) -> &wgpu::Buffer {
         &self.scratch
