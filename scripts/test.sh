@@ -57,4 +57,5 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
 cargo test --doc --locked
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 cargo bench --no-run --locked
