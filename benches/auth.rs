@@ -37,7 +37,7 @@ fn bench_size(c: &mut Criterion, label: &str, len: usize, samples: usize) {
     let desc = TensorDescriptor {
         index: 0,
         name: "w".into(),
-        dtype: "U8".into(),
+        dtype: deeplock::Dtype::U8,
         shape: vec![len as u64],
         len: len as u64,
         locked: true,

@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::header::TensorEntry;
 use crate::key::MasterKey;
@@ -230,8 +231,8 @@ pub struct TensorDescriptor {
     pub index: u32,
     /// The name, as in the header.
     pub name: String,
-    /// The dtype as written in the header (`F32`, `BF16`, ...).
-    pub dtype: String,
+    /// The dtype (`F32`, `BF16`, ...); its safetensors name is what is tagged.
+    pub dtype: Dtype,
     /// The shape.
     pub shape: Vec<u64>,
     /// The tensor's size in bytes; at most [`MAX_TENSOR_LEN`].
@@ -246,7 +247,7 @@ impl TensorDescriptor {
         TensorDescriptor {
             index,
             name: entry.name.clone(),
-            dtype: entry.dtype.name().to_string(),
+            dtype: entry.dtype,
             shape: entry.shape.iter().map(|&d| d as u64).collect(),
             len: entry.len(),
             locked,
@@ -435,7 +436,7 @@ pub fn tensor_encoding(desc: &TensorDescriptor, chunk_tags: &[Tag]) -> Vec<u8> {
     put_bytes(&mut out, TENSOR_LABEL.as_bytes());
     out.extend_from_slice(&desc.index.to_be_bytes());
     put_bytes(&mut out, desc.name.as_bytes());
-    put_bytes(&mut out, desc.dtype.as_bytes());
+    put_bytes(&mut out, desc.dtype.name().as_bytes());
     put_shape(&mut out, desc.shape.iter().copied());
     out.extend_from_slice(&desc.len.to_be_bytes());
     out.push(desc.locked as u8);
@@ -603,7 +604,7 @@ mod tests {
         TensorDescriptor {
             index: 3,
             name: "layers.0.w".into(),
-            dtype: "U8".into(),
+            dtype: Dtype::U8,
             shape: vec![len],
             len,
             locked: true,
@@ -790,7 +791,7 @@ mod tests {
         let edits: [fn(&mut TensorDescriptor); 7] = [
             |d| d.index += 1,
             |d| d.name.push('x'),
-            |d| d.dtype = "I8".into(),
+            |d| d.dtype = Dtype::I8,
             |d| d.shape = vec![1, d.len],
             |d| d.shape = vec![],
             |d| d.locked = false,
@@ -846,7 +847,7 @@ mod tests {
     fn entry(name: &str, dtype: &str, shape: &[usize], start: u64, end: u64) -> TensorEntry {
         TensorEntry {
             name: name.into(),
-            dtype: crate::Dtype::parse(dtype).expect("a safetensors dtype"),
+            dtype: Dtype::parse(dtype).expect("a safetensors dtype"),
             shape: shape.to_vec(),
             start,
             end,

@@ -113,7 +113,7 @@ fn v2_vectors_hold() {
                 let desc = TensorDescriptor {
                     index: r[0].parse().unwrap(),
                     name: r[1].clone(),
-                    dtype: r[2].clone(),
+                    dtype: deeplock::Dtype::parse(&r[2]).expect("a safetensors dtype"),
                     shape,
                     len,
                     locked: r[4] == "1",
