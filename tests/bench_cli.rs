@@ -111,7 +111,15 @@ fn gpu_bench_json_has_every_field_and_plots() {
         assert!(copies.is_power_of_two() && copies <= 32, "{copies}");
     }
     let plot = std::fs::read_to_string(&svg).unwrap();
-    assert!(plot.starts_with("<svg") && plot.contains("<polyline") && plot.contains("gpu lock"));
+    assert!(
+        plot.starts_with("<svg") && plot.contains("<polyline"),
+        "{plot}"
+    );
+    // A series per adapter and backend, named by them: `gpu ADAPTER (BACKEND) lock`.
+    assert!(
+        plot.contains(">gpu ") && plot.contains(") lock</text>"),
+        "{plot}"
+    );
 }
 
 #[test]
