@@ -299,15 +299,7 @@ fn inspect_escapes_terminal_controls_in_names_metadata_and_paths() {
 /// `keep` bytes.
 #[cfg(unix)]
 fn with_closed_stdout(dir: &Path, args: &[&str], keep: usize) -> std::process::Output {
-    let mut child = Command::new(bin())
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DEEPLOCK_KEY_FILE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(dir, args);
     let mut stdout = child.stdout.take().unwrap();
     let mut buf = vec![0u8; keep];
     stdout.read_exact(&mut buf).unwrap();

@@ -116,15 +116,7 @@ fn mkfifo(p: &Path) {
 
 /// Runs deeplock in `dir`, killing it (and failing) if it has not ended in 30 s.
 fn run_bounded(dir: &Path, args: &[&str]) -> Output {
-    let mut child = Command::new(bin())
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DEEPLOCK_KEY_FILE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(dir, args);
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {

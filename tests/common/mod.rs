@@ -77,6 +77,20 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_deeplock"))
 }
 
+/// Starts `deeplock args...` in `dir`: no inherited key env, standard input empty,
+/// standard output and error piped.
+pub fn spawn(dir: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("DEEPLOCK_KEY_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Runs `deeplock args...` in `dir` with `stdin` fed in, no inherited key env.
 pub fn deeplock(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new(bin());
