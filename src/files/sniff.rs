@@ -108,7 +108,7 @@ fn weights_by_magic(head: &[u8]) -> Option<&'static str> {
         (b"GGUF", 0, "GGUF weights"),
         (b"TFL3", 4, "a TensorFlow Lite model"),
         (b"\x93NUMPY", 0, "a NumPy array"),
-        (b"\x80", 0, "a Python pickle (PyTorch weights?)"),
+        (b"\x80", 0, "a Python pickle, maybe PyTorch weights"),
     ];
     magics.iter().find_map(|&(magic, at, what)| {
         let hit = head.get(at..at + magic.len()) == Some(magic);
