@@ -586,6 +586,12 @@ fn sharded_directory_is_locked_shard_by_shard() {
     );
     let o = f.run(&["verify", "ckpt-locked", "--key-file", "key"]);
     assert!(o.status.success());
+    // It says what it checked, and what v1 cannot.
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains("key check value") && said.contains("does not authenticate"),
+        "{said}"
+    );
 }
 
 #[test]

@@ -315,7 +315,11 @@ fn run(cli: Cli) -> CliResult<i32> {
         Command::Verify { file, key } => {
             let key = keyfile::load(&key.key_file)?;
             files::verify(&file, &key)?;
-            out::outln!("key matches {}", report::shown_path(&file));
+            // Say what was checked: v1 files carry a key check value, no data tags.
+            out::outln!(
+                "key matches {}: the key check value of every locked file agrees (scheme v1 does not authenticate the tensor data)",
+                report::shown_path(&file)
+            );
             Ok(0)
         }
         Command::Demo => demo::run(verbose).map(|()| 0),
