@@ -496,6 +496,7 @@ fn inspect_reports_lock_state_as_text_and_json() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let file = &v["files"][0];
     assert_eq!(file["locked"], true);
+    assert_eq!(file["authenticated"], false);
     assert_eq!(file["scheme"], "aes128-ctr-sbox");
     assert_eq!(file["salt"].as_str().unwrap().len(), 32);
     assert_eq!(file["kcv"], "6748fb819487ee8f");
@@ -512,7 +513,11 @@ fn inspect_reports_lock_state_as_text_and_json() {
     let o = f.run(&["inspect", "model.safetensors"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("locked: no"));
     let o = f.run(&["inspect", "locked.safetensors"]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("2 of 3 tensors locked"));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains("2 of 3 tensors locked; not authenticated"),
+        "{said}"
+    );
 }
 
 #[test]

@@ -105,7 +105,7 @@ pub fn print_inspection(out: &mut dyn Write, found: &[Inspection]) -> io::Result
         match &f.lock {
             Some(l) => writeln!(
                 out,
-                "  locked: yes (deeplock v{}, {}), salt {}, key check value {}, {} of {} tensors locked",
+                "  locked: yes (deeplock v{}, {}), salt {}, key check value {}, {} of {} tensors locked; not authenticated (v1 carries no tags)",
                 deeplock::scheme::VERSION,
                 deeplock::scheme::SCHEME,
                 l.salt.to_hex(),
@@ -153,6 +153,8 @@ pub fn inspection_json(found: &[Inspection]) -> String {
             serde_json::json!({
                 "path": f.path.display().to_string(),
                 "locked": f.lock.is_some(),
+                // Scheme v1, the only one this build writes, carries no tags.
+                "authenticated": false,
                 "version": f.lock.as_ref().map(|_| deeplock::scheme::VERSION),
                 "scheme": f.lock.as_ref().map(|_| deeplock::scheme::SCHEME),
                 "salt": f.lock.as_ref().map(|l| l.salt.to_hex()),
