@@ -687,46 +687,34 @@ fn interrupted_runs_leave_no_temporaries() {
     use std::os::unix::process::ExitStatusExt;
     let s = Scratch::new();
     big_model(&s.path("big.safetensors"));
+    // Each of the three signals, during a run of `args` writing `output`: the run ends
+    // by the signal, with neither the output nor a temporary left.
+    let each_signal = |args: &[&str], output: &str| {
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            let status = interrupt(s.dir.path(), args, signal);
+            assert_eq!(status.signal(), Some(signal), "{args:?}: {status:?}");
+            assert!(
+                temporaries(s.dir.path()).is_empty(),
+                "{args:?}, signal {signal}: {:?}",
+                temporaries(s.dir.path())
+            );
+            assert!(!s.path(output).exists());
+        }
+    };
+    let cpu = ["--key-file", "key", "--device", "cpu"];
     let lock = [
-        "lock",
-        "big.safetensors",
-        "-o",
-        "L.safetensors",
-        "--key-file",
-        "key",
-        "--device",
-        "cpu",
-    ];
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        let status = interrupt(s.dir.path(), &lock, signal);
-        assert_eq!(status.signal(), Some(signal), "{status:?}");
-        assert!(
-            temporaries(s.dir.path()).is_empty(),
-            "signal {signal}: {:?}",
-            temporaries(s.dir.path())
-        );
-        assert!(!s.path("L.safetensors").exists());
-    }
+        &["lock", "big.safetensors", "-o", "L.safetensors"][..],
+        &cpu,
+    ]
+    .concat();
+    each_signal(&lock, "L.safetensors");
     ok(&s.run(&lock));
     let unlock = [
-        "unlock",
-        "L.safetensors",
-        "-o",
-        "U.safetensors",
-        "--key-file",
-        "key",
-        "--device",
-        "cpu",
-    ];
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        let status = interrupt(s.dir.path(), &unlock, signal);
-        assert_eq!(status.signal(), Some(signal));
-        assert!(
-            temporaries(s.dir.path()).is_empty(),
-            "unlock, signal {signal}"
-        );
-        assert!(!s.path("U.safetensors").exists());
-    }
+        &["unlock", "L.safetensors", "-o", "U.safetensors"][..],
+        &cpu,
+    ]
+    .concat();
+    each_signal(&unlock, "U.safetensors");
     // Killed outright, it cannot clean up: the next run beside it does, and says so.
     interrupt(s.dir.path(), &unlock, libc::SIGKILL);
     let left = temporaries(s.dir.path());

@@ -1,6 +1,9 @@
 //! docs/SPEC.md is the scheme's definition: its known-answer vectors (produced by the
 //! independent Python implementation docs/kat.py) must hold for every path here.
 
+mod common;
+
+use common::hex_bytes as hex;
 use deeplock::{reference, CpuLocker, Direction, MasterKey, Salt, TensorCipher};
 
 fn spec_vectors() -> Vec<Vec<String>> {
@@ -20,13 +23,6 @@ fn spec_vectors() -> Vec<Vec<String>> {
                 l.split(" | ").map(str::to_owned).collect()
             }
         })
-        .collect()
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
 }
 

@@ -2,6 +2,9 @@
 //! known-answer vectors (produced by the independent Python implementation docs/kat.py,
 //! `python3 docs/kat.py v2`) must hold for `deeplock::auth`.
 
+mod common;
+
+use common::hex_bytes as hex;
 use std::collections::BTreeMap;
 
 use aes::cipher::{BlockEncrypt, KeyInit};
@@ -34,13 +37,6 @@ fn rows() -> Vec<(String, Vec<String>)> {
                     )
                 })
         })
-        .collect()
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
 }
 

@@ -159,3 +159,11 @@ pub fn fashion_test_set(test: &str) -> Option<deeplock::mnist::Dataset> {
     }
     Some(Dataset::fashion_mnist(Split::Test).unwrap())
 }
+
+/// The bytes a hex string (from a known-answer block) spells.
+pub fn hex_bytes(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
