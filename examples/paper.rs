@@ -115,7 +115,7 @@ fn run(args: Args) -> deeplock::Result<()> {
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
         bytes[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
-        let wrong = Model::load(
+        let wrong = Model::load_unauthenticated(
             &fashion_locked,
             &fashion_arch,
             Some(&MasterKey::from_bytes(bytes)),

@@ -13,10 +13,18 @@ pub enum Error {
     #[error("bad key: {0}; create one with `deeplock keygen -o KEYFILE`")]
     BadKey(String),
     /// The key's check value does not match the one stored in the locked file.
-    #[error("wrong key: {path} was locked with a different key (key check value mismatch); pass the key file it was locked with")]
+    #[error("wrong key: {path} was locked with a different key (key check value mismatch); pass the key file it was locked with (if it is the right key, the file's salt or key check value was changed)")]
     WrongKey {
         /// The locked file.
         path: PathBuf,
+    },
+    /// A v2 tag does not match: the file's bytes or header changed after locking.
+    #[error("{what} in {path} was modified after locking (authentication failed); nothing was written: do not use this copy, get the locked model again from where it came from")]
+    Tampered {
+        /// The file.
+        path: PathBuf,
+        /// What failed: `tensor "fc1.weight"`, `the header`, ...
+        what: String,
     },
     /// Lock was asked of a file that is already locked.
     #[error("{path} is already locked (it has deeplock metadata); unlock it first, or lock the original file")]
@@ -68,6 +76,15 @@ pub enum Error {
     OutputIsInput {
         /// The path.
         path: PathBuf,
+    },
+    /// A checkpoint directory's shards do not agree with its record, or cannot be
+    /// joined by one.
+    #[error("checkpoint {dir}: {reason}; nothing was written")]
+    Checkpoint {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
     },
     /// A directory to lock holds weight files deeplock cannot lock, which would ship in
     /// the clear beside the locked model.

@@ -16,6 +16,8 @@ use std::time::Instant;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use crate::authenticate::{Checker, Sealer};
+use crate::checkpoint;
 use crate::dtype::Dtype;
 use crate::engine::{Chunk, ChunkPacker, Engine};
 use crate::error::{Error, Result};
@@ -89,6 +91,9 @@ pub struct Report {
     pub skipped: Vec<(PathBuf, Skip)>,
     /// Weight files of a directory input copied in the clear, as allowed.
     pub plaintext: Vec<PathBuf>,
+    /// Files unlocked that carried no authentication (scheme v1): their tensors could
+    /// have been changed without notice.
+    pub unauthenticated: Vec<PathBuf>,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -154,14 +159,27 @@ fn open_container(path: &Path) -> Result<Box<dyn Container>> {
 }
 
 /// One model file's plan: its input, the output's layout, the lock record the output
-/// must carry (`None` for an unlocked output), and each tensor's cipher (`None` to copy
-/// its bytes unchanged).
+/// must carry (`None` for an unlocked output), each tensor's cipher (`None` to copy its
+/// bytes unchanged), and what authenticates it.
 struct FilePlan {
     input: Box<dyn Container>,
     layout: Layout,
     lock: Option<LockInfo>,
     ciphers: Vec<Option<Arc<TensorCipher>>>,
     clear_bool: usize,
+    auth: Auth,
+}
+
+/// How a file's v2 tags take part in its stream.
+enum Auth {
+    /// Lock (or upgrade): the output's tensors are tagged as written, and its record
+    /// completed before it is renamed into place.
+    Seal(Sealer),
+    /// Unlock of a v2 file, whose header was checked: each tensor's bytes are checked as
+    /// read, and a mismatch fails the file before its output is renamed into place.
+    Check(Checker),
+    /// Unlock of a v1 file, which carries no tags.
+    Unauthenticated,
 }
 
 /// The dtype lock leaves in the clear: PyTorch and NumPy read any byte but 0 and 1 of
@@ -194,12 +212,7 @@ fn plan_lock(path: &Path, key: &MasterKey, only: Option<&GlobSet>) -> Result<Fil
             })
         })
         .collect();
-    locked.sort();
-    let lock = LockInfo {
-        salt,
-        kcv: key.kcv(),
-        locked,
-    };
+    let (lock, sealer) = Sealer::new(key, salt, locked, input.tensors())?;
     let layout = input.layout(Some(&lock))?;
     Ok(FilePlan {
         input,
@@ -207,6 +220,33 @@ fn plan_lock(path: &Path, key: &MasterKey, only: Option<&GlobSet>) -> Result<Fil
         lock: Some(lock),
         ciphers,
         clear_bool,
+        auth: Auth::Seal(sealer),
+    })
+}
+
+/// The plan of `upgrade`: the v1 file at `path`, locked under `key`, written as v2 with
+/// the same salt and locked bytes (every tensor passed through), tagged as it is.
+fn plan_upgrade(path: &Path, key: &MasterKey) -> Result<FilePlan> {
+    let input = open_container(path)?;
+    let info = input.lock_record()?.ok_or_else(|| Error::NotLocked {
+        path: path.to_path_buf(),
+    })?;
+    if info.is_authenticated() {
+        return Err(Error::Invalid(format!(
+            "{} is already authenticated (scheme v2); nothing to upgrade",
+            path.display()
+        )));
+    }
+    info.check_key(key, path)?;
+    let (lock, sealer) = Sealer::new(key, info.salt, info.locked, input.tensors())?;
+    let layout = input.layout(Some(&lock))?;
+    Ok(FilePlan {
+        ciphers: vec![None; input.tensors().len()],
+        input,
+        layout,
+        lock: Some(lock),
+        clear_bool: 0,
+        auth: Auth::Seal(sealer),
     })
 }
 
@@ -215,11 +255,13 @@ fn plan_unlock(path: &Path, key: &MasterKey) -> Result<FilePlan> {
     let info = input.lock_record()?.ok_or_else(|| Error::NotLocked {
         path: path.to_path_buf(),
     })?;
-    if !info.key_matches(key) {
-        return Err(Error::WrongKey {
-            path: path.to_path_buf(),
-        });
-    }
+    let auth = match info.is_authenticated() {
+        true => Auth::Check(Checker::new(&*input, &info, key, path)?),
+        false => {
+            info.check_key(key, path)?;
+            Auth::Unauthenticated
+        }
+    };
     let ciphers = info
         .ciphers(key, input.tensors().iter().map(|t| t.name.as_str()))
         .into_iter()
@@ -232,18 +274,21 @@ fn plan_unlock(path: &Path, key: &MasterKey) -> Result<FilePlan> {
         lock: None,
         ciphers,
         clear_bool: 0,
+        auth,
     })
 }
 
 /// Writes `plan`'s layout for the input `path` into `out`, the temporary for `dst`,
-/// its tensors streamed through `engine`; then reads the written file back to check it
-/// says what the plan says (locked with its salt and names, or not locked), before
-/// anything is renamed into place.
+/// its tensors streamed through `engine` and their tags checked or computed; then reads
+/// the written file back to check it says what the plan says (locked with its salt,
+/// names and tags, or not locked), before anything is renamed into place.
+#[allow(clippy::too_many_arguments)]
 fn stream(
     path: &Path,
     dst: &Path,
-    plan: &FilePlan,
+    plan: &mut FilePlan,
     dir: Direction,
+    key: &MasterKey,
     engine: &mut dyn Engine,
     opts: &Options,
     out: &mut File,
@@ -258,23 +303,126 @@ fn stream(
         ));
     }
     write_layout(path, &mut input, dst, plan, dir, engine, opts, out)?;
-    check_written(out, dst, plan)
+    if let Auth::Seal(sealer) = std::mem::replace(&mut plan.auth, Auth::Unauthenticated) {
+        let lock = plan.lock.as_mut().expect("a sealed output is locked");
+        sealer.finish(lock, plan.input.tensors(), &plan.layout.metadata)?;
+        let done = plan.input.layout(Some(lock))?;
+        patch_bytes(out, dst, &plan.layout, &done, &*plan.input)?;
+    }
+    check_written(out, dst, plan, key)
 }
 
-/// Writes `plan`'s layout from `input` (the file at `path`) into `out` (for `dst`).
+/// Writes the new bytes of `done`, the final layout, over those of `written`, the layout
+/// the file was streamed with: the same pieces, whose new bytes differ only in the tags
+/// (fixed-length hex) that were zero while the tensors streamed.
+fn patch_bytes(
+    out: &mut File,
+    dst: &Path,
+    written: &Layout,
+    done: &Layout,
+    container: &dyn Container,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut at = 0u64;
+    for (w, d) in written.pieces.iter().zip(&done.pieces) {
+        if let (Piece::Bytes(old), Piece::Bytes(new)) = (w, d) {
+            if old.len() != new.len() {
+                return Err(Error::Invalid(format!(
+                    "the tags of {} changed the length of its header; nothing was written; please report this as a bug",
+                    dst.display()
+                )));
+            }
+            if old != new {
+                out.write_all_at(new, at).map_err(|e| Error::io(dst, e))?;
+            }
+        }
+        at += w.len(container);
+    }
+    Ok(())
+}
+
+/// Follows the spans of the chunks of a lock's output, in order, to feed each tensor's
+/// locked bytes to the sealer: a span that starts a tensor (offset 0) moves on to the
+/// layout's next tensor that has bytes (empty ones have no span).
+struct SpanCursor {
+    /// The layout's tensors, in the order it writes them, with their sizes.
+    order: Vec<(usize, u64)>,
+    next: usize,
+    current: Option<usize>,
+}
+
+impl SpanCursor {
+    fn new(layout: &Layout, container: &dyn Container) -> Self {
+        let order = layout
+            .pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Tensor(i) => {
+                    let r = container.byte_range(*i);
+                    Some((*i, r.end - r.start))
+                }
+                _ => None,
+            })
+            .collect();
+        SpanCursor {
+            order,
+            next: 0,
+            current: None,
+        }
+    }
+
+    fn feed(&mut self, sealer: &mut Sealer, chunk: &Chunk) -> Result<()> {
+        for span in &chunk.spans {
+            if span.range.is_empty() {
+                continue;
+            }
+            if span.tensor_offset == 0 {
+                while self.order[self.next].1 == 0 {
+                    self.next += 1;
+                }
+                self.current = Some(self.order[self.next].0);
+                self.next += 1;
+            }
+            let i = self.current.expect("a tensor's first span comes first");
+            sealer.feed(i, &chunk.data[span.range.clone()])?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `plan`'s layout from `input` (the file at `path`) into `out` (for `dst`),
+/// feeding the sealer the locked bytes as written, or checking each tensor's bytes as
+/// read against its tag.
 #[allow(clippy::too_many_arguments)]
 fn write_layout(
     path: &Path,
     input: &mut File,
     dst: &Path,
-    plan: &FilePlan,
+    plan: &mut FilePlan,
     dir: Direction,
     engine: &mut dyn Engine,
     opts: &Options,
     out: &mut File,
 ) -> Result<()> {
+    let FilePlan {
+        input: container,
+        layout,
+        ciphers,
+        auth,
+        ..
+    } = plan;
+    let container = &**container;
+    let (mut sealer, checker) = match auth {
+        Auth::Seal(s) => (Some(s), None),
+        Auth::Check(c) => (None, Some(&*c)),
+        Auth::Unauthenticated => (None, None),
+    };
+    let mut cursor = SpanCursor::new(layout, container);
     let mut w = BufWriter::with_capacity(1 << 20, &mut *out);
     let mut sink = |c: &Chunk| -> Result<()> {
+        if let Some(s) = sealer.as_deref_mut() {
+            cursor.feed(s, c)?;
+        }
         w.write_all(&c.data).map_err(|e| Error::io(dst, e))?;
         if let Some(p) = opts.progress {
             p(c.data.len() as u64);
@@ -292,19 +440,27 @@ fn write_layout(
         }
         Ok(())
     };
-    for piece in &plan.layout.0 {
+    for piece in &layout.pieces {
         match piece {
             Piece::Tensor(i) => {
-                let range = plan.input.byte_range(*i);
+                let range = container.byte_range(*i);
                 seek(input, at, range.start)?;
-                let name = &plan.input.tensors()[*i].name;
+                let name = &container.tensors()[*i].name;
+                let mut tagger = checker.map(|c| c.tagger(*i));
                 let fill = |buf: &mut [u8]| {
                     input.read_exact(buf).map_err(|e| {
                         Error::format(path, format!("read failed inside tensor {name:?}: {e}"))
-                    })
+                    })?;
+                    match (&mut tagger, checker) {
+                        (Some(t), Some(c)) => t.update(c.key(), buf),
+                        _ => Ok(()),
+                    }
                 };
-                let cipher = plan.ciphers[*i].as_ref();
+                let cipher = ciphers[*i].as_ref();
                 packer.add_tensor(engine, cipher, range.end - range.start, fill, &mut sink)?;
+                if let (Some(t), Some(c)) = (tagger, checker) {
+                    c.finish(*i, t)?;
+                }
                 at = Some(range.end);
             }
             // Bytes of our own: everything packed so far goes first.
@@ -336,12 +492,18 @@ fn write_layout(
     w.flush().map_err(|e| Error::io(dst, e))
 }
 
-/// Reads back the file just written for `dst` and checks it against the plan.
-fn check_written(out: &mut File, dst: &Path, plan: &FilePlan) -> Result<()> {
+/// Reads back the file just written for `dst` and checks it against the plan: the same
+/// tensors, the planned lock record, and for a v2 output its key check value and
+/// header tag under `key` (its tensor tags were computed from the bytes as written).
+fn check_written(out: &mut File, dst: &Path, plan: &FilePlan, key: &MasterKey) -> Result<()> {
     let written = format::open(out, dst)?;
     let lock = written.lock_record()?;
     let same_tensors = written.tensors() == plan.input.tensors();
-    if !same_tensors || lock != plan.lock {
+    let header_ok = match &lock {
+        Some(l) if l.is_authenticated() => Checker::new(&*written, l, key, dst).is_ok(),
+        _ => true,
+    };
+    if !same_tensors || lock != plan.lock || !header_ok {
         return Err(Error::Invalid(format!(
             "the file written for {} does not read back as planned ({}); nothing was written; please report this as a bug",
             dst.display(),
@@ -349,6 +511,7 @@ fn check_written(out: &mut File, dst: &Path, plan: &FilePlan) -> Result<()> {
                 (None, Some(_)) => "it does not read as locked",
                 (Some(_), None) => "it still reads as locked",
                 _ if !same_tensors => "its tensors differ",
+                _ if !header_ok => "its header tag does not check",
                 _ => "its lock record differs",
             }
         )));
@@ -360,6 +523,7 @@ fn run(
     input: &Path,
     output: &Path,
     dir: Direction,
+    key: &MasterKey,
     engine: &mut dyn Engine,
     opts: &Options,
     mut plan: impl FnMut(&Path) -> Result<FilePlan>,
@@ -380,8 +544,11 @@ fn run(
     };
     let mut report = Report::default();
     let mut do_file =
-        |src: &Path, dst: &Path, out: &mut File, plan: FilePlan, report: &mut Report| {
-            stream(src, dst, &plan, dir, engine, opts, out)?;
+        |src: &Path, dst: &Path, out: &mut File, mut plan: FilePlan, report: &mut Report| {
+            if let Auth::Unauthenticated = plan.auth {
+                report.unauthenticated.push(src.to_path_buf());
+            }
+            stream(src, dst, &mut plan, dir, key, engine, opts, out)?;
             report.files += 1;
             report.tensors += plan.input.tensors().len();
             report.clear_bool += plan.clear_bool;
@@ -405,9 +572,14 @@ fn run(
     }
     let exclude = globs(&opts.exclude, "exclude")?;
     let allowed = globs(&opts.allow_plaintext, "allow-plaintext")?;
-    let listing = walk::list(input, &protected, exclude.as_ref())?;
-    if dir == Direction::Lock {
-        refuse_plaintext(input, &listing, allowed.as_ref())?;
+    let mut listing = walk::list(input, &protected, exclude.as_ref())?;
+    // The record is never copied: lock and upgrade write a new one, unlock none.
+    listing
+        .files
+        .retain(|e| e.rel != Path::new(checkpoint::RECORD_NAME));
+    match dir {
+        Direction::Lock => refuse_plaintext(input, &listing, allowed.as_ref())?,
+        Direction::Unlock => check_checkpoint(input, &listing.files, key)?,
     }
     // Plan every shard before writing anything, so a bad shard fails fast.
     let mut plans = Vec::new();
@@ -451,6 +623,16 @@ fn run(
             f.sync_all().map_err(|err| Error::io(&shown, err))?;
             like(&src).apply(&dst)?;
         }
+        if dir == Direction::Lock {
+            // The shards as written, joined by the checkpoint record.
+            let record = checkpoint::seal(output, &gather(tmp, &listing.files, key)?, key)?;
+            let path = tmp.join(checkpoint::RECORD_NAME);
+            let mut f = output::create_private_file(&path)?;
+            f.write_all(&record)
+                .and_then(|()| f.sync_all())
+                .map_err(|err| Error::io(output.join(checkpoint::RECORD_NAME), err))?;
+            like(input).apply(&path)?;
+        }
         // Parents last: a directory made read-only would refuse its own entries.
         for rel in listing.dirs.iter().rev() {
             like(&input.join(rel)).apply(&tmp.join(rel))?;
@@ -460,6 +642,98 @@ fn run(
     report.skipped = listing.skipped;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The path of `rel` (relative to a checkpoint directory) as the record names it:
+/// UTF-8, `/`-separated.
+fn record_path(dir: &Path, rel: &Path) -> Result<String> {
+    let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
+    parts.map(|p| p.join("/")).ok_or_else(|| Error::Checkpoint {
+        dir: dir.to_path_buf(),
+        reason: format!(
+            "the file name {:?} is not UTF-8, which a checkpoint record cannot name; rename it",
+            rel
+        ),
+    })
+}
+
+/// The checkpoint contents of the directory `dir`, listed as `files`: every shard
+/// locked with v2, its key and header tag checked under `key`, and every index file.
+fn gather(dir: &Path, files: &[walk::Entry], key: &MasterKey) -> Result<checkpoint::Contents> {
+    let mut contents = checkpoint::Contents::default();
+    for e in files {
+        let path = dir.join(&e.rel);
+        let rel = record_path(dir, &e.rel)?;
+        if e.kind == Kind::Safetensors {
+            let c = open_container(&path)?;
+            let Some(info) = c.lock_record()? else {
+                continue;
+            };
+            let Some(tags) = &info.tags else { continue };
+            Checker::new(&*c, &info, key, &path)?;
+            let names = c.tensors().iter().map(|t| t.name.clone()).collect();
+            contents.shards.insert(rel, (tags.header, names));
+        } else if checkpoint::is_index(&rel) {
+            let bytes = fs::read(&path).map_err(|err| Error::io(&path, err))?;
+            contents.indexes.insert(rel, bytes);
+        }
+    }
+    Ok(contents)
+}
+
+/// Checks the checkpoint directory `dir` (listed as `files`, the record left out) under
+/// `key` against its record: required as soon as it holds a shard locked with v2, so
+/// that deleting the record does not turn a checkpoint into loose files.
+fn check_checkpoint(dir: &Path, files: &[walk::Entry], key: &MasterKey) -> Result<()> {
+    let contents = gather(dir, files, key)?;
+    if contents.shards.is_empty() {
+        return Ok(());
+    }
+    let path = dir.join(checkpoint::RECORD_NAME);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Checkpoint {
+                dir: dir.to_path_buf(),
+                reason: format!(
+                    "its shards are locked with scheme v2 but it holds no {} binding them together (deleted?); if you locked the shards one by one, join them with `deeplock join {}`",
+                    checkpoint::RECORD_NAME,
+                    dir.display()
+                ),
+            })
+        }
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    checkpoint::check(dir, &bytes, &contents, key)
+}
+
+/// Joins the shards of the checkpoint directory `dir`, each locked with v2 under `key`
+/// (apart, on any machine), by writing its record from their headers alone: checks each
+/// shard's key and header tag and that every index file agrees with the shards. Replaces
+/// an existing record only with `force`. Returns the number of shards joined.
+pub fn join(dir: &Path, key: &MasterKey, opts: &Options) -> Result<usize> {
+    let protected: Vec<PathBuf> = opts.key_file.iter().cloned().collect();
+    if !fs::metadata(dir).map_err(|e| Error::io(dir, e))?.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{} is not a directory; join joins the shards of a checkpoint directory",
+            dir.display()
+        )));
+    }
+    let exclude = globs(&opts.exclude, "exclude")?;
+    let mut listing = walk::list(dir, &protected, exclude.as_ref())?;
+    listing
+        .files
+        .retain(|e| e.rel != Path::new(checkpoint::RECORD_NAME));
+    let contents = gather(dir, &listing.files, key)?;
+    let record = checkpoint::seal(dir, &contents, key)?;
+    let path = dir.join(checkpoint::RECORD_NAME);
+    output::write_file(
+        &path,
+        opts.force,
+        &output::Access::Like(dir.to_path_buf()),
+        |f| f.write_all(&record).map_err(|e| Error::io(&path, e)),
+    )?;
+    Ok(contents.shards.len())
 }
 
 /// Refuses to lock a directory holding weight files deeplock cannot lock, unless each
@@ -517,7 +791,7 @@ pub fn lock(
 ) -> Result<Report> {
     let only = globs(&opts.only, "tensor selection")?;
     check_only_matches(input, only.as_ref(), &opts.only)?;
-    run(input, output, Direction::Lock, engine, opts, |p| {
+    run(input, output, Direction::Lock, key, engine, opts, |p| {
         plan_lock(p, key, only.as_ref())
     })
 }
@@ -536,9 +810,32 @@ pub fn unlock(
             "a tensor selection applies to lock only; unlock restores every tensor the file lists as locked".into(),
         ));
     }
-    run(input, output, Direction::Unlock, engine, opts, |p| {
+    run(input, output, Direction::Unlock, key, engine, opts, |p| {
         plan_unlock(p, key)
     })
+}
+
+/// Re-authenticates the v1-locked model at `input` as v2 into `output`: the same salt
+/// and locked bytes, with v2's tags over them. v1 carries no tags, so what is tagged is
+/// whatever the file holds now: upgrade only files that were not exposed to tampering.
+pub fn upgrade(input: &Path, output: &Path, key: &MasterKey, opts: &Options) -> Result<Report> {
+    if !opts.only.is_empty() {
+        return Err(Error::Invalid(
+            "a tensor selection applies to lock only; upgrade keeps the file's locked tensors"
+                .into(),
+        ));
+    }
+    // Every tensor passes through: no engine does any work.
+    let mut engine = crate::engine::CpuEngine::new(crate::CpuLocker::new());
+    run(
+        input,
+        output,
+        Direction::Lock,
+        key,
+        &mut engine,
+        opts,
+        |p| plan_upgrade(p, key),
+    )
 }
 
 /// What `deeplock inspect` shows of one safetensors file.
@@ -577,18 +874,116 @@ pub fn inspect(path: &Path) -> Result<Vec<Inspection>> {
         .collect()
 }
 
-/// Checks `key` against the key check value of every locked file at `path`.
-pub fn verify(path: &Path, key: &MasterKey) -> Result<()> {
-    let files = inspect(path)?;
-    for f in &files {
-        let info = f.lock.as_ref().ok_or_else(|| Error::NotLocked {
-            path: f.path.clone(),
-        })?;
-        if !info.key_matches(key) {
-            return Err(Error::WrongKey {
-                path: f.path.clone(),
-            });
+/// What [`verify`] checked.
+#[derive(Clone, Debug, Default)]
+pub struct Verification {
+    /// Locked files checked.
+    pub files: usize,
+    /// Tensors whose tags were checked (v2 files).
+    pub tensors: usize,
+    /// Bytes of tensor data whose tags were checked.
+    pub bytes: u64,
+    /// Files locked with scheme v1, which carries no tags: only their key check value
+    /// was checked.
+    pub unauthenticated: Vec<PathBuf>,
+    /// Whether a checkpoint record was checked (a directory of v2 shards).
+    pub checkpoint: bool,
+}
+
+/// Checks every locked file at `path` (a file, or the shards of a directory) under
+/// `key` without writing anything: its key check value, and for a v2 file its header
+/// tag, then every tensor's tag over its bytes as stored (chunks on all cores). A
+/// directory's checkpoint record is checked first.
+pub fn verify(path: &Path, key: &MasterKey) -> Result<Verification> {
+    let mut done = Verification::default();
+    if path.is_dir() {
+        let mut listing = walk::list(path, &[], None)?;
+        listing
+            .files
+            .retain(|e| e.rel != Path::new(checkpoint::RECORD_NAME));
+        check_checkpoint(path, &listing.files, key)?;
+        done.checkpoint = listing.files.iter().any(|e| e.kind == Kind::Safetensors)
+            && path.join(checkpoint::RECORD_NAME).exists();
+    }
+    for p in model_files(path)? {
+        verify_file(&p, key, &mut done)?;
+    }
+    Ok(done)
+}
+
+fn verify_file(path: &Path, key: &MasterKey, done: &mut Verification) -> Result<()> {
+    let (mut file, container) = format::open_path(path)?;
+    let info = container.lock_record()?.ok_or_else(|| Error::NotLocked {
+        path: path.to_path_buf(),
+    })?;
+    done.files += 1;
+    if !info.is_authenticated() {
+        info.check_key(key, path)?;
+        done.unauthenticated.push(path.to_path_buf());
+        return Ok(());
+    }
+    let checker = Checker::new(&*container, &info, key, path)?;
+    // One reader ahead of the tagger: the next buffer is read while this one is tagged.
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(1);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..2 {
+        empty_tx.send(Vec::new()).expect("the receiver is here");
+    }
+    let ranges: Vec<_> = (0..container.tensors().len())
+        .map(|i| container.byte_range(i))
+        .collect();
+    let ranges = &ranges;
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for r in ranges {
+                let mut at = r.start;
+                while at < r.end {
+                    let Ok(mut buf) = empty_rx.recv() else { return };
+                    let n = (r.end - at).min(DEFAULT_CHUNK as u64) as usize;
+                    buf.resize(n, 0);
+                    let read = file
+                        .seek(SeekFrom::Start(at))
+                        .and_then(|_| file.read_exact(&mut buf))
+                        .map(|()| buf)
+                        .map_err(|e| Error::io(path, e));
+                    let failed = read.is_err();
+                    if full_tx.send(read).is_err() || failed {
+                        return;
+                    }
+                    at += n as u64;
+                }
+            }
+        });
+        // Owns the channel ends the reader waits on, so that an early error stops it.
+        check_tensors(path, &checker, ranges, full_rx, empty_tx, done)
+    })
+}
+
+/// Tags each of `ranges` (every tensor of the file, in order) from the buffers the
+/// reader sends, handing each back for the next read, and checks its tag.
+fn check_tensors(
+    path: &Path,
+    checker: &Checker,
+    ranges: &[std::ops::Range<u64>],
+    full: std::sync::mpsc::Receiver<Result<Vec<u8>>>,
+    empty: std::sync::mpsc::Sender<Vec<u8>>,
+    done: &mut Verification,
+) -> Result<()> {
+    for (i, r) in ranges.iter().enumerate() {
+        let mut tagger = checker.tagger(i);
+        let mut left = r.end - r.start;
+        while left > 0 {
+            let buf = full
+                .recv()
+                .map_err(|_| Error::format(path, "the reader stopped"))??;
+            tagger.update(checker.key(), &buf)?;
+            left -= buf.len() as u64;
+            // The reader may be done already; then it needs no buffer back.
+            let _ = empty.send(buf);
         }
+        checker.finish(i, tagger)?;
+        done.tensors += 1;
+        done.bytes += r.end - r.start;
     }
     Ok(())
 }
@@ -619,15 +1014,21 @@ mod tests {
         fn user_metadata(&self) -> Vec<(String, String)> {
             Vec::new()
         }
+        fn metadata(&self) -> std::collections::BTreeMap<String, String> {
+            Default::default()
+        }
         fn layout(&self, _: Option<&LockInfo>) -> Result<Layout> {
-            Ok(Layout(vec![
-                Piece::Copy(0..3),
-                Piece::Tensor(0),
-                Piece::Bytes(b"new".to_vec()),
-                Piece::Copy(40..45),
-                Piece::Tensor(1),
-                Piece::Copy(10..12),
-            ]))
+            Ok(Layout {
+                pieces: vec![
+                    Piece::Copy(0..3),
+                    Piece::Tensor(0),
+                    Piece::Bytes(b"new".to_vec()),
+                    Piece::Copy(40..45),
+                    Piece::Tensor(1),
+                    Piece::Copy(10..12),
+                ],
+                metadata: Default::default(),
+            })
         }
     }
 
@@ -651,12 +1052,13 @@ mod tests {
         let key = MasterKey::from_hex("000102030405060708090a0b0c0d0e0f").unwrap();
         let salt = Salt::from_hex("01010101010101010101010101010101").unwrap();
         let cipher = |n: &str| Arc::new(TensorCipher::for_tensor(&key, &salt, n));
-        let plan = FilePlan {
+        let mut plan = FilePlan {
             layout: toy.layout(None).unwrap(),
             input: Box::new(toy),
             lock: None,
             ciphers: vec![Some(cipher("a")), None],
             clear_bool: 0,
+            auth: Auth::Unauthenticated,
         };
         let mut out = tempfile::tempfile().unwrap();
         let mut engine = CpuEngine::new(CpuLocker::new());
@@ -670,7 +1072,7 @@ mod tests {
             &path,
             &mut input,
             &path,
-            &plan,
+            &mut plan,
             Direction::Lock,
             &mut engine,
             &opts,

@@ -116,8 +116,11 @@ impl Header {
         let bad = |reason: String| Error::format(path, reason);
         let text = std::str::from_utf8(json)
             .map_err(|_| bad("corrupt header: not UTF-8 (is this a safetensors file?)".into()))?;
-        let object: Map<String, Value> = serde_json::from_str(text)
-            .map_err(|e| bad(format!("invalid safetensors header: {e}")))?;
+        let object = match serde_json::from_str::<Unique>(text) {
+            Ok(Unique(Value::Object(m))) => m,
+            Ok(_) => return Err(bad("invalid safetensors header: not a JSON object".into())),
+            Err(e) => return Err(bad(format!("invalid safetensors header: {e}"))),
+        };
         // One parse, read through references: a header of a million tensors is about a
         // gigabyte as JSON values, so no second parse and no copy of an entry. The
         // safetensors crate's own checks run on each entry as read (dtype, shape and
@@ -286,6 +289,84 @@ impl Header {
     }
 }
 
+/// A JSON value read as `serde_json::Value` is, except that an object holding a key
+/// twice is refused: readers disagree on which of the two counts (serde_json keeps the
+/// last, others the first), so a duplicated key could show one tensor or metadata value
+/// to deeplock's checks and another to the framework that loads the file.
+struct Unique(Value);
+
+impl<'de> Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Unique(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Unique(v) = map.next_value()?;
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "the key {key:?} appears twice in one object (ambiguous: readers disagree on which counts)"
+                )));
+            }
+            object.insert(key, v);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct RawEntry {
     dtype: String,
@@ -354,6 +435,9 @@ mod tests {
             r#"{"a":{"dtype":"Q9","shape":[1],"data_offsets":[0,1]}}"#,
             r#"{"a":{"dtype":"U8","shape":[18446744073709551615,2],"data_offsets":[0,1]}}"#,
             r#"["not an object"]"#,
+            r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
+            r#"{"__metadata__":{"k":"1","k":"2"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
+            r#"{"a":{"dtype":"U8","dtype":"I8","shape":[1],"data_offsets":[0,1]}}"#,
         ] {
             assert!(parse(s).is_err(), "{s}");
         }

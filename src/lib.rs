@@ -40,7 +40,9 @@
 //!   data; [`zoo`]: the models the demo, benchmarks and tests build.
 
 pub mod auth;
+pub mod authenticate;
 pub mod bench;
+pub mod checkpoint;
 pub mod cpu;
 pub mod dtype;
 pub mod engine;

@@ -1,29 +1,54 @@
 //! The `deeplock.*` entries a locked file carries in its `__metadata__`: scheme version,
-//! salt, key check value and the names of the locked tensors.
+//! salt, key check value, the names of the locked tensors and, in v2, the tags.
 
 use std::path::Path;
 
+use crate::auth::{self, FileAuthKey, Tag};
 use crate::error::{Error, Result};
 use crate::header::Header;
 use crate::key::MasterKey;
-use crate::scheme::{Salt, TensorCipher, SCHEME, VERSION};
+use crate::scheme::{self, Salt, TensorCipher};
 
 const K_VERSION: &str = "deeplock.version";
 const K_SCHEME: &str = "deeplock.scheme";
 const K_SALT: &str = "deeplock.salt";
 const K_KCV: &str = "deeplock.kcv";
 const K_LOCKED: &str = "deeplock.locked";
+/// v2: every tensor's tag, in index order.
+const K_TAGS: &str = "deeplock.tags";
+/// v2: the header tag.
+const K_MAC: &str = "deeplock.mac";
 /// Written only when the input's `__metadata__` was there but empty (`{}` or `null`),
 /// so that unlock gives it back as it was.
 const K_METADATA: &str = "deeplock.metadata";
 
 /// The metadata keys a lock writes and an unlock removes, and no others: other
 /// `deeplock.`-prefixed keys belong to the user and are kept like any other metadata.
-pub const OWNED_KEYS: [&str; 6] = [K_VERSION, K_SCHEME, K_SALT, K_KCV, K_LOCKED, K_METADATA];
+pub const OWNED_KEYS: [&str; 8] = [
+    K_VERSION, K_SCHEME, K_SALT, K_KCV, K_LOCKED, K_TAGS, K_MAC, K_METADATA,
+];
+
+/// The keys of the lock record proper, which v2's header tag binds field by field; every
+/// other metadata entry (`deeplock.metadata` included) is bound as a key and a value.
+pub const RECORD_KEYS: [&str; 7] = [K_VERSION, K_SCHEME, K_SALT, K_KCV, K_LOCKED, K_TAGS, K_MAC];
 
 /// Whether metadata `key` is one deeplock writes (not the user's).
 pub fn is_owned_key(key: &str) -> bool {
     OWNED_KEYS.contains(&key)
+}
+
+/// Whether metadata `key` is one of [`RECORD_KEYS`].
+pub fn is_record_key(key: &str) -> bool {
+    RECORD_KEYS.contains(&key)
+}
+
+/// A v2 record's tags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tags {
+    /// Every tensor's tag `T_t`, in index order ([`auth::index_order`]).
+    pub tensors: Vec<Tag>,
+    /// The header tag `T_H`.
+    pub header: Tag,
 }
 
 /// What a locked file records about its locking.
@@ -31,16 +56,18 @@ pub fn is_owned_key(key: &str) -> bool {
 pub struct LockInfo {
     /// The file's salt.
     pub salt: Salt,
-    /// The key check value of the key it was locked with.
+    /// The key check value: v1's (one per key) or v2's (one per key and salt).
     pub kcv: [u8; 8],
     /// Names of the locked tensors, sorted and without duplicates, so that
     /// [`LockInfo::is_locked`] is a binary search: a model can have millions of tensors.
     pub locked: Vec<String>,
+    /// v2's tags; `None` for a v1 file, which carries no authentication.
+    pub tags: Option<Tags>,
 }
 
 impl LockInfo {
     /// The lock record of `header`: `None` if the file carries none of the keys deeplock
-    /// writes, an error if it carries some but not a valid v1 record.
+    /// writes, an error if it carries some but not a valid v1 or v2 record.
     ///
     /// Any one of the keys deeplock writes marks the file as locked, not just `deeplock.version`:
     /// locking a file that still holds another lock's salt or tensor list would overwrite
@@ -65,21 +92,37 @@ impl LockInfo {
         };
         let version = get(K_VERSION)?;
         let scheme = get(K_SCHEME)?;
-        if version != VERSION || scheme != SCHEME {
-            return Err(Error::format(
-                path,
-                format!(
-                    "locked with deeplock version {version:?}, scheme {scheme:?}; this build reads version {VERSION}, scheme {SCHEME}: upgrade deeplock"
-                ),
-            ));
-        }
+        let v2 = match (version, scheme) {
+            (scheme::VERSION, scheme::SCHEME) => false,
+            (auth::VERSION, auth::SCHEME) => true,
+            _ => {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "locked with deeplock version {version:?}, scheme {scheme:?}; this build reads version {} ({}) and {} ({}): upgrade deeplock",
+                        auth::VERSION, auth::SCHEME, scheme::VERSION, scheme::SCHEME
+                    ),
+                ))
+            }
+        };
         let salt = Salt::from_hex(get(K_SALT)?)
             .ok_or_else(|| bad(format!("{K_SALT} is not 32 hex characters")))?;
         let kcv = crate::hex::decode::<8>(get(K_KCV)?)
             .ok_or_else(|| bad(format!("{K_KCV} is not 16 hex characters")))?;
         let mut locked: Vec<String> = serde_json::from_str(get(K_LOCKED)?)
             .map_err(|_| bad(format!("{K_LOCKED} is not a JSON array of names")))?;
-        locked.sort_unstable();
+        if v2 {
+            // The header tag binds the list as stored; v2 writers store it sorted, so
+            // anything else is an edit, refused here rather than read two ways.
+            if let Some(w) = locked.windows(2).find(|w| w[0] >= w[1]) {
+                return Err(bad(format!(
+                    "{K_LOCKED} is not sorted or names {:?} twice",
+                    w[1]
+                )));
+            }
+        } else {
+            locked.sort_unstable();
+        }
         if let Some(w) = locked.windows(2).find(|w| w[0] == w[1]) {
             return Err(bad(format!("{K_LOCKED} names {:?} twice", w[0])));
         }
@@ -92,7 +135,65 @@ impl LockInfo {
                 )));
             }
         }
-        Ok(Some(LockInfo { salt, kcv, locked }))
+        let tags = if v2 {
+            let list: Vec<String> = serde_json::from_str(get(K_TAGS)?)
+                .map_err(|_| bad(format!("{K_TAGS} is not a JSON array of tags")))?;
+            if list.len() != header.tensors.len() {
+                return Err(bad(format!(
+                    "{K_TAGS} holds {} tags for {} tensors",
+                    list.len(),
+                    header.tensors.len()
+                )));
+            }
+            let tensors = list
+                .iter()
+                .map(|t| Tag::from_hex(t))
+                .collect::<Option<Vec<Tag>>>()
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{K_TAGS} holds a tag that is not 32 hex characters"
+                    ))
+                })?;
+            let header = Tag::from_hex(get(K_MAC)?)
+                .ok_or_else(|| bad(format!("{K_MAC} is not 32 hex characters")))?;
+            Some(Tags { tensors, header })
+        } else {
+            for k in [K_TAGS, K_MAC] {
+                if header.metadata_value(k).is_some() {
+                    return Err(bad(format!("a version 1 record with {k}")));
+                }
+            }
+            None
+        };
+        Ok(Some(LockInfo {
+            salt,
+            kcv,
+            locked,
+            tags,
+        }))
+    }
+
+    /// Whether the file carries v2's tags.
+    pub fn is_authenticated(&self) -> bool {
+        self.tags.is_some()
+    }
+
+    /// The record's `deeplock.version`.
+    pub fn version(&self) -> &'static str {
+        if self.is_authenticated() {
+            auth::VERSION
+        } else {
+            scheme::VERSION
+        }
+    }
+
+    /// The record's `deeplock.scheme`.
+    pub fn scheme(&self) -> &'static str {
+        if self.is_authenticated() {
+            auth::SCHEME
+        } else {
+            scheme::SCHEME
+        }
     }
 
     /// The cipher of each of the tensors `names` under `key`: `Some` for those this
@@ -127,14 +228,22 @@ impl LockInfo {
         if let Some(form) = header.empty_metadata() {
             header.set_metadata(K_METADATA, form.into());
         }
-        header.set_metadata(K_VERSION, VERSION.into());
-        header.set_metadata(K_SCHEME, SCHEME.into());
+        header.set_metadata(K_VERSION, self.version().into());
+        header.set_metadata(K_SCHEME, self.scheme().into());
         header.set_metadata(K_SALT, self.salt.to_hex());
         header.set_metadata(K_KCV, crate::hex::encode(&self.kcv));
         header.set_metadata(
             K_LOCKED,
             serde_json::to_string(&names).expect("strings serialize"),
         );
+        if let Some(tags) = &self.tags {
+            let hex: Vec<String> = tags.tensors.iter().map(Tag::to_hex).collect();
+            header.set_metadata(
+                K_TAGS,
+                serde_json::to_string(&hex).expect("strings serialize"),
+            );
+            header.set_metadata(K_MAC, tags.header.to_hex());
+        }
     }
 
     /// Removes what [`LockInfo::write_to`] wrote: exactly the keys deeplock owns, so the
@@ -151,9 +260,21 @@ impl LockInfo {
         }
     }
 
-    /// Whether `key` is the key this file was locked with, by its check value.
-    pub fn key_matches(&self, key: &MasterKey) -> bool {
+    /// Checks that `key` is the key the file at `path` was locked with, by its check
+    /// value, and gives a v2 file's MAC key (`None` for v1, which has none).
+    pub fn check_key(&self, key: &MasterKey, path: &Path) -> Result<Option<FileAuthKey>> {
         // Not secret: the KCV is stored in the clear; no need for constant time.
-        key.kcv() == self.kcv
+        let (matches, file_key) = if self.is_authenticated() {
+            let fk = FileAuthKey::derive(key, &self.salt);
+            (fk.kcv() == self.kcv, Some(fk))
+        } else {
+            (key.kcv() == self.kcv, None)
+        };
+        if !matches {
+            return Err(Error::WrongKey {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(file_key)
     }
 }

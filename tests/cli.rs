@@ -496,10 +496,14 @@ fn inspect_reports_lock_state_as_text_and_json() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let file = &v["files"][0];
     assert_eq!(file["locked"], true);
-    assert_eq!(file["authenticated"], false);
-    assert_eq!(file["scheme"], "aes128-ctr-sbox");
+    assert_eq!(file["authenticated"], true);
+    assert_eq!(file["version"], "2");
+    assert_eq!(file["scheme"], "aes128-ctr-sbox-gmac");
     assert_eq!(file["salt"].as_str().unwrap().len(), 32);
-    assert_eq!(file["kcv"], "6748fb819487ee8f");
+    // v2's key check value is the file's own (bound to its salt), not the key's.
+    let kcv = file["kcv"].as_str().unwrap();
+    assert_eq!(kcv.len(), 16);
+    assert_ne!(kcv, "6748fb819487ee8f", "the key's v1 check value");
     assert_eq!(file["metadata"]["format"], "pt");
     let tensors = file["tensors"].as_array().unwrap();
     let locked: Vec<&str> = tensors
@@ -515,7 +519,7 @@ fn inspect_reports_lock_state_as_text_and_json() {
     let o = f.run(&["inspect", "locked.safetensors"]);
     let said = String::from_utf8_lossy(&o.stdout);
     assert!(
-        said.contains("2 of 3 tensors locked; not authenticated"),
+        said.contains("2 of 3 tensors locked; authenticated (v2"),
         "{said}"
     );
 }
@@ -591,10 +595,11 @@ fn sharded_directory_is_locked_shard_by_shard() {
     );
     let o = f.run(&["verify", "ckpt-locked", "--key-file", "key"]);
     assert!(o.status.success());
-    // It says what it checked, and what v1 cannot.
+    // It says what it checked.
     let said = String::from_utf8_lossy(&o.stdout);
     assert!(
-        said.contains("key check value") && said.contains("does not authenticate"),
+        said.contains("the key matches all 2 locked file(s)")
+            && said.contains("2 header(s) and the checkpoint record authenticated"),
         "{said}"
     );
 }

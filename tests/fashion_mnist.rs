@@ -113,7 +113,12 @@ fn locked_model_runs_with_the_right_key_and_is_chance_with_wrong_ones() {
         bytes[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
         let wrong = MasterKey::from_bytes(bytes);
         assert!(files::verify(&locked, &wrong).is_err());
-        let garbage = Model::load(&locked, &arch, Some(&wrong)).unwrap();
+        // v2 refuses a wrong key; the paper's experiment runs what it would unlock.
+        assert!(matches!(
+            Model::load(&locked, &arch, Some(&wrong)),
+            Err(deeplock::Error::WrongKey { .. })
+        ));
+        let garbage = Model::load_unauthenticated(&locked, &arch, Some(&wrong)).unwrap();
         let predicted = garbage.predict(&input, N).unwrap();
         accs.push(accuracy(&predicted, &test.labels[..N]));
         let agree = predicted

@@ -136,11 +136,12 @@ fn gpu_with_a_wrong_key_is_at_chance() {
         bytes[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
         bytes[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
         let wrong = MasterKey::from_bytes(bytes);
-        let gpu = GpuModel::load(ctx, &locked, &arch, Some(&wrong), mode, N).unwrap();
+        let gpu =
+            GpuModel::load_unauthenticated(ctx, &locked, &arch, Some(&wrong), mode, N).unwrap();
         let logits = gpu.forward(&input, N).unwrap();
         // The CPU reference decodes the same garbage: the two agree on it too (NaN where
         // it has NaN), so the garbage is the wrong key's, not the GPU path's.
-        let cpu = Model::load(&locked, &arch, Some(&wrong))
+        let cpu = Model::load_unauthenticated(&locked, &arch, Some(&wrong))
             .unwrap()
             .forward(&input, N)
             .unwrap();

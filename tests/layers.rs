@@ -32,6 +32,10 @@ const ORDER: &[&str] = &[
     "lock_info",
     "output",
     "format",
+    // Scheme v2 over a container: sealing on lock, checking on every read.
+    "authenticate",
+    // The record that binds a checkpoint directory's v2 shards.
+    "checkpoint",
     // Operations.
     "files",
     // Front ends over the library.

@@ -401,7 +401,12 @@ fn a_locked_directory_ships_no_plaintext_and_no_key() {
     names.sort();
     assert_eq!(
         names,
-        ["config.json", "model.SAFETENSORS", "model.safetensors"]
+        [
+            "config.json",
+            "deeplock.checkpoint",
+            "model.SAFETENSORS",
+            "model.safetensors"
+        ]
     );
     for m in ["model.SAFETENSORS", "model.safetensors"] {
         let o = s.run(&["inspect", &format!("out/{m}"), "--json"]);

@@ -19,8 +19,9 @@ use out::CliResult;
     name = "deeplock",
     version,
     about = "Lock neural-network weights with a secret key; unlock them fast on GPU or CPU",
-    long_about = "Lock neural-network weights with a secret key (Deep-Lock, scheme aes128-ctr-sbox); \
-                  unlock them fast on any GPU (wgpu) or CPU. Keys are read from a file, from \
+    long_about = "Lock neural-network weights with a secret key (Deep-Lock, scheme v2 \
+                  aes128-ctr-sbox-gmac: locked and authenticated); unlock them fast on any GPU \
+                  (wgpu) or CPU, refusing a file changed after locking. Keys are read from a file, from \
                   standard input (--key-file -) or from the file named by DEEPLOCK_KEY_FILE, \
                   never from the command line."
 )]
@@ -126,12 +127,40 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Exit 0 if the key is the one the file was locked with.
+    /// Check a locked model without writing anything: the key, and every tag over its
+    /// tensors and header (on all cores); exit 0 only if all of it checks.
     Verify {
         /// A locked file or directory.
         file: PathBuf,
         #[command(flatten)]
         key: KeyArg,
+    },
+    /// Join the shards of a checkpoint directory, each locked on its own (on any
+    /// machine, under one key), by writing its record from their headers alone.
+    Join {
+        /// The directory of locked shards.
+        dir: PathBuf,
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        dirs: DirArgs,
+        /// Replace an existing record (after re-locking a shard).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-authenticate a file locked with scheme v1 as v2: the same locked bytes, with
+    /// tags over them (upgrade only copies nobody could have tampered with).
+    Upgrade {
+        /// The v1-locked model: a .safetensors file or a directory of shards.
+        input: PathBuf,
+        /// Where to write the v2 file.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        key: KeyArg,
+        /// Replace an existing output.
+        #[arg(long)]
+        force: bool,
     },
     /// Lock and unlock a built-in CIFAR-10-sized model and report speed.
     Demo,
@@ -209,6 +238,12 @@ fn transform(t: Transform, verbose: bool) -> CliResult<i32> {
             "deeplock: left out {} ({})",
             report::shown_path(path),
             why.describe()
+        ));
+    }
+    for path in &r.unauthenticated {
+        out::warn(format_args!(
+            "deeplock: notice: {} was locked with scheme v1, which carries no authentication: a change to its locked bytes would have gone unnoticed; lock the original again, or `deeplock upgrade` copies you trust",
+            report::shown_path(path)
         ));
     }
     for path in &r.plaintext {
@@ -314,12 +349,54 @@ fn run(cli: Cli) -> CliResult<i32> {
         }
         Command::Verify { file, key } => {
             let key = keyfile::load(&key.key_file)?;
-            files::verify(&file, &key)?;
-            // Say what was checked: v1 files carry a key check value, no data tags.
+            let v = files::verify(&file, &key)?;
+            out::buffered(|w| report::print_verified(w, &file, &v))?;
+            Ok(0)
+        }
+        Command::Join {
+            dir,
+            key,
+            dirs,
+            force,
+        } => {
+            deeplock::output::remove_temporaries_on_signals()?;
+            let k = keyfile::load(&key.key_file)?;
+            let opts = Options {
+                force,
+                key_file: (key.key_file.as_os_str() != "-").then(|| key.key_file.clone()),
+                exclude: dirs.exclude,
+                ..Options::default()
+            };
+            let n = files::join(&dir, &k, &opts)?;
             out::outln!(
-                "key matches {}: the key check value of every locked file agrees (scheme v1 does not authenticate the tensor data)",
-                report::shown_path(&file)
+                "joined {n} shard(s) of {}: wrote {}",
+                report::shown_path(&dir),
+                report::shown_path(&dir.join(deeplock::checkpoint::RECORD_NAME))
             );
+            Ok(0)
+        }
+        Command::Upgrade {
+            input,
+            output,
+            key,
+            force,
+        } => {
+            if output.as_os_str() == "-" {
+                return Err(deeplock::Error::Invalid(
+                    "-o - (standard output) is not supported: name the output file".into(),
+                )
+                .into());
+            }
+            deeplock::output::remove_temporaries_on_signals()?;
+            let k = keyfile::load(&key.key_file)?;
+            let opts = Options {
+                force,
+                key_file: (key.key_file.as_os_str() != "-").then(|| key.key_file.clone()),
+                ..Options::default()
+            };
+            let r = files::upgrade(&input, &output, &k, &opts)?;
+            out::buffered(|w| report::print_done(w, "upgraded to v2", &input, &output, &r))
+                .map_err(|e| e.done(|| out::written(&output)))?;
             Ok(0)
         }
         Command::Demo => demo::run(verbose).map(|()| 0),

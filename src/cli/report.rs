@@ -98,6 +98,30 @@ pub fn print_done(
     )
 }
 
+/// What `verify` checked, in one line (and one more per v1 file).
+pub fn print_verified(out: &mut dyn Write, path: &Path, v: &files::Verification) -> io::Result<()> {
+    let v1 = v.unauthenticated.len();
+    writeln!(
+        out,
+        "verified {}: the key matches all {} locked file(s); {} tensor(s) ({} bytes), {} header(s){} authenticated{}",
+        shown_path(path),
+        v.files,
+        v.tensors,
+        v.bytes,
+        v.files - v1,
+        if v.checkpoint { " and the checkpoint record" } else { "" },
+        if v1 > 0 {
+            format!("; {v1} file(s) locked with scheme v1 carry no tags: only their key check value was checked")
+        } else {
+            String::new()
+        }
+    )?;
+    for p in &v.unauthenticated {
+        writeln!(out, "  not authenticated (scheme v1): {}", shown_path(p))?;
+    }
+    Ok(())
+}
+
 /// `inspect`'s table.
 pub fn print_inspection(out: &mut dyn Write, found: &[Inspection]) -> io::Result<()> {
     for f in found {
@@ -105,13 +129,18 @@ pub fn print_inspection(out: &mut dyn Write, found: &[Inspection]) -> io::Result
         match &f.lock {
             Some(l) => writeln!(
                 out,
-                "  locked: yes (deeplock v{}, {}), salt {}, key check value {}, {} of {} tensors locked; not authenticated (v1 carries no tags)",
-                deeplock::scheme::VERSION,
-                deeplock::scheme::SCHEME,
+                "  locked: yes (deeplock v{}, {}), salt {}, key check value {}, {} of {} tensors locked; {}",
+                l.version(),
+                l.scheme(),
                 l.salt.to_hex(),
                 deeplock::hex::encode(&l.kcv),
                 l.locked.len(),
-                f.tensors.len()
+                f.tensors.len(),
+                if l.is_authenticated() {
+                    "authenticated (v2: a tag over every tensor and one over the header; `deeplock verify` checks them)"
+                } else {
+                    "not authenticated (v1 carries no tags; `deeplock upgrade` adds them)"
+                }
             )?,
             None => writeln!(out, "  locked: no")?,
         }
@@ -153,10 +182,9 @@ pub fn inspection_json(found: &[Inspection]) -> String {
             serde_json::json!({
                 "path": f.path.display().to_string(),
                 "locked": f.lock.is_some(),
-                // Scheme v1, the only one this build writes, carries no tags.
-                "authenticated": false,
-                "version": f.lock.as_ref().map(|_| deeplock::scheme::VERSION),
-                "scheme": f.lock.as_ref().map(|_| deeplock::scheme::SCHEME),
+                "authenticated": f.lock.as_ref().is_some_and(|l| l.is_authenticated()),
+                "version": f.lock.as_ref().map(|l| l.version()),
+                "scheme": f.lock.as_ref().map(|l| l.scheme()),
                 "salt": f.lock.as_ref().map(|l| l.salt.to_hex()),
                 "kcv": f.lock.as_ref().map(|l| deeplock::hex::encode(&l.kcv)),
                 "metadata": f.user_metadata.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),

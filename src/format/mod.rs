@@ -12,6 +12,7 @@
 
 pub mod safetensors;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
@@ -35,14 +36,23 @@ pub trait Container {
     /// The user's metadata (everything but deeplock's own), sorted by key.
     fn user_metadata(&self) -> Vec<(String, String)>;
 
+    /// Every metadata entry, deeplock's included, as read: what v2's header tag binds.
+    fn metadata(&self) -> BTreeMap<String, String>;
+
     /// The file written with `record` added (`Some`, for lock) or with its lock record
     /// removed (`None`, for unlock); an error if the format cannot hold it.
     fn layout(&self, record: Option<&LockInfo>) -> Result<Layout>;
 }
 
-/// The pieces of an output file, in order.
+/// The pieces of an output file, in order, and the metadata it will carry.
 #[derive(Debug)]
-pub struct Layout(pub Vec<Piece>);
+pub struct Layout {
+    /// The pieces, in order.
+    pub pieces: Vec<Piece>,
+    /// Every metadata entry of the output (the lock record's included), which v2's
+    /// header tag binds.
+    pub metadata: BTreeMap<String, String>,
+}
 
 /// One piece of an output file.
 #[derive(Debug)]
@@ -55,25 +65,29 @@ pub enum Piece {
     Copy(Range<u64>),
 }
 
+impl Piece {
+    /// Bytes this piece of an output of `container` holds.
+    pub fn len(&self, container: &dyn Container) -> u64 {
+        match self {
+            Piece::Bytes(b) => b.len() as u64,
+            Piece::Tensor(i) => {
+                let r = container.byte_range(*i);
+                r.end - r.start
+            }
+            Piece::Copy(r) => r.end - r.start,
+        }
+    }
+}
+
 impl Layout {
     /// Bytes the output will hold.
     pub fn len(&self, container: &dyn Container) -> u64 {
-        self.0
-            .iter()
-            .map(|p| match p {
-                Piece::Bytes(b) => b.len() as u64,
-                Piece::Tensor(i) => {
-                    let r = container.byte_range(*i);
-                    r.end - r.start
-                }
-                Piece::Copy(r) => r.end - r.start,
-            })
-            .sum()
+        self.pieces.iter().map(|p| p.len(container)).sum()
     }
 
     /// Whether the output is empty (never, for a real format).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.pieces.is_empty()
     }
 }
 

@@ -3,6 +3,7 @@
 //! `__metadata__` ([`LockInfo`]); locking rewrites the header and keeps every tensor
 //! where it was relative to the data section.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,10 @@ impl Container for Safetensors {
             .collect()
     }
 
+    fn metadata(&self) -> BTreeMap<String, String> {
+        self.header.metadata()
+    }
+
     fn layout(&self, record: Option<&LockInfo>) -> Result<Layout> {
         let mut header = self.header.clone();
         match record {
@@ -74,6 +79,9 @@ impl Container for Safetensors {
         }
         let mut pieces = vec![Piece::Bytes(bytes)];
         pieces.extend((0..self.header.tensors.len()).map(Piece::Tensor));
-        Ok(Layout(pieces))
+        Ok(Layout {
+            pieces,
+            metadata: header.metadata(),
+        })
     }
 }

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use crate::authenticate::Checker;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::format;
@@ -19,8 +20,8 @@ use crate::scheme::TensorCipher;
 /// The cipher of each of the tensors `names` of the file at `path`, whose lock record
 /// is `lock`: `Some` for those it lists as locked, `None` for the others and for every
 /// tensor of a file that is not locked (a `key` given for one is not used). Errors if the
-/// file is locked and there is no key. The key is not checked against the file's key
-/// check value: a wrong one gives ciphers that decode garbage.
+/// file is locked and there is no key. The key is not checked here: [`ModelFile::open`]
+/// checks a v2 file's; for v1, a wrong one gives ciphers that decode garbage.
 pub(crate) fn tensor_ciphers<'a>(
     path: &Path,
     lock: Option<&LockInfo>,
@@ -43,6 +44,10 @@ pub(crate) struct ModelFile {
     file: File,
     /// Where each of the plan's tensors lies in the file: (offset, bytes).
     spans: Vec<(u64, u64)>,
+    /// Each of the plan's tensors' position in the container.
+    entries: Vec<usize>,
+    /// For a v2 file, its checked header, to check each tensor against as it is read.
+    checker: Option<Checker>,
     /// The plan, from the header alone.
     pub(crate) plan: Plan,
     /// The cipher of each of the plan's tensors, `None` where it is not locked.
@@ -52,16 +57,25 @@ pub(crate) struct ModelFile {
 impl ModelFile {
     /// Reads the header of the file at `path` and plans `arch` from it; a mismatch is
     /// the file's (a format error naming it). `check` sees each tensor's name and dtype
-    /// first (the CPU refuses what it cannot decode).
+    /// first (the CPU refuses what it cannot decode). With `authenticate`, a v2 file's
+    /// key and header are checked here and each tensor as it is read.
     pub(crate) fn open(
         path: &Path,
         arch: &Arch,
         key: Option<&MasterKey>,
+        authenticate: bool,
         check: impl Fn(&str, Dtype) -> Result<()>,
     ) -> Result<Self> {
         // Any container format: the plan needs only its tensors' entries and places.
         let (file, container) = format::open_path(path)?;
         let lock = container.lock_record()?;
+        // A v2 file's key and header are checked before anything is planned from it.
+        let checker = match (&lock, key) {
+            (Some(l), Some(k)) if authenticate && l.is_authenticated() => {
+                Some(Checker::new(&*container, l, k, path)?)
+            }
+            _ => None,
+        };
         let entries = container.tensors();
         for name in arch.tensor_names() {
             let entry = entries.iter().find(|t| t.name == name).ok_or_else(|| {
@@ -74,14 +88,19 @@ impl ModelFile {
         }
         let plan =
             Plan::from_entries(arch, entries).map_err(|e| Error::format(path, e.to_string()))?;
-        let spans = plan
+        let positions: Vec<usize> = plan
             .tensors()
             .iter()
             .map(|t| {
-                let i = entries
+                entries
                     .iter()
                     .position(|e| e.name == t.name)
-                    .expect("planned from the header");
+                    .expect("planned from the header")
+            })
+            .collect();
+        let spans = positions
+            .iter()
+            .map(|&i| {
                 let r = container.byte_range(i);
                 (r.start, r.end - r.start)
             })
@@ -96,20 +115,27 @@ impl ModelFile {
             path: path.to_owned(),
             file,
             spans,
+            entries: positions,
+            checker,
             plan,
             ciphers,
         })
     }
 
     /// Reads the bytes of the plan's tensor `i` as stored (locked or not) into `out`,
-    /// which is [`crate::infer::PlannedTensor::bytes`] long.
+    /// which is [`crate::infer::PlannedTensor::bytes`] long; for a v2 file, checks them
+    /// against the tensor's tag (on all cores) before they are used.
     pub(crate) fn read(&mut self, i: usize, out: &mut [u8]) -> Result<()> {
         let (offset, len) = self.spans[i];
         debug_assert_eq!(out.len() as u64, len);
         self.file
             .seek(SeekFrom::Start(offset))
             .and_then(|_| self.file.read_exact(out))
-            .map_err(|e| Error::io(&self.path, e))
+            .map_err(|e| Error::io(&self.path, e))?;
+        match &self.checker {
+            Some(c) => c.check_bytes(self.entries[i], out),
+            None => Ok(()),
+        }
     }
 
     /// The size of the plan's tensor `i` in memory, or an error naming the file if it

@@ -131,8 +131,10 @@ pub struct GpuModel {
 
 impl GpuModel {
     /// Loads the model described by `arch` from the safetensors file at `path` onto
-    /// `ctx`'s device, for batches of up to `max_batch` inputs. A locked file needs `key`
-    /// (a wrong one loads, as a useless model, as [`crate::infer::Model::load`]); `unlock`
+    /// `ctx`'s device, for batches of up to `max_batch` inputs. A locked file needs `key`;
+    /// a v2 file is authenticated as [`crate::infer::Model::load`] says, each tensor
+    /// checked before it is uploaded (a wrong key, an edited header or a changed tensor
+    /// is refused; for v1 a wrong key loads, as a useless model); `unlock`
     /// says when its weights are unlocked. A plain file runs the plain kernels whatever
     /// `unlock` says. Weights may be F32, F16 or BF16, as the file stores them.
     ///
@@ -148,7 +150,30 @@ impl GpuModel {
         unlock: Unlock,
         max_batch: usize,
     ) -> Result<Self> {
-        let mut file = ModelFile::open(path, arch, key, |_, _| Ok(()))?;
+        let file = ModelFile::open(path, arch, key, true, |_, _| Ok(()))?;
+        Self::from_file(ctx, file, unlock, max_batch)
+    }
+
+    /// [`GpuModel::load`] without v2's checks, the key's included, as
+    /// [`crate::infer::Model::load_unauthenticated`]: for experiments, never for serving.
+    pub fn load_unauthenticated(
+        ctx: &GpuContext,
+        path: &std::path::Path,
+        arch: &Arch,
+        key: Option<&MasterKey>,
+        unlock: Unlock,
+        max_batch: usize,
+    ) -> Result<Self> {
+        let file = ModelFile::open(path, arch, key, false, |_, _| Ok(()))?;
+        Self::from_file(ctx, file, unlock, max_batch)
+    }
+
+    fn from_file(
+        ctx: &GpuContext,
+        mut file: ModelFile,
+        unlock: Unlock,
+        max_batch: usize,
+    ) -> Result<Self> {
         if max_batch == 0 {
             return Err(Error::Invalid(
                 "the maximum batch must be at least 1".into(),

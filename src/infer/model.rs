@@ -159,15 +159,33 @@ impl Model {
     /// Loads the model described by `arch` from the safetensors file at `path`.
     ///
     /// If the file is locked, the tensors it lists as locked are unlocked in memory with
-    /// `key`, and the file is never written. The key is deliberately *not* checked
-    /// against the file's key check value: a wrong key loads and runs, with garbage
-    /// weights (what the scheme promises an attacker gets). Check a key first with
-    /// [`crate::files::verify`] where a wrong one should be refused. A `key` given for
-    /// a file that is not locked is not used.
+    /// `key`, and the file is never written. A v2 file is authenticated first: a wrong
+    /// key, an edited header or a tensor whose bytes changed is refused
+    /// ([`Error::WrongKey`], [`Error::Tampered`]) before any weight is unlocked. A v1
+    /// file carries no tags and its key is not checked: a wrong key loads and runs with
+    /// garbage weights (what the scheme promises an attacker gets). A `key` given for a
+    /// file that is not locked is not used.
     ///
     /// Only the tensors `arch` names are read; they must be F32.
     pub fn load(path: &Path, arch: &Arch, key: Option<&MasterKey>) -> Result<Self> {
-        let mut file = ModelFile::open(path, arch, key, |name, dtype| {
+        Self::load_checked(path, arch, key, true)
+    }
+
+    /// [`Model::load`] without v2's checks, the key's included: a wrong key loads and
+    /// runs with garbage weights, as for v1. What an attacker who guessed a key would
+    /// run, for experiments on the scheme (the paper's wrong-key accuracy); never for
+    /// serving a model.
+    pub fn load_unauthenticated(path: &Path, arch: &Arch, key: Option<&MasterKey>) -> Result<Self> {
+        Self::load_checked(path, arch, key, false)
+    }
+
+    fn load_checked(
+        path: &Path,
+        arch: &Arch,
+        key: Option<&MasterKey>,
+        authenticate: bool,
+    ) -> Result<Self> {
+        let mut file = ModelFile::open(path, arch, key, authenticate, |name, dtype| {
             if dtype == Dtype::F32 {
                 return Ok(());
             }

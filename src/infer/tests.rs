@@ -275,7 +275,11 @@ fn loads_plain_and_locked_files() {
 
     // A wrong key loads (and runs) with other weights; the file check refuses it.
     let wrong = MasterKey::from_bytes([4; 16]);
-    let garbage = Model::load(&locked, &a, Some(&wrong)).unwrap();
+    assert!(matches!(
+        Model::load(&locked, &a, Some(&wrong)),
+        Err(crate::Error::WrongKey { .. })
+    ));
+    let garbage = Model::load_unauthenticated(&locked, &a, Some(&wrong)).unwrap();
     assert_ne!(garbage, expect);
     assert_eq!(garbage.forward(&[0.5; 36], 1).unwrap().len(), 3);
     assert!(files::verify(&locked, &wrong).is_err());
