@@ -3,7 +3,9 @@
 package's AES and AES-GCM), used to produce the known-answer vectors in docs/SPEC.md.
 The Rust tests tests/spec.rs (v1) and tests/spec_v2.rs (v2) check the crate against
 those vectors, so the two implementations agree.
-Run: python3 docs/kat.py (v1 block), python3 docs/kat.py v2 (v2 block)"""
+Run: python3 docs/kat.py (v1 block), python3 docs/kat.py v2 (v2 block);
+python3 docs/kat.py check LOCKED KEYHEX OUT verifies a v2 file deeplock wrote, as the
+spec says, and writes its unlocked data section to OUT (tests/spec_v2.rs runs it)."""
 import hashlib
 import sys
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -213,5 +215,45 @@ def v1_block():
         print(f"kcv {k} {kcv(bytes.fromhex(k)).hex()}")
 
 
+RECORD_KEYS = {"deeplock.version", "deeplock.scheme", "deeplock.salt", "deeplock.kcv",
+               "deeplock.locked", "deeplock.tags", "deeplock.mac"}
+OWNED_KEYS = RECORD_KEYS | {"deeplock.metadata"}
+
+
+def check_file(path, key_hex, out_path):
+    """Verifies the v2-locked safetensors file at `path` under the key, as SPEC.md says
+    (KCV2, header tag, every tensor tag), then writes its unlocked data section (the
+    tensors' bytes in file order) to `out_path`. Exits non-zero on any mismatch."""
+    import json
+    key = bytes.fromhex(key_hex)
+    raw = open(path, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    data = raw[8 + n :]
+    meta = header.pop("__metadata__")
+    assert (meta["deeplock.version"], meta["deeplock.scheme"]) == ("2", "aes128-ctr-sbox-gmac")
+    salt, kcv = bytes.fromhex(meta["deeplock.salt"]), bytes.fromhex(meta["deeplock.kcv"])
+    assert kcv2(key, salt) == kcv, "key check value"
+    kf = k_file(key, salt)
+    locked = json.loads(meta["deeplock.locked"])
+    tags = [bytes.fromhex(t) for t in json.loads(meta["deeplock.tags"])]
+    order = sorted(header, key=lambda t: (*header[t]["data_offsets"], t.encode()))
+    entries = [(t, header[t]["dtype"], header[t]["shape"], *header[t]["data_offsets"], tags[i])
+               for i, t in enumerate(order)]
+    others = {k: v for k, v in meta.items() if k not in RECORD_KEYS}
+    m = header_message("2", "aes128-ctr-sbox-gmac", salt, kcv, locked, entries, others)
+    assert gmac(kf, LAST_NONCE, m) == bytes.fromhex(meta["deeplock.mac"]), "header tag"
+    plain = bytearray(data)
+    for i, (name, dtype, shape, start, end, tag) in enumerate(entries):
+        is_locked = name in locked
+        assert tensor_tag(kf, i, name, dtype, shape, int(is_locked), data[start:end]) == tag, name
+        if is_locked:
+            plain[start:end] = unlock(key, salt, name, 0, data[start:end])
+    open(out_path, "wb").write(plain)
+
+
 if __name__ == "__main__":
-    v2_block() if sys.argv[1:] == ["v2"] else v1_block()
+    if sys.argv[1:2] == ["check"]:
+        check_file(*sys.argv[2:5])
+    else:
+        v2_block() if sys.argv[1:] == ["v2"] else v1_block()

@@ -32,6 +32,9 @@ packages=()
 ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1' || packages+=(libvulkan1)
 has_icd /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/share/vulkan/icd.d ||
     packages+=(mesa-vulkan-drivers)
+# Python's `cryptography`, for docs/kat.py: the independent implementation of the spec
+# that checks files the crate locks.
+python3 -c 'import cryptography' 2>/dev/null || packages+=(python3-cryptography)
 # The real Fashion-MNIST, which the inference tests classify.
 [ -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || packages+=(dataset-fashion-mnist)
 if [ ${#packages[@]} -gt 0 ]; then
@@ -46,6 +49,8 @@ export XDG_RUNTIME_DIR
 export DEEPLOCK_REQUIRE_GPU="${DEEPLOCK_REQUIRE_GPU:-1}"
 # A missing data set fails the tests that need it instead of skipping them.
 export DEEPLOCK_REQUIRE_DATA="${DEEPLOCK_REQUIRE_DATA:-1}"
+# The same for python3 with `cryptography` (docs/kat.py).
+export DEEPLOCK_REQUIRE_PYTHON="${DEEPLOCK_REQUIRE_PYTHON:-1}"
 
 for script in scripts/*.sh .ci/run; do bash -n "$script"; done
 if command -v python3 >/dev/null; then

@@ -431,15 +431,18 @@ fn write_layout(
     };
     let mut packer = ChunkPacker::new(dir, opts.chunk_size);
     // Where `input` is positioned: the layout reads in order, seeking only where it skips.
+    // Buffered: a model of many small tensors would otherwise cost a read call each.
     let mut at = None;
-    let seek = |input: &mut File, at: Option<u64>, start: u64| -> Result<()> {
-        if at != Some(start) {
-            input
-                .seek(SeekFrom::Start(start))
-                .map_err(|e| Error::io(path, e))?;
-        }
-        Ok(())
-    };
+    let input = &mut std::io::BufReader::with_capacity(1 << 20, input);
+    let seek =
+        |input: &mut std::io::BufReader<&mut File>, at: Option<u64>, start: u64| -> Result<()> {
+            if at != Some(start) {
+                input
+                    .seek(SeekFrom::Start(start))
+                    .map_err(|e| Error::io(path, e))?;
+            }
+            Ok(())
+        };
     for piece in &layout.pieces {
         match piece {
             Piece::Tensor(i) => {
@@ -923,63 +926,89 @@ fn verify_file(path: &Path, key: &MasterKey, done: &mut Verification) -> Result<
         return Ok(());
     }
     let checker = Checker::new(&*container, &info, key, path)?;
-    // One reader ahead of the tagger: the next buffer is read while this one is tagged.
+    let ranges: Vec<_> = (0..container.tensors().len())
+        .map(|i| container.byte_range(i))
+        .collect();
+    // Read in large blocks from the first tensor's start to the last one's end, one
+    // block ahead of the tagger: a model of many small tensors costs a read per block,
+    // not per tensor. Tensors lie in the file in order (the container says so).
+    let (first, end) = match (ranges.first(), ranges.last()) {
+        (Some(f), Some(l)) => (f.start, l.end),
+        _ => return Ok(()),
+    };
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(1);
     let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     for _ in 0..2 {
         empty_tx.send(Vec::new()).expect("the receiver is here");
     }
-    let ranges: Vec<_> = (0..container.tensors().len())
-        .map(|i| container.byte_range(i))
-        .collect();
-    let ranges = &ranges;
     std::thread::scope(|scope| {
         scope.spawn(move || {
-            for r in ranges {
-                let mut at = r.start;
-                while at < r.end {
-                    let Ok(mut buf) = empty_rx.recv() else { return };
-                    let n = (r.end - at).min(DEFAULT_CHUNK as u64) as usize;
-                    buf.resize(n, 0);
-                    let read = file
-                        .seek(SeekFrom::Start(at))
-                        .and_then(|_| file.read_exact(&mut buf))
-                        .map(|()| buf)
-                        .map_err(|e| Error::io(path, e));
-                    let failed = read.is_err();
-                    if full_tx.send(read).is_err() || failed {
-                        return;
-                    }
-                    at += n as u64;
+            if let Err(e) = file.seek(SeekFrom::Start(first)) {
+                let _ = full_tx.send(Err(Error::io(path, e)));
+                return;
+            }
+            let mut at = first;
+            while at < end {
+                let Ok(mut buf) = empty_rx.recv() else { return };
+                let n = (end - at).min(DEFAULT_CHUNK as u64) as usize;
+                buf.resize(n, 0);
+                let read = file
+                    .read_exact(&mut buf)
+                    .map(|()| buf)
+                    .map_err(|e| Error::io(path, e));
+                let failed = read.is_err();
+                if full_tx.send(read).is_err() || failed {
+                    return;
                 }
+                at += n as u64;
             }
         });
         // Owns the channel ends the reader waits on, so that an early error stops it.
-        check_tensors(path, &checker, ranges, full_rx, empty_tx, done)
+        check_tensors(path, &checker, &ranges, first, full_rx, empty_tx, done)
     })
 }
 
-/// Tags each of `ranges` (every tensor of the file, in order) from the buffers the
-/// reader sends, handing each back for the next read, and checks its tag.
+/// Tags each of `ranges` (every tensor of the file, in file order) from the blocks the
+/// reader sends (the file's bytes from `first` on), handing each block back for the
+/// next read, and checks its tag.
 fn check_tensors(
     path: &Path,
     checker: &Checker,
     ranges: &[std::ops::Range<u64>],
+    first: u64,
     full: std::sync::mpsc::Receiver<Result<Vec<u8>>>,
     empty: std::sync::mpsc::Sender<Vec<u8>>,
     done: &mut Verification,
 ) -> Result<()> {
+    // The block in hand and the file offset of its first byte.
+    let mut block: Vec<u8> = Vec::new();
+    let mut block_at = first;
+    let next = || -> Result<Vec<u8>> {
+        full.recv()
+            .map_err(|_| Error::format(path, "the reader stopped"))?
+    };
     for (i, r) in ranges.iter().enumerate() {
         let mut tagger = checker.tagger(i);
-        let mut left = r.end - r.start;
-        while left > 0 {
-            let buf = full
-                .recv()
-                .map_err(|_| Error::format(path, "the reader stopped"))??;
-            tagger.update(checker.key(), &buf)?;
-            left -= buf.len() as u64;
-            // The reader may be done already; then it needs no buffer back.
-            let _ = empty.send(buf);
+        let mut at = r.start;
+        if at < block_at {
+            return Err(Error::format(
+                path,
+                "tensors overlap or are out of file order",
+            ));
+        }
+        while at < r.end {
+            let block_end = block_at + block.len() as u64;
+            if at >= block_end {
+                let old = std::mem::replace(&mut block, next()?);
+                block_at = block_end;
+                // The reader may be done already; then it needs no buffer back.
+                let _ = empty.send(old);
+                continue;
+            }
+            let upto = r.end.min(block_end);
+            let piece = &block[(at - block_at) as usize..(upto - block_at) as usize];
+            tagger.update(checker.key(), piece)?;
+            at = upto;
         }
         checker.finish(i, tagger)?;
         done.tensors += 1;

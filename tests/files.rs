@@ -126,3 +126,65 @@ fn two_locks_use_different_salts() {
     }
     assert_ne!(salts[0], salts[1]);
 }
+
+/// The tags lock writes are the one-shot tags of SPEC.md over the locked bytes,
+/// whatever the streamer's chunk size (tensors split across chunks, many in one chunk,
+/// chunk boundaries off v2's 1 MiB chunks) and whichever engine locked them.
+#[test]
+fn tags_equal_the_one_shot_tags_whatever_the_chunking_and_engine() {
+    use deeplock::auth::{FileAuthKey, CHUNK_LEN};
+    let (_, mut rng) = seeded();
+    let dir = tempfile::tempdir().unwrap();
+    let m = CHUNK_LEN;
+    let tensors = vec![
+        ("a".to_string(), "U8", vec![m - 1]),
+        ("b".to_string(), "F32", vec![3]),
+        ("c".to_string(), "U8", vec![m + 5]),
+        ("d".to_string(), "F32", vec![0]),
+        ("e".to_string(), "BF16", vec![(5 * m / 4) + 1]),
+        ("f".to_string(), "I8", vec![0]),
+    ];
+    let input = dir.path().join("m.safetensors");
+    let original = write_random_model(&input, &tensors, &[], &mut rng);
+    let key = MasterKey::generate().unwrap();
+    let gpu = gpu_context();
+    let mut runs: Vec<(usize, bool)> = [7, 4096, m - 3, m, 3 * m, 16 * m]
+        .into_iter()
+        .map(|c| (c, false))
+        .collect();
+    if gpu.is_some() {
+        runs.extend([(m + 1, true), (16 * m, true)]);
+    }
+    for (i, (chunk_size, on_gpu)) in runs.into_iter().enumerate() {
+        let locked_path = dir.path().join(format!("l{i}.safetensors"));
+        let mut engine: Box<dyn deeplock::engine::Engine> = match (&gpu, on_gpu) {
+            (Some(ctx), true) => Box::new(deeplock::engine::GpuEngine::new(
+                deeplock::gpu::GpuLocker::new(ctx),
+            )),
+            _ => Box::new(CpuEngine::new(CpuLocker::new())),
+        };
+        let opts = Options {
+            chunk_size,
+            ..Options::default()
+        };
+        files::lock(&input, &locked_path, &key, engine.as_mut(), &opts).unwrap();
+        let locked = std::fs::read(&locked_path).unwrap();
+        let (h, data) = data_section(&locked, &locked_path);
+        let info = LockInfo::from_header(&h, &locked_path).unwrap().unwrap();
+        let tags = info.tags.as_ref().expect("lock writes v2");
+        let fk = FileAuthKey::derive(&key, &info.salt);
+        let descs = deeplock::authenticate::descriptors(&h.tensors, &info).unwrap();
+        for (t, d) in h.tensors.iter().zip(&descs) {
+            let bytes = &data[t.start as usize..t.end as usize];
+            assert_eq!(
+                fk.tensor_tag(d, bytes).unwrap(),
+                tags.tensors[d.index as usize],
+                "tensor {} with chunks of {chunk_size} bytes (gpu: {on_gpu})",
+                t.name
+            );
+        }
+        let back = dir.path().join(format!("b{i}.safetensors"));
+        files::unlock(&locked_path, &back, &key, engine.as_mut(), &opts).unwrap();
+        assert!(std::fs::read(&back).unwrap() == original);
+    }
+}

@@ -113,6 +113,20 @@ fn gpu_matches_the_cpu_reference_on_real_images_in_both_modes() {
         assert_eq!(predicted, trained, "{}", mode.name());
     }
     assert!(GpuModel::load(ctx, &locked, &arch, None, Unlock::AtLoad, 1).is_err());
+
+    // A flipped bit in the last tensor's data: refused before the model exists.
+    let mut bytes = std::fs::read(&locked).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let tampered = dir.path().join("t.safetensors");
+    std::fs::write(&tampered, &bytes).unwrap();
+    for mode in [Unlock::PerQuery, Unlock::AtLoad] {
+        match GpuModel::load(ctx, &tampered, &arch, Some(&key), mode, 1) {
+            Err(deeplock::Error::Tampered { .. }) => {}
+            Err(e) => panic!("{}: {e}", mode.name()),
+            Ok(_) => panic!("{}: a tampered file loaded", mode.name()),
+        }
+    }
 }
 
 #[test]

@@ -208,3 +208,86 @@ fn check_checkpoint(key: &MasterKey, r: &[String]) {
     assert_eq!(tag.to_hex(), r[2], "checkpoint tag");
     assert_eq!(tag.0, gmac(&k_c, [0xff; 12], &hex(&r[1])), "GMAC under K_c");
 }
+
+/// A file locked by the CLI, read by the independent implementation: docs/kat.py checks
+/// its key check value, header tag and every tensor tag as SPEC.md defines them, then
+/// unlocks it; its data must be the original's. Needs python3 with `cryptography`
+/// (scripts/test.sh installs it and sets DEEPLOCK_REQUIRE_PYTHON=1: then a missing one
+/// fails this test instead of skipping it).
+#[test]
+fn a_locked_file_checks_and_unlocks_in_the_independent_implementation() {
+    let has = std::process::Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has {
+        assert!(
+            std::env::var_os("DEEPLOCK_REQUIRE_PYTHON").is_none(),
+            "python3 with the cryptography package is required (DEEPLOCK_REQUIRE_PYTHON is set)"
+        );
+        eprintln!("skipped: no python3 with the cryptography package");
+        return;
+    }
+    use rand::SeedableRng;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    // Locked tensors small (the Python keystream is slow); a clear one over two chunks,
+    // an empty one, odd dtypes and sizes.
+    let tensors = vec![
+        ("w.weight".to_string(), "F32", vec![7, 13]),
+        ("w.bias".to_string(), "BF16", vec![7]),
+        ("empty".to_string(), "F32", vec![0]),
+        ("q".to_string(), "I8", vec![1, 3]),
+        ("big.table".to_string(), "U8", vec![(2 << 20) + 3]),
+    ];
+    let original = common::write_random_model(
+        &d.join("m.safetensors"),
+        &tensors,
+        &[("format", "pt"), ("note", "é")],
+        &mut rng,
+    );
+    common::write_key_file(&d.join("key"));
+    let o = common::deeplock(
+        d,
+        &[
+            "lock",
+            "m.safetensors",
+            "-o",
+            "l.safetensors",
+            "--key-file",
+            "key",
+            "--only",
+            "w.*",
+            "--only",
+            "q",
+            "--only",
+            "empty",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let kat = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/kat.py");
+    let o = std::process::Command::new("python3")
+        .args([kat, "check", "l.safetensors", common::KAT_KEY, "plain.bin"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let n = u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
+    assert!(
+        std::fs::read(d.join("plain.bin")).unwrap() == original[8 + n..],
+        "docs/kat.py unlocks the data to the original's"
+    );
+    // And it refuses the file with one bit of the clear tensor flipped.
+    let mut bytes = std::fs::read(d.join("l.safetensors")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(d.join("t.safetensors"), &bytes).unwrap();
+    let o = std::process::Command::new("python3")
+        .args([kat, "check", "t.safetensors", common::KAT_KEY, "t.bin"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+}

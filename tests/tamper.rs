@@ -54,7 +54,7 @@ impl Fixture {
         let [s, e] = offsets(&h, "a.bias");
         data[s..e].fill(0);
         std::fs::write(&path, join(&h, &data)).unwrap();
-        write_key(&dir.path().join("key"));
+        write_key_file(&dir.path().join("key"));
         let o = run(
             dir.path(),
             &[
@@ -125,13 +125,6 @@ impl Fixture {
             assert_no_output(self.dir.path(), what);
         }
     }
-}
-
-/// The SPEC's key, in a key file only its owner reads (so no warning joins the errors).
-fn write_key(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, KAT_KEY).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn run(dir: &Path, args: &[&str]) -> std::process::Output {
@@ -408,7 +401,7 @@ fn v1_files_unlock_with_a_notice_and_upgrade_keeps_their_locked_bytes() {
     for name in ["plain.safetensors", "v1.safetensors"] {
         std::fs::copy(fixtures.join(name), dir.path().join(name)).unwrap();
     }
-    write_key(&dir.path().join("key"));
+    write_key_file(&dir.path().join("key"));
     let d = dir.path();
     let plain = std::fs::read(d.join("plain.safetensors")).unwrap();
 
@@ -563,7 +556,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn checkpoint_shards_removed_added_renamed_or_swapped_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write_key(&d.join("key"));
+    write_key_file(&d.join("key"));
     checkpoint(&d.join("ckpt"), 1);
     checkpoint(&d.join("other"), 2);
     for (from, to) in [("ckpt", "locked"), ("other", "other-locked")] {
@@ -674,7 +667,7 @@ fn checkpoint_shards_removed_added_renamed_or_swapped_are_refused() {
 fn shards_locked_apart_are_joined_from_their_headers() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write_key(&d.join("key"));
+    write_key_file(&d.join("key"));
     checkpoint(&d.join("ckpt"), 3);
     std::fs::create_dir(d.join("apart")).unwrap();
     // Each shard locked on its own, as on two machines.

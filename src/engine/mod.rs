@@ -151,6 +151,9 @@ pub trait Engine {
     fn describe(&self) -> String;
 }
 
+/// Spans shorter than this are transformed on one core each, many at once.
+const SMALL_SPAN: usize = 64 << 10;
+
 /// The CPU fast path over all cores.
 pub struct CpuEngine {
     locker: CpuLocker,
@@ -165,13 +168,30 @@ impl CpuEngine {
 
 impl Engine for CpuEngine {
     fn submit(&mut self, mut chunk: Chunk) -> Result<Vec<Chunk>> {
+        use rayon::prelude::*;
+        // Large spans split across all cores; small ones (a model of many biases) are
+        // spread over the cores a span each: one parallel call per small span would
+        // cost more in waking threads than the span's work.
+        let mut rest = &mut chunk.data[..];
+        let mut start = 0;
+        let mut small = Vec::new();
         for span in &chunk.spans {
-            if let Some(c) = &span.cipher {
-                let data = &mut chunk.data[span.range.clone()];
+            let (_, tail) = rest.split_at_mut(span.range.start - start);
+            let (data, tail) = tail.split_at_mut(span.range.len());
+            (rest, start) = (tail, span.range.end);
+            let Some(c) = &span.cipher else { continue };
+            if data.len() >= SMALL_SPAN {
                 self.locker
                     .apply_parallel(c, chunk.dir, span.tensor_offset, data);
+            } else {
+                small.push((c, span.tensor_offset, data));
             }
         }
+        let (locker, dir) = (&self.locker, chunk.dir);
+        small
+            .into_par_iter()
+            .with_min_len(64)
+            .for_each(|(c, offset, data)| locker.apply(c, dir, offset, data));
         Ok(vec![chunk])
     }
 

@@ -295,6 +295,23 @@ fn loads_plain_and_locked_files() {
     };
     files::lock(&plain, &partly, &key, &mut engine, &opts).unwrap();
     assert_eq!(Model::load(&partly, &a, Some(&key)).unwrap(), expect);
+
+    // One flipped bit in any tensor the model uses, locked or in the clear, is refused
+    // before a weight is unlocked, naming the tensor.
+    let bytes = std::fs::read(&partly).unwrap();
+    let header = files::read_header(&partly).unwrap();
+    let tampered = dir.path().join("t.safetensors");
+    for t in &header.tensors {
+        let mut b = bytes.clone();
+        b[(header.data_start() + t.start) as usize] ^= 0x10;
+        std::fs::write(&tampered, &b).unwrap();
+        match Model::load(&tampered, &a, Some(&key)) {
+            Err(crate::Error::Tampered { what, .. }) => {
+                assert_eq!(what, format!("tensor {:?}", t.name))
+            }
+            other => panic!("{}: {other:?}", t.name),
+        }
+    }
 }
 
 #[test]

@@ -115,6 +115,13 @@ pub fn deeplock(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
 /// The spec's known-answer key.
 pub const KAT_KEY: &str = "000102030405060708090a0b0c0d0e0f";
 
+/// Writes [`KAT_KEY`] to a key file only its owner reads (no permission warning).
+pub fn write_key_file(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, KAT_KEY).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// A GPU context, or `None` after a skip line where there is no adapter and none is
 /// required. With `DEEPLOCK_REQUIRE_GPU=1` (set by scripts/test.sh, so in CI) a missing
 /// adapter panics: GPU tests must never pass without having run.
