@@ -149,6 +149,26 @@ fn bench_size(c: &mut Criterion, label: &str, len: usize, samples: usize) {
             }
         })
     });
+    // The same with `aes-gcm` 0.11's GMAC, what `deeplock::auth` used before AWS-LC.
+    g.bench_function(
+        format!("v2 lock {best} + gmac aes-gcm 0.11, per chunk"),
+        |b| {
+            b.iter(|| {
+                for (i, chunk) in buf.chunks_mut(CHUNK_LEN).enumerate() {
+                    let offset = (i * CHUNK_LEN) as u64;
+                    locker.apply(&cipher, Direction::Lock, offset, chunk);
+                    black_box(
+                        gcm.encrypt_inout_detached(
+                            &[0u8; 12].into(),
+                            &*chunk,
+                            (&mut [][..]).into(),
+                        )
+                        .unwrap(),
+                    );
+                }
+            })
+        },
+    );
     if len > CHUNK_LEN {
         let threads = rayon::current_num_threads();
         g.bench_function(format!("tensor_tag parallel x{threads}"), |b| {
