@@ -1,5 +1,6 @@
-//! The MAC choice for scheme v2 (BENCHMARKS.md, "MAC choice"): GMAC through `aes-gcm`
-//! (what `deeplock::auth` uses) against HMAC-SHA-256 and BLAKE3, next to v1 locking and
+//! The MAC choice for scheme v2 (BENCHMARKS.md, "MAC choice"): GMAC as `deeplock::auth`
+//! computes it, through `aes-gcm` 0.11 and 0.10, `ring` and `aws-lc-rs` (the candidates
+//! for `deeplock::auth`'s backend), against HMAC-SHA-256 and BLAKE3, next to v1 locking and
 //! to locking then tagging each 1 MiB chunk while it is in cache (what a v2 lock does),
 //! in one run so that their ratios hold on a noisy machine. Sizes: 16 KiB (what
 //! `openssl speed` times), one 1 MiB chunk, and 256 MiB (far larger than the caches).
@@ -50,10 +51,57 @@ fn bench_size(c: &mut Criterion, label: &str, len: usize, samples: usize) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
 
-    g.bench_function("gmac aes-gcm", |b| {
+    g.bench_function("gmac deeplock::auth", |b| {
         b.iter(|| {
             for (i, chunk) in buf.chunks(CHUNK_LEN).enumerate() {
                 black_box(auth.chunk_tag(0, i as u64, chunk));
+            }
+        })
+    });
+    // The candidates for `deeplock::auth`'s GMAC, each under its own raw key, one
+    // chunk at a time as a v2 file tags (tests/gmac_backends.rs checks their tags).
+    let gcm = Aes128Gcm::new(&KEY.into());
+    g.bench_function("gmac aes-gcm 0.11", |b| {
+        b.iter(|| {
+            for chunk in buf.chunks(CHUNK_LEN) {
+                black_box(
+                    gcm.encrypt_inout_detached(&[0u8; 12].into(), chunk, (&mut [][..]).into())
+                        .unwrap(),
+                );
+            }
+        })
+    });
+    let ring_key = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &KEY).unwrap(),
+    );
+    g.bench_function("gmac ring", |b| {
+        b.iter(|| {
+            for chunk in buf.chunks(CHUNK_LEN) {
+                let nonce = ring::aead::Nonce::assume_unique_for_key([0u8; 12]);
+                let _ = black_box(
+                    ring_key
+                        .seal_in_place_separate_tag(nonce, ring::aead::Aad::from(chunk), &mut [])
+                        .unwrap(),
+                );
+            }
+        })
+    });
+    let aws_key = aws_lc_rs::aead::LessSafeKey::new(
+        aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_128_GCM, &KEY).unwrap(),
+    );
+    g.bench_function("gmac aws-lc-rs", |b| {
+        b.iter(|| {
+            for chunk in buf.chunks(CHUNK_LEN) {
+                let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key([0u8; 12]);
+                let _ = black_box(
+                    aws_key
+                        .seal_in_place_separate_tag(
+                            nonce,
+                            aws_lc_rs::aead::Aad::from(chunk),
+                            &mut [],
+                        )
+                        .unwrap(),
+                );
             }
         })
     });
@@ -69,7 +117,6 @@ fn bench_size(c: &mut Criterion, label: &str, len: usize, samples: usize) {
             }
         })
     });
-    let gcm = Aes128Gcm::new(&KEY.into());
     g.bench_function("aes-128-gcm encrypt (aes-gcm crate)", |b| {
         b.iter(|| {
             black_box(
@@ -102,6 +149,26 @@ fn bench_size(c: &mut Criterion, label: &str, len: usize, samples: usize) {
             }
         })
     });
+    // The same with `aes-gcm` 0.11's GMAC, what `deeplock::auth` used before AWS-LC.
+    g.bench_function(
+        format!("v2 lock {best} + gmac aes-gcm 0.11, per chunk"),
+        |b| {
+            b.iter(|| {
+                for (i, chunk) in buf.chunks_mut(CHUNK_LEN).enumerate() {
+                    let offset = (i * CHUNK_LEN) as u64;
+                    locker.apply(&cipher, Direction::Lock, offset, chunk);
+                    black_box(
+                        gcm.encrypt_inout_detached(
+                            &[0u8; 12].into(),
+                            &*chunk,
+                            (&mut [][..]).into(),
+                        )
+                        .unwrap(),
+                    );
+                }
+            })
+        },
+    );
     if len > CHUNK_LEN {
         let threads = rayon::current_num_threads();
         g.bench_function(format!("tensor_tag parallel x{threads}"), |b| {

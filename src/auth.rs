@@ -16,15 +16,14 @@
 //!   ([`CheckpointKey`]), so that shards locked apart are joined by reading headers only.
 //!
 //! Every tag is GMAC: AES-128-GCM with an empty plaintext and the message as additional
-//! data, from the `aes-gcm` crate, which WebCrypto computes as well.
+//! data, computed by AWS-LC (through `aws-lc-rs`), which WebCrypto computes as well.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 
 use aes::cipher::{BlockEncrypt, KeyInit};
 use aes::Aes128;
-use aes_gcm::aead::AeadInOut;
-use aes_gcm::{Aes128Gcm, KeyInit as _};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -91,13 +90,24 @@ impl Tag {
 }
 
 /// GMAC under one key: AES-128-GCM's tag with an empty plaintext and the message as
-/// additional data. `aes-gcm` zeroizes the whole state (AES round keys and the GHASH
-/// key H) on drop, with its `zeroize` feature, which Cargo.toml turns on.
-struct Gmac(Aes128Gcm);
+/// additional data, computed by AWS-LC through `aws-lc-rs` (its GHASH runs on
+/// VPCLMULQDQ with 512-bit registers where the CPU has them: about 4x `aes-gcm` 0.11 on
+/// the machine of BENCHMARKS.md, "MAC choice"; tests/gmac_backends.rs checks that the
+/// tags are the same).
+///
+/// Zeroizing: AWS-LC keeps the whole key state (AES round keys and the GHASH key H with
+/// its powers) in one `EVP_AEAD_CTX` from `OPENSSL_malloc`, and `aws-lc-rs` frees it with
+/// `EVP_AEAD_CTX_free`, whose `OPENSSL_free` overwrites the allocation
+/// (`OPENSSL_cleanse`) before freeing it: the key state is cleared on drop. Not cleared:
+/// the copy of the GHASH key that each call makes in a GCM context on its own stack
+/// frame (AWS-LC's `aead_aes_gcm_seal_scatter_impl`), and `aws-lc-rs` has no `zeroize`
+/// feature of its own. `key` itself is the caller's to clear.
+struct Gmac(LessSafeKey);
 
 impl Gmac {
     fn new(key: &[u8; 16]) -> Self {
-        Gmac(Aes128Gcm::new(key.into()))
+        let key = UnboundKey::new(&AES_128_GCM, key).expect("AES-128-GCM takes a 16-byte key");
+        Gmac(LessSafeKey::new(key))
     }
 
     /// The tag of `message` under this key with the 96-bit `nonce`. Callers keep
@@ -105,9 +115,15 @@ impl Gmac {
     fn tag(&self, nonce: [u8; 12], message: &[u8]) -> Tag {
         let t = self
             .0
-            .encrypt_inout_detached(&nonce.into(), message, (&mut [][..]).into())
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(message),
+                &mut [],
+            )
             .expect("GMAC messages stay under GCM's 2^36-byte limit");
-        Tag(t.into())
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(t.as_ref());
+        Tag(tag)
     }
 }
 

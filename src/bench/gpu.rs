@@ -220,6 +220,10 @@ pub fn bench_gpu(ctx: &GpuContext, w: &Workload, runs: Runs) -> Result<Record> {
         aes_ctr_gbps: None,
         lock_1t_gbps: None,
         unlock_1t_gbps: None,
+        v2_lock_gbps: None,
+        v2_unlock_gbps: None,
+        v2_lock_1t_gbps: None,
+        v2_unlock_1t_gbps: None,
         table_copies: Some(b.locker.table_copies()),
         seconds: Seconds {
             lock,
@@ -230,6 +234,10 @@ pub fn bench_gpu(ctx: &GpuContext, w: &Workload, runs: Runs) -> Result<Record> {
             aes_ctr: None,
             lock_1t: None,
             unlock_1t: None,
+            v2_lock: None,
+            v2_unlock: None,
+            v2_lock_1t: None,
+            v2_unlock_1t: None,
         },
         runs: runs.timed,
     })

@@ -218,6 +218,15 @@ pub struct Record {
     pub lock_1t_gbps: Option<f64>,
     /// Unlock on one CPU core (CPU only).
     pub unlock_1t_gbps: Option<f64>,
+    /// v2 lock on all CPU cores, in memory: lock each 1 MiB chunk, then its GMAC tag
+    /// while it is in cache, chunks spread over the cores (CPU only).
+    pub v2_lock_gbps: Option<f64>,
+    /// v2 unlock on all CPU cores: check each chunk's tag, then unlock it (CPU only).
+    pub v2_unlock_gbps: Option<f64>,
+    /// v2 lock on one CPU core (CPU only).
+    pub v2_lock_1t_gbps: Option<f64>,
+    /// v2 unlock on one CPU core (CPU only).
+    pub v2_unlock_1t_gbps: Option<f64>,
     /// Copies of the AES tables in each workgroup of the lock kernel (GPU only; see
     /// `gpu::aes::table_copies`).
     pub table_copies: Option<u32>,
@@ -246,12 +255,20 @@ pub struct Seconds {
     pub lock_1t: Option<f64>,
     /// Behind `unlock_1t_gbps`.
     pub unlock_1t: Option<f64>,
+    /// Behind `v2_lock_gbps`.
+    pub v2_lock: Option<f64>,
+    /// Behind `v2_unlock_gbps`.
+    pub v2_unlock: Option<f64>,
+    /// Behind `v2_lock_1t_gbps`.
+    pub v2_lock_1t: Option<f64>,
+    /// Behind `v2_unlock_1t_gbps`.
+    pub v2_unlock_1t: Option<f64>,
 }
 
 /// A readable table of `records`.
 pub fn table(records: &[Record]) -> String {
     let header = format!(
-        "  {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>9} {:>9}",
+        "  {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "workload",
         "bytes",
         "lock",
@@ -261,7 +278,12 @@ pub fn table(records: &[Record]) -> String {
         "copy",
         "l/copy",
         "aes-ctr",
-        "lock 1t"
+        "lock 1t",
+        "unlk 1t",
+        "v2 lock",
+        "v2 unlk",
+        "v2 lk 1t",
+        "v2 ul 1t"
     );
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     // +io is the wall clock with host-device transfers: the CPU has none, and its
@@ -278,7 +300,7 @@ pub fn table(records: &[Record]) -> String {
         &header,
         |r| {
             format!(
-                "  {:>12} {:>12} {:>9.2} {:>9.2} {:>9} {:>9} {:>9.2} {:>6.2} {:>9} {:>9}",
+                "  {:>12} {:>12} {:>9.2} {:>9.2} {:>9} {:>9} {:>9.2} {:>6.2} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
                 r.size_label,
                 r.size_bytes,
                 r.lock_gbps,
@@ -288,9 +310,14 @@ pub fn table(records: &[Record]) -> String {
                 r.copy_gbps,
                 r.lock_over_copy,
                 opt(r.aes_ctr_gbps),
-                opt(r.lock_1t_gbps)
+                opt(r.lock_1t_gbps),
+                opt(r.unlock_1t_gbps),
+                opt(r.v2_lock_gbps),
+                opt(r.v2_unlock_gbps),
+                opt(r.v2_lock_1t_gbps),
+                opt(r.v2_unlock_1t_gbps)
             )
         },
-        "\n  GB/s (10^9 bytes/s), median of the timed runs; lock/unlock = compute only (GPU: kernel by timestamp queries), +io = wall clock with host-device transfers (GPU only), copy = memcpy (CPU) or copy kernel (GPU)\n",
+        "\n  GB/s (10^9 bytes/s), median of the timed runs; lock/unlock = compute only (GPU: kernel by timestamp queries), +io = wall clock with host-device transfers (GPU only), copy = memcpy (CPU) or copy kernel (GPU), 1t = one core, v2 = v1 plus a GMAC tag per 1 MiB chunk (lock: lock then tag each chunk; unlk: check each chunk's tag then unlock it; CPU only)\n",
     )
 }

@@ -206,6 +206,10 @@ mod tests {
             aes_ctr_gbps: None,
             lock_1t_gbps: None,
             unlock_1t_gbps: None,
+            v2_lock_gbps: None,
+            v2_unlock_gbps: None,
+            v2_lock_1t_gbps: None,
+            v2_unlock_1t_gbps: None,
             table_copies: None,
             seconds: Seconds {
                 lock: secs,
@@ -216,6 +220,10 @@ mod tests {
                 aes_ctr: None,
                 lock_1t: None,
                 unlock_1t: None,
+                v2_lock: None,
+                v2_unlock: None,
+                v2_lock_1t: None,
+                v2_unlock_1t: None,
             },
             runs: 1,
         }
