@@ -420,10 +420,16 @@ fn write_layout(
     let mut cursor = SpanCursor::new(layout, container);
     let mut w = BufWriter::with_capacity(1 << 20, &mut *out);
     let mut sink = |c: &Chunk| -> Result<()> {
-        if let Some(s) = sealer.as_deref_mut() {
-            cursor.feed(s, c)?;
-        }
-        w.write_all(&c.data).map_err(|e| Error::io(dst, e))?;
+        // Tagging overlaps the write: the write is the kernel's copy on this core, the
+        // tags come from the others.
+        let (tagged, written) = rayon::join(
+            || match sealer.as_deref_mut() {
+                Some(s) => cursor.feed(s, c),
+                None => Ok(()),
+            },
+            || w.write_all(&c.data).map_err(|e| Error::io(dst, e)),
+        );
+        tagged.and(written)?;
         if let Some(p) = opts.progress {
             p(c.data.len() as u64);
         }
