@@ -217,7 +217,6 @@ def v1_block():
 
 RECORD_KEYS = {"deeplock.version", "deeplock.scheme", "deeplock.salt", "deeplock.kcv",
                "deeplock.locked", "deeplock.tags", "deeplock.mac"}
-OWNED_KEYS = RECORD_KEYS | {"deeplock.metadata"}
 
 
 def check_file(path, key_hex, out_path):

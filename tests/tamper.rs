@@ -260,7 +260,7 @@ fn two_equal_tensors_swapped_are_refused() {
         &bytes,
         &format!("the header in t.safetensors {MODIFIED}"),
         "offsets swapped",
-        false,
+        true,
     );
 }
 
@@ -343,7 +343,7 @@ fn every_header_edit_is_refused() {
         ),
     ];
     for (what, edit) in &edits {
-        f.refused(&with_header(&f.locked, edit), &header, what, false);
+        f.refused(&with_header(&f.locked, edit), &header, what, true);
     }
     // The salt or the key check value: told apart from a wrong key only by the tags,
     // which cannot be checked without them; the message names both causes.
@@ -355,7 +355,7 @@ fn every_header_edit_is_refused() {
             v.replace_range(..1, first);
             m[key] = v.into();
         });
-        f.refused(&bytes, "salt or key check value was changed", key, false);
+        f.refused(&bytes, "salt or key check value was changed", key, true);
     }
     // Downgraded to v1 by stripping the tags: v2's key check value is not v1's.
     let bytes = with_header(&f.locked, |h| {
@@ -365,7 +365,7 @@ fn every_header_edit_is_refused() {
         m["deeplock.version"] = "1".into();
         m["deeplock.scheme"] = "aes128-ctr-sbox".into();
     });
-    f.refused(&bytes, "wrong key", "downgraded to v1", false);
+    f.refused(&bytes, "wrong key", "downgraded to v1", true);
     // A duplicated key reads two ways: refused before anything else.
     let (h, data) = split(&f.locked);
     let json = serde_json::to_string(&h).unwrap().replacen(
@@ -376,7 +376,7 @@ fn every_header_edit_is_refused() {
     let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(json.as_bytes());
     bytes.extend_from_slice(&data);
-    f.refused(&bytes, "appears twice", "duplicated metadata key", false);
+    f.refused(&bytes, "appears twice", "duplicated metadata key", true);
 }
 
 #[test]
@@ -387,11 +387,11 @@ fn truncated_and_extended_files_are_refused() {
         &f.locked[..n - 1],
         "truncated",
         "truncated by one byte",
-        false,
+        true,
     );
     let mut longer = f.locked.clone();
     longer.push(0);
-    f.refused(&longer, "belong to none", "extended by one byte", false);
+    f.refused(&longer, "belong to none", "extended by one byte", true);
 }
 
 #[test]

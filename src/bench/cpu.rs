@@ -85,7 +85,7 @@ fn v2_tensor(
 }
 
 /// Measures the CPU fast path on `w`: all cores and one core, lock and unlock, v1 and v2
-/// (v1 plus a GMAC per 1 MiB chunk, [`v2_tensor`]), next to memcpy on all cores and
+/// (v1 plus a GMAC per 1 MiB chunk, `v2_tensor`), next to memcpy on all cores and
 /// plain AES-128-CTR on one core.
 pub fn bench_cpu(w: &Workload, runs: Runs) -> Record {
     let locker = CpuLocker::new();
