@@ -696,6 +696,12 @@ fn shards_locked_apart_are_joined_from_their_headers() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
     let p = d.join("apart").join(index);
     let text = std::fs::read_to_string(&p).unwrap();
+    let mut index: Value = serde_json::from_str(&text).unwrap();
+    index["weight_map"]
+        .as_object_mut()
+        .unwrap()
+        .shift_remove("x.bias");
+    let without_x_bias = serde_json::to_string(&index).unwrap();
     for (what, bad, expect) in [
         (
             "a tensor in the wrong shard",
@@ -708,9 +714,14 @@ fn shards_locked_apart_are_joined_from_their_headers() {
             "not a locked shard",
         ),
         (
-            "a tensor left out",
+            "a tensor renamed",
             text.replacen("\"x.bias\"", "\"x.bias.other\"", 1),
             "holds no such tensor",
+        ),
+        (
+            "a tensor left out",
+            without_x_bias,
+            "does not map \"x.bias\"",
         ),
     ] {
         std::fs::write(&p, &bad).unwrap();
