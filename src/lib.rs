@@ -5,7 +5,9 @@
 //! model file is useless without the key and exactly the original with it. deeplock v1
 //! (`aes128-ctr-sbox`, specified in docs/SPEC.md) draws `k` from AES-128-CTR, so any byte
 //! of any tensor can be locked or unlocked independently: in parallel on all CPU cores,
-//! or on any GPU through wgpu.
+//! or on any GPU through wgpu. deeplock v2 (`aes128-ctr-sbox-gmac`, what lock writes)
+//! keeps that transform and adds GMAC tags over the locked bytes and the header, so a
+//! file changed after locking is refused before any of its plaintext exists.
 //!
 //! ## Layers
 //!
@@ -14,7 +16,10 @@
 //! ```text
 //!  front ends    infer (CPU reference, fast CPU, GpuModel)   mnist   zoo   bench
 //!                                    |
-//!  operations    files: lock, unlock, verify, inspect of files and checkpoint directories
+//!  operations    files: lock, unlock, verify, inspect, join, upgrade of files and
+//!                checkpoint directories
+//!                                    |
+//!  v2 applied    authenticate (seal on lock, check on read)   checkpoint (the record)
 //!                                    |
 //!  containers    format (the Container trait; safetensors)   lock_info   auth (v2 tags)
 //!                header   output
@@ -29,7 +34,9 @@
 //!
 //! The pieces:
 //! - [`MasterKey`], [`Salt`], [`Nonce`], [`TensorCipher`]: the scheme's values.
-//! - [`auth`]: scheme v2's tags (authenticated locking), the same transform plus GMAC.
+//! - [`auth`]: scheme v2's tags (authenticated locking), the same transform plus GMAC;
+//!   [`authenticate`] runs them over a container's tensors and header, and
+//!   [`checkpoint`] over a directory's shards.
 //! - [`mod@reference`]: the obviously-correct scalar path every fast path is checked against.
 //! - [`CpuLocker`]: the CPU fast path (AES-NI / VAES, all cores); [`gpu`]: the wgpu path.
 //! - [`engine`]: what the file streamer hands chunks to, on the CPU or a GPU.
