@@ -27,7 +27,8 @@ use deeplock::files::{self, Options};
 use deeplock::gpu::GpuContext;
 use deeplock::infer::{accuracy, Arch, GpuModel, Layer, Model, Unlock};
 use deeplock::mnist::{Dataset, Split};
-use deeplock::zoo::{self, SplitMix64};
+use deeplock::rng::SplitMix64;
+use deeplock::zoo;
 use deeplock::{CpuLocker, MasterKey};
 use serde_json::{json, Value};
 

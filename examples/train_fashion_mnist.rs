@@ -31,7 +31,8 @@ use deeplock::infer::{Arch, ConvSpec, DenseSpec, LayerSpec, Model, Padding};
 use deeplock::mnist::{
     Dataset, Split, CLASSES, FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, FASHION_MNIST_HINT,
 };
-use deeplock::zoo::{SplitMix64, Tensor};
+use deeplock::rng::SplitMix64;
+use deeplock::zoo::Tensor;
 use rayon::prelude::*;
 
 /// Pieces each mini-batch is split into, run in parallel and summed in order: fixed, so

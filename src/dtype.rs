@@ -125,6 +125,12 @@ impl Dtype {
         bits.is_multiple_of(8).then_some(u64::from(bits / 8))
     }
 
+    /// The `safetensors` crate's value for the type (which names every `Dtype`).
+    pub fn to_safetensors(self) -> safetensors::Dtype {
+        serde_json::from_value(serde_json::Value::String(self.name().into()))
+            .expect("the safetensors crate knows every Dtype by its name")
+    }
+
     /// The `safetensors` crate's value for the type.
     pub fn from_safetensors(dtype: safetensors::Dtype) -> Option<Dtype> {
         Dtype::parse(&format!("{dtype:?}"))
@@ -146,6 +152,8 @@ mod tests {
         for d in Dtype::ALL {
             assert_eq!(Dtype::parse(d.name()), Some(d));
             assert_eq!(d.to_string(), d.name());
+            assert_eq!(Dtype::from_safetensors(d.to_safetensors()), Some(d));
+            assert_eq!(u64::from(d.bits()), d.to_safetensors().bitsize() as u64);
         }
         assert_eq!(
             Dtype::parse("f32"),

@@ -29,7 +29,7 @@
 //!  backends      cpu (AES-NI / VAES, all cores)          gpu (WGSL kernels, fused matmul)
 //!                                    |
 //!  the scheme    key, scheme (salt, nonce, cipher), sbox, key_schedule, reference, dtype,
-//!                hex, error
+//!                hex, rng, error
 //! ```
 //!
 //! The pieces:
@@ -66,6 +66,7 @@ pub mod lock_info;
 pub mod mnist;
 pub mod output;
 pub mod reference;
+pub mod rng;
 mod sbox;
 pub mod scheme;
 pub mod zoo;

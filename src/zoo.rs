@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::header::Header;
+use crate::format::{safetensors, TensorView};
 pub use crate::infer::Tensor;
 
 /// Shapes of the Keras `cifar10_cnn` example network (1,250,858 parameters in 12
@@ -59,29 +60,9 @@ pub fn cifar10_cnn_arch() -> crate::infer::Arch {
 /// Number of parameters of [`CIFAR10_CNN`].
 pub const CIFAR10_CNN_PARAMS: usize = 1_250_858;
 
-/// A small deterministic generator (SplitMix64): reproducible weights without a
-/// dependency, not for anything secret.
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    pub fn next_signed_unit(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-    }
-}
-
 /// The CIFAR-10-sized network with Glorot-uniform weights and small biases from `seed`.
 pub fn cifar10_cnn(seed: u64) -> Vec<Tensor> {
-    let mut rng = SplitMix64(seed);
+    let mut rng = crate::rng::SplitMix64(seed);
     CIFAR10_CNN
         .iter()
         .map(|&(name, shape)| {
@@ -118,27 +99,18 @@ pub fn write_safetensors_with_metadata(
         .iter()
         .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
         .collect();
-    let views = tensors
+    let views: Vec<TensorView<'_>> = tensors
         .iter()
         .zip(&bytes)
-        .map(|(t, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), b)
-                .map(|v| (t.name.clone(), v))
-                .map_err(|e| Error::Invalid(format!("tensor {}: {e}", t.name)))
+        .map(|(t, b)| TensorView {
+            name: &t.name,
+            dtype: Dtype::F32,
+            shape: &t.shape,
+            data: b,
         })
-        .collect::<Result<Vec<_>>>()?;
-    let file = safetensors::serialize(views, None)
-        .map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))?;
-    // The crate takes metadata as a HashMap and writes it in random order; set it here,
-    // in the order given, so that the same model always makes the same bytes.
-    let json_len = u64::from_le_bytes(file[..8].try_into().expect("8 bytes")) as usize;
-    let mut header = Header::parse(&file[8..8 + json_len], path)?;
-    for &(k, v) in metadata {
-        header.set_metadata(k, v.to_owned());
-    }
-    let mut out = header.to_bytes();
-    out.extend_from_slice(&file[8 + json_len..]);
-    std::fs::write(path, out).map_err(|e| Error::io(path, e))
+        .collect();
+    let file = safetensors::serialize(&views, metadata, path)?;
+    std::fs::write(path, file).map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]

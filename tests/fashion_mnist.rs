@@ -11,7 +11,7 @@ use deeplock::engine::CpuEngine;
 use deeplock::files::{self, Options};
 use deeplock::infer::{accuracy, Arch, Model};
 use deeplock::mnist::Dataset;
-use deeplock::zoo::SplitMix64;
+use deeplock::rng::SplitMix64;
 use deeplock::{CpuLocker, Error, MasterKey};
 
 /// Test images used (the first ones of the test set): enough for a stable accuracy,

@@ -13,7 +13,8 @@ use deeplock::files::{self, Options};
 use deeplock::gpu::GpuContext;
 use deeplock::infer::{accuracy, Arch, GpuModel, Model, Unlock};
 use deeplock::mnist::Dataset;
-use deeplock::zoo::{self, SplitMix64};
+use deeplock::rng::SplitMix64;
+use deeplock::zoo;
 use deeplock::{CpuLocker, MasterKey};
 
 /// Test images (the first of the test set), one batch: a few hundred, quick on lavapipe.

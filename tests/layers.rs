@@ -14,6 +14,7 @@ const ORDER: &[&str] = &[
     // The scheme.
     "error",
     "hex",
+    "rng",
     "sbox",
     "key",
     "key_schedule",

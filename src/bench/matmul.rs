@@ -26,8 +26,8 @@ use crate::gpu::{
     MatmulShape, Region, TensorKey, WeightDtype,
 };
 use crate::key::MasterKey;
+use crate::rng::SplitMix64;
 use crate::scheme::{Direction, Salt, TensorCipher};
-use crate::zoo::SplitMix64;
 
 /// One benchmark case: a product and its weights' element type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -17,9 +17,24 @@ use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
 
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::header::TensorEntry;
 use crate::lock_info::LockInfo;
+
+/// A tensor in memory, borrowed: what a writer serializes (and, for the loaders to come,
+/// what one hands out) without copying its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorView<'a> {
+    /// The name.
+    pub name: &'a str,
+    /// The element type.
+    pub dtype: Dtype,
+    /// The shape.
+    pub shape: &'a [usize],
+    /// The bytes, little-endian elements, row-major.
+    pub data: &'a [u8],
+}
 
 /// A model file whose tensors deeplock can lock in place.
 pub trait Container {

@@ -8,10 +8,45 @@ use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::{Container, Layout, Piece};
+use super::{Container, Layout, Piece, TensorView};
 use crate::error::{Error, Result};
 use crate::header::{Header, TensorEntry, MAX_HEADER_LEN};
 use crate::lock_info::{self, LockInfo};
+
+/// The safetensors file holding `tensors` and the string `metadata` (`__metadata__`, in
+/// the order given), byte for byte the same every time: the `safetensors` crate's
+/// layout (tensors ordered by alignment, then name) with the metadata in place. `path`
+/// is where it will be written, for messages.
+pub fn serialize(
+    tensors: &[TensorView<'_>],
+    metadata: &[(&str, &str)],
+    path: &Path,
+) -> Result<Vec<u8>> {
+    let views = tensors
+        .iter()
+        .map(|t| {
+            ::safetensors::tensor::TensorView::new(
+                t.dtype.to_safetensors(),
+                t.shape.to_vec(),
+                t.data,
+            )
+            .map(|v| (t.name.to_owned(), v))
+            .map_err(|e| Error::Invalid(format!("tensor {:?}: {e}", t.name)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let file = ::safetensors::serialize(views, None)
+        .map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))?;
+    // The crate takes metadata as a HashMap and writes it in random order; set it here,
+    // in the order given, so that the same model always makes the same bytes.
+    let json_len = u64::from_le_bytes(file[..8].try_into().expect("8 bytes")) as usize;
+    let mut header = Header::parse(&file[8..8 + json_len], path)?;
+    for &(k, v) in metadata {
+        header.set_metadata(k, v.to_owned());
+    }
+    let mut out = header.to_bytes();
+    out.extend_from_slice(&file[8 + json_len..]);
+    Ok(out)
+}
 
 /// A safetensors file's header, and the file it came from (for messages).
 pub struct Safetensors {
@@ -83,5 +118,48 @@ impl Container for Safetensors {
             pieces,
             metadata: header.metadata(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::Dtype;
+
+    #[test]
+    fn serialize_writes_any_dtype_and_reads_back() {
+        let (a, b) = ([1u8, 2, 3, 4, 5, 6], [9u8; 3]);
+        let views = [
+            TensorView {
+                name: "w",
+                dtype: Dtype::BF16,
+                shape: &[3],
+                data: &a,
+            },
+            TensorView {
+                name: "m",
+                dtype: Dtype::BOOL,
+                shape: &[1, 3],
+                data: &b,
+            },
+        ];
+        let path = Path::new("t.safetensors");
+        let bytes = serialize(&views, &[("format", "pt")], path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let h = Header::parse(&bytes[8..8 + n], path).unwrap();
+        assert_eq!(h.metadata_value("format"), Some("pt"));
+        for v in views {
+            let t = h.tensors.iter().find(|t| t.name == v.name).unwrap();
+            assert_eq!((t.dtype, &t.shape[..]), (v.dtype, v.shape));
+            let at = 8 + n + t.start as usize;
+            assert_eq!(&bytes[at..at + v.data.len()], v.data);
+        }
+        // A size that does not fit the shape is refused, naming the tensor.
+        let bad = [TensorView {
+            shape: &[4],
+            ..views[0]
+        }];
+        let e = serialize(&bad, &[], path).unwrap_err().to_string();
+        assert!(e.contains("\"w\""), "{e}");
     }
 }

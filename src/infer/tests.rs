@@ -243,7 +243,7 @@ fn tiny(seed: u64) -> (Arch, Vec<Tensor>) {
             {"maxpool": 2}, "relu", "flatten",
             {"dense": {"weight": "fc.weight", "bias": "fc.bias"}}]"#,
     );
-    let mut rng = crate::zoo::SplitMix64(seed);
+    let mut rng = crate::rng::SplitMix64(seed);
     let mut r = |shape: &[usize]| -> Vec<f32> {
         (0..shape.iter().product())
             .map(|_| rng.next_signed_unit())
@@ -352,7 +352,7 @@ fn fast_path_matches_the_reference_on_the_cifar10_cnn() {
     let arch = crate::zoo::cifar10_cnn_arch();
     let model = Model::new(&arch, &crate::zoo::cifar10_cnn(5)).unwrap();
     let batch = 19;
-    let mut rng = crate::zoo::SplitMix64(9);
+    let mut rng = crate::rng::SplitMix64(9);
     let x: Vec<f32> = (0..batch * 3 * 32 * 32)
         .map(|_| rng.next_signed_unit())
         .collect();
