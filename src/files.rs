@@ -134,16 +134,33 @@ fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
     if !path.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let files: Vec<PathBuf> = walk::list(path, &[], None)?
+    shards(path, &walk::list(path, &[], None)?)
+}
+
+/// The safetensors files of the directory `dir`, listed as `listing` (an error if it
+/// holds none).
+fn shards(dir: &Path, listing: &walk::Listing) -> Result<Vec<PathBuf>> {
+    let files: Vec<PathBuf> = listing
         .files
-        .into_iter()
+        .iter()
         .filter(|e| e.kind == Kind::Safetensors)
-        .map(|e| path.join(e.rel))
+        .map(|e| dir.join(&e.rel))
         .collect();
     if files.is_empty() {
-        return Err(no_model(path));
+        return Err(no_model(dir));
     }
     Ok(files)
+}
+
+/// Lists the directory input `dir` as [`walk::list`] does, leaving out its checkpoint
+/// record: it is never copied (lock and upgrade write a new one, unlock none), and
+/// checking and joining read it on its own.
+fn list_dir(dir: &Path, protected: &[PathBuf], exclude: Option<&GlobSet>) -> Result<walk::Listing> {
+    let mut listing = walk::list(dir, protected, exclude)?;
+    listing
+        .files
+        .retain(|e| e.rel != Path::new(checkpoint::RECORD_NAME));
+    Ok(listing)
 }
 
 fn no_model(dir: &Path) -> Error {
@@ -581,14 +598,12 @@ fn run(
     }
     let exclude = globs(&opts.exclude, "exclude")?;
     let allowed = globs(&opts.allow_plaintext, "allow-plaintext")?;
-    let mut listing = walk::list(input, &protected, exclude.as_ref())?;
-    // The record is never copied: lock and upgrade write a new one, unlock none.
-    listing
-        .files
-        .retain(|e| e.rel != Path::new(checkpoint::RECORD_NAME));
+    let listing = list_dir(input, &protected, exclude.as_ref())?;
     match dir {
         Direction::Lock => refuse_plaintext(input, &listing, allowed.as_ref())?,
-        Direction::Unlock => check_checkpoint(input, &listing.files, key)?,
+        Direction::Unlock => {
+            check_checkpoint(input, &listing.files, key)?;
+        }
     }
     // Plan every shard before writing anything, so a bad shard fails fast.
     let mut plans = Vec::new();
@@ -692,11 +707,12 @@ fn gather(dir: &Path, files: &[walk::Entry], key: &MasterKey) -> Result<checkpoi
 
 /// Checks the checkpoint directory `dir` (listed as `files`, the record left out) under
 /// `key` against its record: required as soon as it holds a shard locked with v2, so
-/// that deleting the record does not turn a checkpoint into loose files.
-fn check_checkpoint(dir: &Path, files: &[walk::Entry], key: &MasterKey) -> Result<()> {
+/// that deleting the record does not turn a checkpoint into loose files. Returns
+/// whether there was a record to check (none without v2 shards).
+fn check_checkpoint(dir: &Path, files: &[walk::Entry], key: &MasterKey) -> Result<bool> {
     let contents = gather(dir, files, key)?;
     if contents.shards.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let path = dir.join(checkpoint::RECORD_NAME);
     let bytes = match fs::read(&path) {
@@ -713,7 +729,8 @@ fn check_checkpoint(dir: &Path, files: &[walk::Entry], key: &MasterKey) -> Resul
         }
         Err(e) => return Err(Error::io(&path, e)),
     };
-    checkpoint::check(dir, &bytes, &contents, key)
+    checkpoint::check(dir, &bytes, &contents, key)?;
+    Ok(true)
 }
 
 /// Joins the shards of the checkpoint directory `dir`, each locked with v2 under `key`
@@ -729,10 +746,7 @@ pub fn join(dir: &Path, key: &MasterKey, opts: &Options) -> Result<usize> {
         )));
     }
     let exclude = globs(&opts.exclude, "exclude")?;
-    let mut listing = walk::list(dir, &protected, exclude.as_ref())?;
-    listing
-        .files
-        .retain(|e| e.rel != Path::new(checkpoint::RECORD_NAME));
+    let listing = list_dir(dir, &protected, exclude.as_ref())?;
     let contents = gather(dir, &listing.files, key)?;
     let record = checkpoint::seal(dir, &contents, key)?;
     let path = dir.join(checkpoint::RECORD_NAME);
@@ -905,16 +919,14 @@ pub struct Verification {
 /// directory's checkpoint record is checked first.
 pub fn verify(path: &Path, key: &MasterKey) -> Result<Verification> {
     let mut done = Verification::default();
-    if path.is_dir() {
-        let mut listing = walk::list(path, &[], None)?;
-        listing
-            .files
-            .retain(|e| e.rel != Path::new(checkpoint::RECORD_NAME));
-        check_checkpoint(path, &listing.files, key)?;
-        done.checkpoint = listing.files.iter().any(|e| e.kind == Kind::Safetensors)
-            && path.join(checkpoint::RECORD_NAME).exists();
-    }
-    for p in model_files(path)? {
+    let files = if path.is_dir() {
+        let listing = list_dir(path, &[], None)?;
+        done.checkpoint = check_checkpoint(path, &listing.files, key)?;
+        shards(path, &listing)?
+    } else {
+        vec![path.to_path_buf()]
+    };
+    for p in files {
         verify_file(&p, key, &mut done)?;
     }
     Ok(done)

@@ -60,6 +60,24 @@ struct KeyArg {
     key_file: PathBuf,
 }
 
+impl KeyArg {
+    /// The key file, which no output may replace (none when the key comes from stdin).
+    fn protected(&self) -> Option<PathBuf> {
+        (self.key_file.as_os_str() != "-").then(|| self.key_file.clone())
+    }
+}
+
+/// Refuses `-o -`: a model is written to a file and renamed into place when complete.
+fn refuse_stdout(output: &Path) -> CliResult<()> {
+    if output.as_os_str() == "-" {
+        return Err(deeplock::Error::Invalid(
+            "-o - (standard output) is not supported: a model is written to a file, renamed into place when complete; name the output file".into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 #[derive(clap::Args)]
 struct DirArgs {
     /// Leave files of a directory input that match this glob (relative to it: `*.bin`,
@@ -183,12 +201,7 @@ struct Transform<'a> {
 
 /// `lock` and `unlock`: load the key, pick the engine, stream with a progress bar.
 fn transform(t: Transform, verbose: bool) -> CliResult<i32> {
-    if t.output.as_os_str() == "-" {
-        return Err(deeplock::Error::Invalid(
-            "-o - (standard output) is not supported: a model is written to a file, renamed into place when complete; name the output file".into(),
-        )
-        .into());
-    }
+    refuse_stdout(t.output)?;
     // Interrupted, deeplock removes what it was writing; killed, it leaves temporaries
     // that the next run beside the same output finds.
     deeplock::output::remove_temporaries_on_signals()?;
@@ -221,7 +234,7 @@ fn transform(t: Transform, verbose: bool) -> CliResult<i32> {
         only: t.only,
         force: t.force,
         progress: Some(&progress),
-        key_file: (t.key.key_file.as_os_str() != "-").then(|| t.key.key_file.clone()),
+        key_file: t.key.protected(),
         exclude: t.exclude,
         allow_plaintext: t.allow_plaintext,
         ..Options::default()
@@ -363,7 +376,7 @@ fn run(cli: Cli) -> CliResult<i32> {
             let k = keyfile::load(&key.key_file)?;
             let opts = Options {
                 force,
-                key_file: (key.key_file.as_os_str() != "-").then(|| key.key_file.clone()),
+                key_file: key.protected(),
                 exclude: dirs.exclude,
                 ..Options::default()
             };
@@ -381,17 +394,12 @@ fn run(cli: Cli) -> CliResult<i32> {
             key,
             force,
         } => {
-            if output.as_os_str() == "-" {
-                return Err(deeplock::Error::Invalid(
-                    "-o - (standard output) is not supported: name the output file".into(),
-                )
-                .into());
-            }
+            refuse_stdout(&output)?;
             deeplock::output::remove_temporaries_on_signals()?;
             let k = keyfile::load(&key.key_file)?;
             let opts = Options {
                 force,
-                key_file: (key.key_file.as_os_str() != "-").then(|| key.key_file.clone()),
+                key_file: key.protected(),
                 ..Options::default()
             };
             let r = files::upgrade(&input, &output, &k, &opts)?;
