@@ -26,6 +26,13 @@ pub enum Error {
         /// What failed: `tensor "fc1.weight"`, `the header`, ...
         what: String,
     },
+    /// A loader was given a file locked with scheme v1, which carries no tags: its
+    /// tensors could have been changed without notice.
+    #[error("{path} was locked with scheme v1, which carries no authentication, so loaders refuse it; add tags to a copy you trust with `deeplock upgrade`")]
+    Unauthenticated {
+        /// The file.
+        path: PathBuf,
+    },
     /// Lock was asked of a file that is already locked.
     #[error("{path} is already locked (it has deeplock metadata); unlock it first, or lock the original file")]
     AlreadyLocked {

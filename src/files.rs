@@ -733,6 +733,16 @@ fn check_checkpoint(dir: &Path, files: &[walk::Entry], key: &MasterKey) -> Resul
     Ok(true)
 }
 
+/// The model files of the checkpoint directory `dir`, its record checked under `key`
+/// first (shards missing, added, renamed or swapped are refused; each shard's own tags
+/// are left to whoever reads it), and whether there was a record to check (none
+/// without v2 shards): what a loader of a sharded checkpoint starts from.
+pub fn checked_shards(dir: &Path, key: &MasterKey) -> Result<(Vec<PathBuf>, bool)> {
+    let listing = list_dir(dir, &[], None)?;
+    let checked = check_checkpoint(dir, &listing.files, key)?;
+    Ok((shards(dir, &listing)?, checked))
+}
+
 /// Joins the shards of the checkpoint directory `dir`, each locked with v2 under `key`
 /// (apart, on any machine), by writing its record from their headers alone: checks each
 /// shard's key and header tag and that every index file agrees with the shards. Replaces
@@ -920,9 +930,9 @@ pub struct Verification {
 pub fn verify(path: &Path, key: &MasterKey) -> Result<Verification> {
     let mut done = Verification::default();
     let files = if path.is_dir() {
-        let listing = list_dir(path, &[], None)?;
-        done.checkpoint = check_checkpoint(path, &listing.files, key)?;
-        shards(path, &listing)?
+        let (files, checked) = checked_shards(path, key)?;
+        done.checkpoint = checked;
+        files
     } else {
         vec![path.to_path_buf()]
     };

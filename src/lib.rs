@@ -17,7 +17,8 @@
 //!  front ends    infer (CPU reference, fast CPU, GpuModel)   mnist   zoo   bench
 //!                                    |
 //!  operations    files: lock, unlock, verify, inspect, join, upgrade of files and
-//!                checkpoint directories
+//!                checkpoint directories; memory: locked models read into and written
+//!                from memory (the loaders); key_file: key files
 //!                                    |
 //!  v2 applied    authenticate (seal on lock, check on read)   checkpoint (the record)
 //!                                    |
@@ -61,8 +62,10 @@ pub mod header;
 pub mod hex;
 pub mod infer;
 pub mod key;
+pub mod key_file;
 mod key_schedule;
 pub mod lock_info;
+pub mod memory;
 pub mod mnist;
 pub mod output;
 pub mod reference;

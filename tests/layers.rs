@@ -39,6 +39,10 @@ const ORDER: &[&str] = &[
     "checkpoint",
     // Operations.
     "files",
+    // Locked models in memory, for the loaders of every front end.
+    "memory",
+    // Key files, for every front end.
+    "key_file",
     // Front ends over the library.
     "infer",
     "mnist",

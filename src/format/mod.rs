@@ -36,8 +36,9 @@ pub struct TensorView<'a> {
     pub data: &'a [u8],
 }
 
-/// A model file whose tensors deeplock can lock in place.
-pub trait Container {
+/// A model file whose tensors deeplock can lock in place. `Send + Sync`, so that an
+/// opened file can be read from several threads (the front ends' loaders).
+pub trait Container: Send + Sync {
     /// The tensors, in the order their bytes lie in the file.
     fn tensors(&self) -> &[TensorEntry];
 

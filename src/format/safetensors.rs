@@ -63,6 +63,29 @@ impl Safetensors {
         })
     }
 
+    /// Parses a whole safetensors file held in memory (`bytes`), as [`Safetensors::read`]
+    /// would read it from disk; `path` names it in messages.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        let bad =
+            |reason: &str| Error::format(path, format!("not a valid safetensors file: {reason}"));
+        let n = bytes
+            .get(..8)
+            .ok_or_else(|| bad("shorter than the 8-byte header length"))?;
+        let json_len = u64::from_le_bytes(n.try_into().expect("8 bytes"));
+        let json = usize::try_from(json_len)
+            .ok()
+            .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
+            .ok_or_else(|| bad("the header runs past the end"))?;
+        let header = Header::parse(json, path)?;
+        if header.data_start().checked_add(header.data_len()) != Some(bytes.len() as u64) {
+            return Err(bad("the tensors do not cover the data exactly"));
+        }
+        Ok(Safetensors {
+            header,
+            path: path.to_path_buf(),
+        })
+    }
+
     /// The parsed header.
     pub fn header(&self) -> &Header {
         &self.header

@@ -1,0 +1,463 @@
+//! The Python binding of deeplock: thin over the library, no scheme logic of its own.
+//! Every operation that reads or transforms tensor data runs with the GIL released;
+//! tensors are read into Python buffers allocated without initialisation and filled in
+//! place, so a load holds one copy of the model.
+
+use std::path::PathBuf;
+
+use deeplock::engine::CpuEngine;
+use deeplock::files::{self, Options};
+use deeplock::format::TensorView;
+use deeplock::memory::{self, Reader};
+use deeplock::{key_file, CpuLocker, Dtype, Error, MasterKey};
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
+
+create_exception!(
+    _native,
+    DeeplockError,
+    PyException,
+    "Base of every deeplock error."
+);
+create_exception!(
+    _native,
+    WrongKeyError,
+    DeeplockError,
+    "The file was locked with another key."
+);
+create_exception!(
+    _native,
+    AuthenticationError,
+    DeeplockError,
+    "The file was changed after locking, or carries no authentication."
+);
+create_exception!(
+    _native,
+    NotLockedError,
+    DeeplockError,
+    "The file is not locked."
+);
+create_exception!(
+    _native,
+    AlreadyLockedError,
+    DeeplockError,
+    "The file is already locked."
+);
+create_exception!(
+    _native,
+    FormatError,
+    DeeplockError,
+    "The file is malformed or cannot be represented."
+);
+create_exception!(
+    _native,
+    OutputExistsError,
+    DeeplockError,
+    "The output exists and force was not given."
+);
+
+/// The library's error as the Python exception of its kind, with its one-line message
+/// (never key material); where the message names a CLI flag, the argument instead.
+fn py_err(e: Error) -> PyErr {
+    let text = e.to_string();
+    match e {
+        Error::WrongKey { .. } => WrongKeyError::new_err(text),
+        Error::Tampered { .. } | Error::Unauthenticated { .. } | Error::Checkpoint { .. } => {
+            AuthenticationError::new_err(text)
+        }
+        Error::NotLocked { .. } => NotLockedError::new_err(text),
+        Error::AlreadyLocked { .. } => AlreadyLockedError::new_err(text),
+        Error::Format { .. } => FormatError::new_err(text),
+        Error::OutputExists { .. } => {
+            OutputExistsError::new_err(text.replace("pass --force", "pass force=True"))
+        }
+        Error::Plaintext { .. } => DeeplockError::new_err(text.replace(
+            "(deeplock lock --exclude GLOB, --allow-plaintext GLOB)",
+            "(exclude=[GLOB], allow_plaintext=[GLOB])",
+        )),
+        _ => DeeplockError::new_err(text),
+    }
+}
+
+/// A secret 128-bit master key. Its `repr` shows only its key check value; it cannot be
+/// pickled; its memory is zeroized when it is dropped.
+#[pyclass(module = "deeplock", frozen)]
+struct Key {
+    key: MasterKey,
+}
+
+#[pymethods]
+impl Key {
+    /// A new random key from the operating system's generator.
+    #[staticmethod]
+    fn generate() -> PyResult<Key> {
+        Ok(Key {
+            key: MasterKey::generate().map_err(py_err)?,
+        })
+    }
+
+    /// The key in the key file at `path` (32 hex characters and an optional newline).
+    #[staticmethod]
+    fn from_file(path: PathBuf) -> PyResult<Key> {
+        let shown = path.display().to_string();
+        let file = key_file::read(&path, &shown).map_err(py_err)?;
+        Ok(Key { key: file.key })
+    }
+
+    /// The key in the key file named by the environment variable `var`.
+    #[staticmethod]
+    #[pyo3(signature = (var = "DEEPLOCK_KEY_FILE"))]
+    fn from_env(var: &str) -> PyResult<Key> {
+        let path = std::env::var_os(var).ok_or_else(|| {
+            DeeplockError::new_err(format!(
+                "the environment variable {var} is not set; set it to the path of a key file"
+            ))
+        })?;
+        Key::from_file(PathBuf::from(path))
+    }
+
+    /// The key of 16 raw bytes `b` (from a licence server or an OS keychain).
+    #[staticmethod]
+    fn from_bytes(b: &[u8]) -> PyResult<Key> {
+        let bytes: [u8; 16] = b.try_into().map_err(|_| {
+            DeeplockError::new_err(format!("bad key: {} bytes given, a key is 16", b.len()))
+        })?;
+        Ok(Key {
+            key: MasterKey::from_bytes(bytes),
+        })
+    }
+
+    /// The key written as 32 hex characters.
+    #[staticmethod]
+    fn from_hex(s: &str) -> PyResult<Key> {
+        Ok(Key {
+            key: MasterKey::from_hex(s).map_err(py_err)?,
+        })
+    }
+
+    /// Writes the key to a new key file at `path` (mode 0600); never overwrites.
+    fn save(&self, path: PathBuf) -> PyResult<()> {
+        key_file::save(&self.key, &path, &path.display().to_string()).map_err(py_err)
+    }
+
+    /// The key check value, 16 hex characters: names the key without revealing it.
+    #[getter]
+    fn kcv(&self) -> String {
+        deeplock::hex::encode(&self.key.kcv())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("deeplock.Key(kcv={})", self.kcv())
+    }
+
+    fn __str__(&self) -> String {
+        self.__repr__()
+    }
+
+    fn __reduce__(&self) -> PyResult<()> {
+        Err(pyo3::exceptions::PyTypeError::new_err(
+            "a deeplock.Key cannot be pickled: keep keys in key files",
+        ))
+    }
+
+    fn __eq__(&self, other: &Key) -> bool {
+        self.key.as_bytes() == other.key.as_bytes()
+    }
+}
+
+/// A raw pointer into a Python buffer that this call alone holds, so that it can be
+/// filled with the GIL released.
+struct Fill(*mut u8, usize);
+// SAFETY: the buffer is a new object no other thread has seen; it stays alive (owned by
+// the caller's `Bound`) until the fill returns.
+unsafe impl Send for Fill {}
+
+impl Fill {
+    /// SAFETY: see the type.
+    unsafe fn slice(&self) -> &mut [u8] {
+        if self.1 == 0 {
+            return &mut [];
+        }
+        std::slice::from_raw_parts_mut(self.0, self.1)
+    }
+}
+
+/// A new `bytearray` of `n` bytes, not initialised, filled by `fill` with the GIL
+/// released.
+fn new_bytearray<'py>(
+    py: Python<'py>,
+    n: usize,
+    fill: impl FnOnce(&mut [u8]) -> deeplock::Result<()> + Send,
+) -> PyResult<Bound<'py, PyByteArray>> {
+    let len = isize::try_from(n).map_err(|_| DeeplockError::new_err("tensor too large"))?;
+    // SAFETY: a NULL source asks for an uninitialised buffer of `len` bytes; the new
+    // reference is owned by the `Bound`.
+    let array = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyByteArray_FromStringAndSize(std::ptr::null(), len),
+        )?
+    }
+    .cast_into::<PyByteArray>()?;
+    // SAFETY: a bytearray's buffer holds `len` bytes (plus a NUL) until it is resized,
+    // which nothing can do before this function returns it.
+    let ptr = unsafe { pyo3::ffi::PyByteArray_AsString(array.as_ptr()) } as *mut u8;
+    let target = Fill(ptr, n);
+    py.detach(move || {
+        // SAFETY: see `Fill`.
+        let buf = unsafe { target.slice() };
+        fill(buf)
+    })
+    .map_err(py_err)?;
+    Ok(array)
+}
+
+/// A locked model file opened under its key: key and header tag checked on opening,
+/// each tensor's tag when it is read.
+#[pyclass(module = "deeplock", frozen)]
+struct NativeReader {
+    reader: Reader,
+}
+
+#[pymethods]
+impl NativeReader {
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf, key: &Key) -> PyResult<Self> {
+        let key = key.key.clone();
+        let reader = py
+            .detach(move || Reader::open(&path, &key))
+            .map_err(py_err)?;
+        Ok(NativeReader { reader })
+    }
+
+    /// `(name, dtype, shape)` of every tensor, in file order.
+    fn tensors(&self) -> Vec<(String, &'static str, Vec<usize>)> {
+        self.reader
+            .tensors()
+            .iter()
+            .map(|t| (t.name.clone(), t.dtype.name(), t.shape.clone()))
+            .collect()
+    }
+
+    /// The user's metadata (deeplock's own left out).
+    fn metadata(&self) -> Vec<(String, String)> {
+        self.reader.user_metadata()
+    }
+
+    /// Tensor `name`'s bytes, checked against its tag, then unlocked, as a bytearray.
+    fn read<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyByteArray>> {
+        let i = self.reader.position(name).ok_or_else(|| {
+            pyo3::exceptions::PyKeyError::new_err(format!("no tensor named {name:?} in this file"))
+        })?;
+        let n = self.reader.tensors()[i].len() as usize;
+        let reader = &self.reader;
+        new_bytearray(py, n, move |buf| reader.read_into(i, buf))
+    }
+}
+
+/// The whole locked model file at `path`, checked and unlocked in memory.
+#[pyfunction]
+fn unlock_to_bytes<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    key: &Key,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let k = key.key.clone();
+    let (reader, layout, len) = py
+        .detach(move || {
+            let reader = Reader::open(&path, &k)?;
+            let (layout, len) = reader.unlocked_layout()?;
+            Ok((reader, layout, len))
+        })
+        .map_err(py_err)?;
+    let array = new_bytearray(py, len, |buf| reader.unlocked_into(&layout, buf))?;
+    // One copy into an immutable `bytes`, what the runtimes take.
+    Ok(PyBytes::new(py, &array.to_vec()))
+}
+
+/// Writes `tensors` (`(name, dtype, shape, data)` each) as a locked safetensors file.
+#[pyfunction]
+#[pyo3(signature = (tensors, path, key, metadata = None, force = false))]
+fn save_file(
+    py: Python<'_>,
+    tensors: Vec<(String, String, Vec<usize>, Vec<u8>)>,
+    path: PathBuf,
+    key: &Key,
+    metadata: Option<Vec<(String, String)>>,
+    force: bool,
+) -> PyResult<usize> {
+    let views = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            let dtype = Dtype::parse(dtype).ok_or_else(|| {
+                FormatError::new_err(format!("tensor {name:?}: unknown dtype {dtype:?}"))
+            })?;
+            Ok(TensorView {
+                name,
+                dtype,
+                shape,
+                data,
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let metadata = metadata.unwrap_or_default();
+    let pairs: Vec<(&str, &str)> = metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let k = key.key.clone();
+    py.detach(move || memory::save_locked(&views, &pairs, &path, &k, force))
+        .map_err(py_err)
+}
+
+fn report<'py>(py: Python<'py>, r: &files::Report) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("files", r.files)?;
+    d.set_item("copied", r.copied)?;
+    d.set_item("tensors", r.tensors)?;
+    d.set_item("transformed", r.transformed)?;
+    d.set_item("data_bytes", r.data_bytes)?;
+    d.set_item("transformed_bytes", r.transformed_bytes)?;
+    d.set_item("clear_bool", r.clear_bool)?;
+    d.set_item("unauthenticated", r.unauthenticated.clone())?;
+    d.set_item("seconds", r.seconds)?;
+    Ok(d)
+}
+
+/// Locks the model at `src` (a file or checkpoint directory) into `dst`.
+#[pyfunction]
+#[pyo3(signature = (src, dst, key, only = None, force = false, exclude = None, allow_plaintext = None))]
+#[allow(clippy::too_many_arguments)]
+fn lock_file<'py>(
+    py: Python<'py>,
+    src: PathBuf,
+    dst: PathBuf,
+    key: &Key,
+    only: Option<Vec<String>>,
+    force: bool,
+    exclude: Option<Vec<String>>,
+    allow_plaintext: Option<Vec<String>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let k = key.key.clone();
+    let opts = Options {
+        only: only.unwrap_or_default(),
+        force,
+        exclude: exclude.unwrap_or_default(),
+        allow_plaintext: allow_plaintext.unwrap_or_default(),
+        ..Options::default()
+    };
+    let r = py
+        .detach(move || {
+            let mut engine = CpuEngine::new(CpuLocker::new());
+            files::lock(&src, &dst, &k, &mut engine, &opts)
+        })
+        .map_err(py_err)?;
+    report(py, &r)
+}
+
+/// Unlocks the locked model at `src` into `dst`, every tag checked first.
+#[pyfunction]
+#[pyo3(signature = (src, dst, key, force = false))]
+fn unlock_file<'py>(
+    py: Python<'py>,
+    src: PathBuf,
+    dst: PathBuf,
+    key: &Key,
+    force: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let k = key.key.clone();
+    let opts = Options {
+        force,
+        ..Options::default()
+    };
+    let r = py
+        .detach(move || {
+            let mut engine = CpuEngine::new(CpuLocker::new());
+            files::unlock(&src, &dst, &k, &mut engine, &opts)
+        })
+        .map_err(py_err)?;
+    report(py, &r)
+}
+
+/// Checks every locked file at `path` under `key`, writing nothing.
+#[pyfunction]
+fn verify<'py>(py: Python<'py>, path: PathBuf, key: &Key) -> PyResult<Bound<'py, PyDict>> {
+    let k = key.key.clone();
+    let v = py
+        .detach(move || files::verify(&path, &k))
+        .map_err(py_err)?;
+    let d = PyDict::new(py);
+    d.set_item("files", v.files)?;
+    d.set_item("tensors", v.tensors)?;
+    d.set_item("bytes", v.bytes)?;
+    d.set_item("checkpoint", v.checkpoint)?;
+    d.set_item("unauthenticated", v.unauthenticated)?;
+    Ok(d)
+}
+
+/// What each model file at `path` holds: locked or not, scheme, tensors.
+#[pyfunction]
+fn inspect<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyList>> {
+    let found = py.detach(move || files::inspect(&path)).map_err(py_err)?;
+    let out = PyList::empty(py);
+    for f in found {
+        let d = PyDict::new(py);
+        d.set_item("path", &f.path)?;
+        d.set_item("locked", f.lock.is_some())?;
+        d.set_item(
+            "authenticated",
+            f.lock.as_ref().is_some_and(|l| l.is_authenticated()),
+        )?;
+        d.set_item("scheme", f.lock.as_ref().map(|l| l.scheme()))?;
+        d.set_item(
+            "metadata",
+            PyDict::from_sequence(&PyList::new(py, &f.user_metadata)?.into_any())?,
+        )?;
+        let tensors = PyList::empty(py);
+        for t in &f.tensors {
+            let e = PyDict::new(py);
+            e.set_item("name", &t.name)?;
+            e.set_item("dtype", t.dtype.name())?;
+            e.set_item("shape", t.shape.clone())?;
+            e.set_item("locked", f.is_locked(&t.name))?;
+            tensors.append(e)?;
+        }
+        d.set_item("tensors", tensors)?;
+        out.append(d)?;
+    }
+    Ok(out)
+}
+
+/// The model files of the locked checkpoint directory `dir`, its record checked.
+#[pyfunction]
+fn checked_shards(py: Python<'_>, dir: PathBuf, key: &Key) -> PyResult<Vec<PathBuf>> {
+    let k = key.key.clone();
+    let (shards, _) = py
+        .detach(move || files::checked_shards(&dir, &k))
+        .map_err(py_err)?;
+    Ok(shards)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<Key>()?;
+    m.add_class::<NativeReader>()?;
+    m.add_function(wrap_pyfunction!(unlock_to_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(save_file, m)?)?;
+    m.add_function(wrap_pyfunction!(lock_file, m)?)?;
+    m.add_function(wrap_pyfunction!(unlock_file, m)?)?;
+    m.add_function(wrap_pyfunction!(verify, m)?)?;
+    m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(checked_shards, m)?)?;
+    m.add("DeeplockError", py.get_type::<DeeplockError>())?;
+    m.add("WrongKeyError", py.get_type::<WrongKeyError>())?;
+    m.add("AuthenticationError", py.get_type::<AuthenticationError>())?;
+    m.add("NotLockedError", py.get_type::<NotLockedError>())?;
+    m.add("AlreadyLockedError", py.get_type::<AlreadyLockedError>())?;
+    m.add("FormatError", py.get_type::<FormatError>())?;
+    m.add("OutputExistsError", py.get_type::<OutputExistsError>())?;
+    Ok(())
+}

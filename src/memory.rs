@@ -1,0 +1,249 @@
+//! Locked models in memory, for the loaders of every front end (Python's NumPy, torch,
+//! transformers and Keras helpers; in-memory runtimes): read a locked file's tensors
+//! into the caller's buffers, each checked against its v2 tag before it is unlocked in
+//! place, and write a locked file straight from tensors in memory. No plaintext ever
+//! reaches a file, and nothing unverified is ever handed out.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::authenticate::{Checker, Sealer};
+use crate::error::{Error, Result};
+use crate::format::{self, safetensors::Safetensors, Container, Layout, Piece, TensorView};
+use crate::header::TensorEntry;
+use crate::key::MasterKey;
+use crate::output::{self, Access};
+use crate::scheme::{Direction, Salt, TensorCipher};
+use crate::CpuLocker;
+
+/// A locked v2 model file opened for reading under its key: the key and the header tag
+/// are checked when it is opened, each tensor's tag when it is read.
+pub struct Reader {
+    file: File,
+    path: PathBuf,
+    container: Box<dyn Container>,
+    checker: Checker,
+    ciphers: Vec<Option<TensorCipher>>,
+    locker: CpuLocker,
+}
+
+impl Reader {
+    /// Opens the locked model file at `path` (any container format) under `key`: an
+    /// error if it is not locked, was locked with another key, carries no tags
+    /// (scheme v1) or its header was changed after locking.
+    pub fn open(path: &Path, key: &MasterKey) -> Result<Self> {
+        let (file, container) = format::open_path(path)?;
+        let record = container.lock_record()?.ok_or_else(|| Error::NotLocked {
+            path: path.to_path_buf(),
+        })?;
+        if !record.is_authenticated() {
+            record.check_key(key, path)?;
+            return Err(Error::Unauthenticated {
+                path: path.to_path_buf(),
+            });
+        }
+        let checker = Checker::new(&*container, &record, key, path)?;
+        let names = container.tensors().iter().map(|t| t.name.as_str());
+        let ciphers = record.ciphers(key, names);
+        Ok(Reader {
+            file,
+            path: path.to_path_buf(),
+            container,
+            checker,
+            ciphers,
+            locker: CpuLocker::new(),
+        })
+    }
+
+    /// The file's tensors, in the order their bytes lie in it.
+    pub fn tensors(&self) -> &[TensorEntry] {
+        self.container.tensors()
+    }
+
+    /// The user's metadata (deeplock's own left out), sorted by key.
+    pub fn user_metadata(&self) -> Vec<(String, String)> {
+        self.container.user_metadata()
+    }
+
+    /// The index of tensor `name` in [`Reader::tensors`].
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.tensors().iter().position(|t| t.name == name)
+    }
+
+    /// Reads tensor `i` into `buf` (exactly its size), checks its tag, then unlocks it
+    /// in place on all cores. On any error `buf` is zeroed: no byte of a tensor that
+    /// failed its check is left in it.
+    pub fn read_into(&self, i: usize, buf: &mut [u8]) -> Result<()> {
+        let result = self.fill(i, buf);
+        if result.is_err() {
+            buf.fill(0);
+        }
+        result
+    }
+
+    fn fill(&self, i: usize, buf: &mut [u8]) -> Result<()> {
+        let range = self.container.byte_range(i);
+        if buf.len() as u64 != range.end - range.start {
+            return Err(Error::Invalid(format!(
+                "tensor {:?} holds {} bytes, not the {} of the buffer given",
+                self.tensors()[i].name,
+                range.end - range.start,
+                buf.len()
+            )));
+        }
+        read_at(&self.file, &self.path, range.start, buf)?;
+        self.checker.check_bytes(i, buf)?;
+        if let Some(cipher) = &self.ciphers[i] {
+            self.locker
+                .apply_parallel(cipher, Direction::Unlock, 0, buf);
+        }
+        Ok(())
+    }
+
+    /// The layout of the unlocked file and its length in bytes.
+    pub fn unlocked_layout(&self) -> Result<(Layout, usize)> {
+        let layout = self.container.layout(None)?;
+        let len = layout.len(&*self.container);
+        let len = usize::try_from(len).map_err(|_| too_large(&self.path))?;
+        Ok((layout, len))
+    }
+
+    /// The whole unlocked file, as `deeplock unlock` would write it, in memory: for
+    /// runtimes that load a model from bytes (ONNX Runtime, LiteRT, a GGUF reader).
+    pub fn unlocked(&self) -> Result<Vec<u8>> {
+        let (layout, len) = self.unlocked_layout()?;
+        let mut out = vec![0u8; len];
+        self.unlocked_into(&layout, &mut out)?;
+        Ok(out)
+    }
+
+    /// Writes the unlocked file of `layout` (from [`Reader::unlocked_layout`]) into
+    /// `out`, exactly its length; zeroed on any error.
+    pub fn unlocked_into(&self, layout: &Layout, out: &mut [u8]) -> Result<()> {
+        let result = self.assemble(layout, out);
+        if result.is_err() {
+            out.fill(0);
+        }
+        result
+    }
+
+    fn assemble(&self, layout: &Layout, out: &mut [u8]) -> Result<()> {
+        if layout.len(&*self.container) != out.len() as u64 {
+            return Err(Error::Invalid(
+                "the buffer does not have the unlocked file's length".into(),
+            ));
+        }
+        let mut at = 0usize;
+        for piece in &layout.pieces {
+            let n = piece.len(&*self.container) as usize;
+            let dst = &mut out[at..at + n];
+            match piece {
+                Piece::Bytes(b) => dst.copy_from_slice(b),
+                Piece::Tensor(i) => self.read_into(*i, dst)?,
+                Piece::Copy(r) => read_at(&self.file, &self.path, r.start, dst)?,
+            }
+            at += n;
+        }
+        Ok(())
+    }
+}
+
+fn too_large(path: &Path) -> Error {
+    Error::format(path, "too large to hold in this process's memory")
+}
+
+/// Reads `buf.len()` bytes of `file` from `offset`, without moving a shared position
+/// (readers of different tensors may run at once).
+fn read_at(file: &File, path: &Path, offset: u64, buf: &mut [u8]) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(buf, offset).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                Error::format(path, "truncated: the file ended inside a tensor")
+            }
+            _ => Error::io(path, e),
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = file;
+        f.seek(SeekFrom::Start(offset))
+            .and_then(|_| f.read_exact(buf))
+            .map_err(|e| Error::io(path, e))
+    }
+}
+
+/// Unlocks the locked model file at `path` under `key` into memory, checked first:
+/// the bytes `deeplock unlock` would write, never written to a file.
+pub fn unlock_to_vec(path: &Path, key: &MasterKey) -> Result<Vec<u8>> {
+    Reader::open(path, key)?.unlocked()
+}
+
+/// Writes `tensors` with the string `metadata` as a safetensors file at `path`, locked
+/// under `key` (scheme v2, every tensor but BOOL ones, as `deeplock lock` would), through
+/// a temporary file renamed into place; an existing `path` is replaced only with
+/// `force`. Returns the number of tensors locked.
+pub fn save_locked(
+    tensors: &[TensorView<'_>],
+    metadata: &[(&str, &str)],
+    path: &Path,
+    key: &MasterKey,
+    force: bool,
+) -> Result<usize> {
+    if metadata
+        .iter()
+        .any(|(k, _)| crate::lock_info::is_owned_key(k))
+    {
+        return Err(Error::Invalid(
+            "metadata keys starting with \"deeplock.\" are deeplock's own; rename them".into(),
+        ));
+    }
+    let mut bytes = format::safetensors::serialize(tensors, metadata, path)?;
+    let input = Safetensors::parse(&bytes, path)?;
+    let salt = Salt::generate()?;
+    let first = TensorCipher::for_tensor(key, &salt, "");
+    let ciphers: Vec<Option<TensorCipher>> = input
+        .tensors()
+        .iter()
+        .map(|t| (t.dtype != crate::Dtype::BOOL).then(|| first.with_nonce(&salt, &t.name)))
+        .collect();
+    let locked = input
+        .tensors()
+        .iter()
+        .zip(&ciphers)
+        .filter(|(_, c)| c.is_some())
+        .map(|(t, _)| t.name.clone())
+        .collect();
+    let (mut record, mut sealer) = Sealer::new(key, salt, locked, input.tensors())?;
+    let streamed = input.layout(Some(&record))?;
+    let locker = CpuLocker::new();
+    for (i, cipher) in ciphers.iter().enumerate() {
+        let r = input.byte_range(i);
+        let data = &mut bytes[r.start as usize..r.end as usize];
+        if let Some(c) = cipher {
+            locker.apply_parallel(c, Direction::Lock, 0, data);
+        }
+        sealer.feed(i, data)?;
+    }
+    sealer.finish(&mut record, input.tensors(), &streamed.metadata)?;
+    let layout = input.layout(Some(&record))?;
+    output::write_file(path, force, &Access::Readable, |out| {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(out);
+        for piece in &layout.pieces {
+            let part = match piece {
+                Piece::Bytes(b) => &b[..],
+                Piece::Tensor(i) => {
+                    let r = input.byte_range(*i);
+                    &bytes[r.start as usize..r.end as usize]
+                }
+                Piece::Copy(r) => &bytes[r.start as usize..r.end as usize],
+            };
+            w.write_all(part).map_err(|e| Error::io(path, e))?;
+        }
+        w.flush().map_err(|e| Error::io(path, e))
+    })?;
+    Ok(ciphers.iter().flatten().count())
+}
