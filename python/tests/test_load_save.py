@@ -103,8 +103,9 @@ def test_cli_locked_loads_in_python_and_python_saved_unlocks_with_cli(
 
     deeplock.torch.save_file(tensors, tmp_path / "py.safetensors", key)
     run("verify", tmp_path / "py.safetensors", "--key-file", key_file)
-    run("unlock", tmp_path / "py.safetensors", "-o", tmp_path / "u.safetensors", "--key-file", key_file)
-    unlocked = safetensors.torch.load_file(tmp_path / "u.safetensors")
+    unlocked_path = tmp_path / "u.safetensors"
+    run("unlock", tmp_path / "py.safetensors", "-o", unlocked_path, "--key-file", key_file)
+    unlocked = safetensors.torch.load_file(unlocked_path)
     for name, t in tensors.items():
         assert same(unlocked[name], t), name
 
@@ -145,7 +146,8 @@ def test_existing_output_needs_force(tmp_path, key):
     deeplock.numpy.save_file({"a": np.zeros(3)}, path, key, force=True)
     np.testing.assert_array_equal(deeplock.numpy.load_file(path, key)["a"], np.zeros(3))
     with pytest.raises(deeplock.DeeplockError, match="deeplock"):
-        deeplock.numpy.save_file({"a": np.ones(1)}, tmp_path / "x", key, metadata={"deeplock.salt": "0"})
+        own = {"deeplock.salt": "0"}
+        deeplock.numpy.save_file({"a": np.ones(1)}, tmp_path / "x", key, metadata=own)
 
 
 def test_file_operations(tmp_path, key, key_file):
