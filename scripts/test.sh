@@ -59,8 +59,26 @@ if command -v python3 >/dev/null; then
     done
 fi
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
 cargo test --doc --locked
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 cargo bench --no-run --locked
+
+# The Python package (python/), tested as a user installs it: a virtual environment made
+# once and kept as a cache (torch and its CUDA libraries are about 6 GB to download),
+# brought up to python/requirements-test.txt's pins each run (a no-op when they are
+# met), the package built from this checkout with pip (the dev profile, which is
+# optimised here, so it reuses the test build), then pytest from the repository root
+# so that the installed package is what is imported.
+py_env="${DEEPLOCK_PY_ENV:-$HOME/.cache/deeplock/py}"
+if [ ! -x "$py_env/bin/python" ]; then
+    echo "scripts/test.sh: creating the Python test environment in $py_env (first run: several GB)"
+    python3 -m venv "$py_env"
+fi
+"$py_env/bin/python" -m pip install -q --disable-pip-version-check -r python/requirements-test.txt
+MATURIN_PEP517_ARGS="--profile dev" "$py_env/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps ./python
+"$py_env/bin/ruff" check python
+"$py_env/bin/ruff" format --check python
+cargo build --locked --bin deeplock
+DEEPLOCK_CLI="$PWD/target/debug/deeplock" KERAS_BACKEND=torch "$py_env/bin/python" -m pytest -q -p no:cacheprovider python/tests
