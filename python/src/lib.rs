@@ -184,6 +184,26 @@ impl Fill {
     }
 }
 
+/// Asks the kernel to back the 2 MiB-aligned inside of the `n` bytes at `ptr` with huge
+/// pages before they are first written: a 1 GiB model is then 512 page faults rather
+/// than 262,144 (each one zeroing a page), much of a load's time. Advice only: where
+/// the system declines, nothing changes.
+fn advise_huge_pages(ptr: *mut u8, n: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (ptr as usize).next_multiple_of(HUGE);
+        let end = (ptr as usize + n) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: the range lies inside the buffer just allocated; MADV_HUGEPAGE
+            // changes no contents and no mapping.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, n);
+}
+
 /// A new `bytearray` of `n` bytes, not initialised, filled by `fill` with the GIL
 /// released.
 fn new_bytearray<'py>(
@@ -204,6 +224,7 @@ fn new_bytearray<'py>(
     // SAFETY: a bytearray's buffer holds `len` bytes (plus a NUL) until it is resized,
     // which nothing can do before this function returns it.
     let ptr = unsafe { pyo3::ffi::PyByteArray_AsString(array.as_ptr()) } as *mut u8;
+    advise_huge_pages(ptr, n);
     let target = Fill(ptr, n);
     py.detach(move || {
         // SAFETY: see `Fill`.
