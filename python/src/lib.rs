@@ -175,8 +175,10 @@ struct Fill(*mut u8, usize);
 unsafe impl Send for Fill {}
 
 impl Fill {
+    /// The buffer as a slice, for as long as its caller keeps the buffer alive.
+    ///
     /// SAFETY: see the type.
-    unsafe fn slice(&self) -> &mut [u8] {
+    unsafe fn into_slice<'a>(self) -> &'a mut [u8] {
         if self.1 == 0 {
             return &mut [];
         }
@@ -228,7 +230,7 @@ fn new_bytearray<'py>(
     let target = Fill(ptr, n);
     py.detach(move || {
         // SAFETY: see `Fill`.
-        let buf = unsafe { target.slice() };
+        let buf = unsafe { target.into_slice() };
         fill(buf)
     })
     .map_err(py_err)?;
