@@ -134,3 +134,50 @@ fn gpu_locked_file_matches_reference_and_devices_interoperate() {
         original
     );
 }
+
+/// `--device auto` (the default) takes the CPU for a small model without opening a GPU
+/// instance, which costs more than the lock itself. Seen through the Vulkan loader,
+/// which reports every instance created when `VK_LOADER_DEBUG` asks it to.
+#[test]
+fn auto_device_opens_no_gpu_for_a_small_model() {
+    if !have_gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    write_random_model(
+        &d.join("m.safetensors"),
+        &[("w".into(), "F32", vec![64, 64])],
+        &[],
+        &mut rng,
+    );
+    write_key_file(&d.join("key"));
+    let lock = |out: &str, device: &str| {
+        let o = std::process::Command::new(bin())
+            .args([
+                "lock",
+                "m.safetensors",
+                "-o",
+                out,
+                "--key-file",
+                "key",
+                "--device",
+                device,
+            ])
+            .current_dir(d)
+            .env("VK_LOADER_DEBUG", "info")
+            .env("WGPU_BACKEND", "vulkan")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // The loader does report an instance here: what the auto run must not show.
+    assert!(lock("gpu.safetensors", "gpu").contains("Vulkan Loader"));
+    let auto = lock("auto.safetensors", "auto");
+    assert!(
+        !auto.contains("Vulkan Loader"),
+        "auto opened a GPU instance: {auto}"
+    );
+}

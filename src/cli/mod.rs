@@ -220,7 +220,8 @@ fn transform(t: Transform, verbose: bool) -> CliResult<i32> {
         }
     }
     let key = keyfile::load(&t.key.key_file)?;
-    let mut engine = engine::select(t.device.into())?;
+    let total = report::total_data_bytes(t.input)?;
+    let mut engine = engine::select_for(t.device.into(), total)?;
     let (verb, done) = match t.dir {
         Direction::Lock => ("locking", "locked"),
         Direction::Unlock => ("unlocking", "unlocked"),
@@ -228,7 +229,7 @@ fn transform(t: Transform, verbose: bool) -> CliResult<i32> {
     if verbose {
         out::warn(format_args!("deeplock: {verb} on {}", engine.describe()));
     }
-    let bar = report::progress(report::total_data_bytes(t.input)?, verb);
+    let bar = report::progress(total, verb);
     let progress = |n: u64| bar.inc(n);
     let opts = Options {
         only: t.only,

@@ -220,6 +220,21 @@ pub enum DeviceChoice {
     Gpu,
 }
 
+/// Bytes of tensor data under which `Auto` takes the CPU without looking for a GPU:
+/// opening a GPU instance and probing its adapters costs tens of milliseconds (more than
+/// the CPU needs to lock a small model on all cores), and uploading a small model cannot
+/// win that back.
+pub const AUTO_GPU_MIN_BYTES: u64 = 256 << 20;
+
+/// Builds the engine for `choice` to transform `data_bytes` of tensor data: `Auto` takes
+/// the CPU for less than [`AUTO_GPU_MIN_BYTES`], else as [`select`] does.
+pub fn select_for(choice: DeviceChoice, data_bytes: u64) -> Result<Box<dyn Engine>> {
+    match choice {
+        DeviceChoice::Auto if data_bytes < AUTO_GPU_MIN_BYTES => select(DeviceChoice::Cpu),
+        _ => select(choice),
+    }
+}
+
 /// Builds the engine for `choice`. `Auto` takes a hardware GPU when there is one and the
 /// CPU otherwise (including when the only adapter is a software one such as lavapipe,
 /// which is slower than the CPU path on the same cores, or when the GPU fails to open).
