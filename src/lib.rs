@@ -79,6 +79,9 @@ pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use key::MasterKey;
 pub use key_schedule::RoundKeys;
+/// The AES S-box and its inverse, the public bijection of `SBOX[w XOR k]`: for tools
+/// and demonstrations outside the crate (examples/key_recovery.rs).
+pub use sbox::{INV_SBOX, SBOX};
 pub use scheme::{Direction, Nonce, Salt, TensorCipher};
 
 /// The README's library example, compiled and run as a doc test.
