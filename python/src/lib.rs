@@ -13,7 +13,7 @@ use deeplock::{key_file, CpuLocker, Dtype, Error, MasterKey};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
+use pyo3::types::{PyDict, PyList};
 
 create_exception!(
     _native,
@@ -206,26 +206,47 @@ fn advise_huge_pages(ptr: *mut u8, n: usize) {
     let _ = (ptr, n);
 }
 
-/// A new `bytearray` of `n` bytes, not initialised, filled by `fill` with the GIL
-/// released.
-fn new_bytearray<'py>(
+/// The two buffer types handed to Python: a new object of `n` bytes, not initialised,
+/// and the address of its bytes.
+#[derive(Clone, Copy)]
+enum Buffer {
+    /// `bytearray`, what NumPy and torch view without a copy.
+    ByteArray,
+    /// `bytes`, what the runtimes that load a model from memory take.
+    Bytes,
+}
+
+/// A new `bytearray` (or `bytes`) of `n` bytes, not initialised, filled by `fill` with
+/// the GIL released.
+fn new_buffer<'py>(
     py: Python<'py>,
+    kind: Buffer,
     n: usize,
     fill: impl FnOnce(&mut [u8]) -> deeplock::Result<()> + Send,
-) -> PyResult<Bound<'py, PyByteArray>> {
+) -> PyResult<Bound<'py, PyAny>> {
     let len = isize::try_from(n).map_err(|_| DeeplockError::new_err("tensor too large"))?;
     // SAFETY: a NULL source asks for an uninitialised buffer of `len` bytes; the new
-    // reference is owned by the `Bound`.
-    let array = unsafe {
-        Bound::from_owned_ptr_or_err(
+    // reference is owned by the `Bound`. Filling a new `bytes` before any other code
+    // sees it is what CPython's own constructors do.
+    let (obj, ptr) = unsafe {
+        let obj = Bound::from_owned_ptr_or_err(
             py,
-            pyo3::ffi::PyByteArray_FromStringAndSize(std::ptr::null(), len),
-        )?
+            match kind {
+                Buffer::ByteArray => {
+                    pyo3::ffi::PyByteArray_FromStringAndSize(std::ptr::null(), len)
+                }
+                Buffer::Bytes => pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len),
+            },
+        )?;
+        let ptr = match kind {
+            Buffer::ByteArray => pyo3::ffi::PyByteArray_AsString(obj.as_ptr()),
+            Buffer::Bytes => pyo3::ffi::PyBytes_AsString(obj.as_ptr()),
+        } as *mut u8;
+        (obj, ptr)
+    };
+    if ptr.is_null() {
+        return Err(PyErr::fetch(py));
     }
-    .cast_into::<PyByteArray>()?;
-    // SAFETY: a bytearray's buffer holds `len` bytes (plus a NUL) until it is resized,
-    // which nothing can do before this function returns it.
-    let ptr = unsafe { pyo3::ffi::PyByteArray_AsString(array.as_ptr()) } as *mut u8;
     advise_huge_pages(ptr, n);
     let target = Fill(ptr, n);
     py.detach(move || {
@@ -234,7 +255,7 @@ fn new_bytearray<'py>(
         fill(buf)
     })
     .map_err(py_err)?;
-    Ok(array)
+    Ok(obj)
 }
 
 /// A locked model file opened under its key: key and header tag checked on opening,
@@ -270,23 +291,21 @@ impl NativeReader {
     }
 
     /// Tensor `name`'s bytes, checked against its tag, then unlocked, as a bytearray.
-    fn read<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyByteArray>> {
+    fn read<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
         let i = self.reader.position(name).ok_or_else(|| {
             pyo3::exceptions::PyKeyError::new_err(format!("no tensor named {name:?} in this file"))
         })?;
         let n = self.reader.tensors()[i].len() as usize;
         let reader = &self.reader;
-        new_bytearray(py, n, move |buf| reader.read_into(i, buf))
+        new_buffer(py, Buffer::ByteArray, n, move |buf| {
+            reader.read_into(i, buf)
+        })
     }
 }
 
 /// The whole locked model file at `path`, checked and unlocked in memory.
 #[pyfunction]
-fn unlock_to_bytes<'py>(
-    py: Python<'py>,
-    path: PathBuf,
-    key: &Key,
-) -> PyResult<Bound<'py, PyBytes>> {
+fn unlock_to_bytes<'py>(py: Python<'py>, path: PathBuf, key: &Key) -> PyResult<Bound<'py, PyAny>> {
     let k = key.key.clone();
     let (reader, layout, len) = py
         .detach(move || {
@@ -295,9 +314,9 @@ fn unlock_to_bytes<'py>(
             Ok((reader, layout, len))
         })
         .map_err(py_err)?;
-    let array = new_bytearray(py, len, |buf| reader.unlocked_into(&layout, buf))?;
-    // One copy into an immutable `bytes`, what the runtimes take.
-    Ok(PyBytes::new(py, &array.to_vec()))
+    new_buffer(py, Buffer::Bytes, len, |buf| {
+        reader.unlocked_into(&layout, buf)
+    })
 }
 
 /// Writes `tensors` (`(name, dtype, shape, data)` each) as a locked safetensors file.
