@@ -25,7 +25,7 @@ use clap::Parser;
 use deeplock::engine::CpuEngine;
 use deeplock::files::{self, Options};
 use deeplock::gpu::GpuContext;
-use deeplock::infer::{accuracy, Arch, GpuModel, Layer, Model, Unlock};
+use deeplock::infer::{accuracy, argmax, argmax_nan_lowest, Arch, GpuModel, Layer, Model, Unlock};
 use deeplock::mnist::{Dataset, Split};
 use deeplock::rng::SplitMix64;
 use deeplock::zoo;
@@ -107,6 +107,11 @@ fn run(args: Args) -> deeplock::Result<()> {
     let mut rng = SplitMix64(args.seed);
     let started = Instant::now();
     let mut wrong_key_accs = Vec::with_capacity(args.wrong_keys);
+    // What a wrong-key model does: with NaN outputs, `argmax` (NaN first, as torch's)
+    // makes it a constant classifier; the NaN-aware accuracy judges the numbers it gives.
+    let mut wrong_key_nan_aware_accs = Vec::with_capacity(args.wrong_keys);
+    let mut wrong_key_nan_share = Vec::with_capacity(args.wrong_keys);
+    let mut wrong_key_class_counts = Vec::with_capacity(args.wrong_keys);
     for i in 0..args.wrong_keys {
         progress(format!(
             "Figure 1a: wrong key {}/{}",
@@ -121,7 +126,19 @@ fn run(args: Args) -> deeplock::Result<()> {
             &fashion_arch,
             Some(&MasterKey::from_bytes(bytes)),
         )?;
-        wrong_key_accs.push(accuracy(&wrong.predict_fast(&input, images)?, labels));
+        let logits = wrong.forward_fast(&input, images)?;
+        let classes = wrong.outputs();
+        let predicted: Vec<usize> = logits.chunks(classes).map(argmax).collect();
+        let nan_aware: Vec<usize> = logits.chunks(classes).map(argmax_nan_lowest).collect();
+        let mut counts = vec![0usize; classes];
+        for &p in &predicted {
+            counts[p] += 1;
+        }
+        wrong_key_accs.push(accuracy(&predicted, labels));
+        wrong_key_nan_aware_accs.push(accuracy(&nan_aware, labels));
+        let nans = logits.iter().filter(|v| v.is_nan()).count();
+        wrong_key_nan_share.push(nans as f64 / logits.len().max(1) as f64);
+        wrong_key_class_counts.push(counts);
     }
     let fig1a_s = started.elapsed().as_secs_f64();
     let n = wrong_key_accs.len().max(1) as f64;
@@ -235,6 +252,10 @@ fn run(args: Args) -> deeplock::Result<()> {
         "wrong_key_accs": wrong_key_accs,
         "wrong_key_mean": wrong_key_mean,
         "wrong_key_max": wrong_key_max,
+        "wrong_key_nan_aware_accs": wrong_key_nan_aware_accs,
+        "wrong_key_nan_aware_mean": wrong_key_nan_aware_accs.iter().sum::<f64>() / n,
+        "wrong_key_nan_share": wrong_key_nan_share,
+        "wrong_key_class_counts": wrong_key_class_counts,
         "figure_1a_seconds": fig1a_s,
         "latency": latency,
         "cpu_threads": rayon::current_num_threads(),
@@ -312,6 +333,22 @@ fn print_table(r: &Value, no_gpu: bool) {
         pct(&r["wrong_key_max"]),
         r["figure_1a_seconds"].as_f64().unwrap_or(0.0),
         r["cpu_threads"]
+    );
+    let shares: Vec<f64> = r["wrong_key_nan_share"]
+        .as_array()
+        .map_or(Vec::new(), |a| a.iter().filter_map(Value::as_f64).collect());
+    let constant = r["wrong_key_class_counts"].as_array().map_or(0, |keys| {
+        keys.iter()
+            .filter(|c| {
+                let c = c.as_array().map_or(&[][..], Vec::as_slice);
+                c.iter().filter(|n| n.as_u64() != Some(0)).count() == 1
+            })
+            .count()
+    });
+    println!(
+        "    NaN outputs: {:.1}% on average; {constant} of {keys} wrong keys predict a single class; NaN-aware accuracy mean {}",
+        shares.iter().sum::<f64>() / shares.len().max(1) as f64 * 100.0,
+        pct(&r["wrong_key_nan_aware_mean"])
     );
     println!();
     println!("Figure 1b: average single-input prediction time (ms)");

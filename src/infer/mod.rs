@@ -41,7 +41,7 @@ pub use arch::{Arch, ConvSpec, DenseSpec, LayerSpec, Padding};
 pub use gpu::{GpuModel, Unlock};
 pub use model::{Conv, Dense, Layer, Model, Tensor};
 pub use plan::{Plan, PlannedTensor, Product, Shape, Step, MAX_VALUES};
-pub use reference::{accuracy, argmax};
+pub use reference::{accuracy, argmax, argmax_nan_lowest};
 
 #[cfg(test)]
 pub(crate) use gpu::{layouts as gpu_layouts, sources as gpu_sources};

@@ -159,6 +159,19 @@ pub fn argmax(values: &[f32]) -> usize {
     best
 }
 
+/// The index of the largest value, the first one on ties, NaN ranking below every
+/// number: a model whose outputs are partly NaN is judged on the numbers it does give.
+/// 0 when every value is NaN, and for an empty slice.
+pub fn argmax_nan_lowest(values: &[f32]) -> usize {
+    let mut best: Option<usize> = None;
+    for (i, &v) in values.iter().enumerate() {
+        if !v.is_nan() && best.is_none_or(|b| v > values[b]) {
+            best = Some(i);
+        }
+    }
+    best.unwrap_or(0)
+}
+
 /// The fraction of `predictions` equal to their `labels`; 0 when there are none.
 ///
 /// # Panics

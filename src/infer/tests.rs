@@ -160,6 +160,11 @@ fn argmax_takes_the_first_maximum_or_the_first_nan() {
     assert_eq!(argmax(&[1.0, f32::NAN, 5.0, f32::NAN]), 1);
     assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
     assert_eq!(argmax(&[]), 0);
+    assert_eq!(argmax_nan_lowest(&[f32::NAN, 1.0, 3.0, f32::NAN, 3.0]), 2);
+    assert_eq!(argmax_nan_lowest(&[f32::NAN, -5.0]), 1);
+    assert_eq!(argmax_nan_lowest(&[f32::NAN, f32::NAN]), 0);
+    assert_eq!(argmax_nan_lowest(&[-2.0, -1.0]), 1);
+    assert_eq!(argmax_nan_lowest(&[]), 0);
     assert_eq!(accuracy(&[1, 2, 3, 0], &[1, 2, 0, 0]), 0.75);
     assert_eq!(accuracy(&[], &[]), 0.0);
 }
