@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Whole-file and whole-directory lock and unlock against `cp`, `cp -r` and
+`openssl enc -aes-128-ctr`, side by side in one run: the yardsticks of the streaming
+goals (a 1 GiB file within 1.25x `cp`; an 8-shard 4 GiB directory within 1.25x `cp -r`;
+on disk with a warm page cache no slower than openssl; peak memory under 512 MiB).
+
+The model files are written by this script (random F32 tensors, standard library only)
+into --dir (default /dev/shm, so the disk is not measured; pass a directory on a disk to
+measure it with a warm page cache). Every command runs --runs times, the commands
+interleaved; the table gives median seconds, the ratio to the yardstick and the peak
+resident memory of the command (from GNU time). Outputs are removed after each
+run; everything is removed at the end.
+
+    python3 scripts/compare_stream.py [--bin target/release/deeplock] [--gib 1]
+        [--shards 8] [--shard-gib 0.5] [--runs 5] [--dir DIR] [--json]
+
+openssl gets a throwaway random key on its command line (it has no other way); deeplock
+reads its key from a file, as always.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+TENSORS_PER_FILE = 64
+GNU_TIME = "/usr/bin/time"
+
+
+def write_model(path: str, total: int) -> None:
+    """A safetensors file of TENSORS_PER_FILE random F32 tensors, `total` bytes of data."""
+    n = total // (TENSORS_PER_FILE * 4)
+    header, at = {}, 0
+    for i in range(TENSORS_PER_FILE):
+        header[f"layer{i}.weight"] = {"dtype": "F32", "shape": [n], "data_offsets": [at, at + 4 * n]}
+        at += 4 * n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        block = os.urandom(1 << 24)
+        left = at
+        while left:
+            f.write(block[: min(left, len(block))])
+            left -= min(left, len(block))
+
+
+def run(cmd: list[str]) -> tuple[float, int]:
+    """Seconds and peak resident bytes of one command. The peak comes from GNU time,
+    whose own footprint is small: a child's ru_maxrss read here would include this
+    interpreter's, which Linux carries across the exec."""
+    with tempfile.NamedTemporaryFile("r") as peak:
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [GNU_TIME, "-f", "%M", "-o", peak.name, *cmd],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+        took = time.perf_counter() - start
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip()
+            sys.exit(f"compare_stream: {' '.join(cmd)} failed: {err}")
+        return took, int(peak.read().split()[-1]) * 1024
+
+
+def remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bin", default="target/release/deeplock")
+    ap.add_argument("--gib", type=float, default=1.0, help="size of the single file")
+    ap.add_argument("--shards", type=int, default=8)
+    ap.add_argument("--shard-gib", type=float, default=0.5)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    deeplock = os.path.abspath(args.bin)
+    if not os.access(deeplock, os.X_OK):
+        sys.exit(
+            f"compare_stream: no deeplock binary at {args.bin}; run `cargo build --release` or pass --bin"
+        )
+    if not os.access(GNU_TIME, os.X_OK):
+        sys.exit("compare_stream: GNU time is not installed (it measures peak memory); apt-get install time")
+    if shutil.which("openssl") is None:
+        sys.exit("compare_stream: openssl is not installed; apt-get install openssl")
+
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="deeplock-stream-") as d:
+        key = os.path.join(d, "model.key")
+        run([deeplock, "keygen", "-o", key])
+        one = os.path.join(d, "model.safetensors")
+        write_model(one, int(args.gib * (1 << 30)))
+        ckpt = os.path.join(d, "ckpt")
+        os.mkdir(ckpt)
+        for s in range(args.shards):
+            name = f"model-{s + 1:05d}-of-{args.shards:05d}.safetensors"
+            write_model(os.path.join(ckpt, name), int(args.shard_gib * (1 << 30)))
+        locked, locked_dir = os.path.join(d, "one.locked"), os.path.join(d, "ckpt.locked")
+        run([deeplock, "lock", one, "-o", locked, "--key-file", key])
+        run([deeplock, "lock", ckpt, "-o", locked_dir, "--key-file", key])
+        out = os.path.join(d, "out")
+        aes_key, iv = os.urandom(16).hex(), os.urandom(16).hex()
+        k = ["--key-file", key, "--device", "cpu"]
+        cases = [
+            ("file", "cp", ["cp", one, out]),
+            (
+                "file",
+                "openssl aes-128-ctr",
+                ["openssl", "enc", "-aes-128-ctr", "-K", aes_key, "-iv", iv, "-in", one, "-out", out],
+            ),
+            ("file", "deeplock lock", [deeplock, "lock", one, "-o", out, *k]),
+            ("file", "deeplock unlock", [deeplock, "unlock", locked, "-o", out, *k]),
+            ("file", "deeplock verify", [deeplock, "verify", locked, "--key-file", key]),
+            ("dir", "cp -r", ["cp", "-r", ckpt, out]),
+            ("dir", "deeplock lock", [deeplock, "lock", ckpt, "-o", out, *k]),
+            ("dir", "deeplock unlock", [deeplock, "unlock", locked_dir, "-o", out, *k]),
+        ]
+        times: dict[str, list[float]] = {}
+        peaks: dict[str, int] = {}
+        for _ in range(args.runs):
+            for group, name, cmd in cases:
+                took, peak = run(cmd)
+                times.setdefault(f"{group}:{name}", []).append(took)
+                peaks[f"{group}:{name}"] = max(peaks.get(f"{group}:{name}", 0), peak)
+                remove(out)
+
+    rows = []
+    for group, name, _ in cases:
+        label = f"{group}:{name}"
+        base = statistics.median(times[f"{group}:{'cp' if group == 'file' else 'cp -r'}"])
+        med = statistics.median(times[label])
+        rows.append(
+            {
+                "what": label,
+                "median_s": med,
+                "vs_cp": med / base,
+                "peak_bytes": peaks[label],
+                "seconds": times[label],
+            }
+        )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "dir": args.dir,
+                    "file_gib": args.gib,
+                    "shards": args.shards,
+                    "shard_gib": args.shard_gib,
+                    "runs": args.runs,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
+        return
+    print(f"{'what':<30} {'median s':>9} {'vs cp':>7} {'peak MiB':>9}")
+    for r in rows:
+        print(
+            f"{r['what']:<30} {r['median_s']:>9.3f} {r['vs_cp']:>6.2f}x {r['peak_bytes'] / (1 << 20):>9.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
