@@ -12,20 +12,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work" "$out"/deeplock-compare-*' EXIT
 printf '%s' "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" > "$work/key"
 chmod 600 "$work/key"
-python3 - "$work/model.safetensors" "$gib" <<'PY'
-import json, os, struct, sys
-path, gib = sys.argv[1], int(sys.argv[2])
-n, size = 8, (gib << 30) // 8
-h = {"__metadata__": {"format": "pt"}}
-for i in range(n):
-    h[f"layers.{i}.weight"] = {"dtype": "F32", "shape": [size // 4], "data_offsets": [i * size, (i + 1) * size]}
-j = json.dumps(h, separators=(",", ":")).encode()
-j += b" " * (-len(j) % 8)
-with open(path, "wb") as f:
-    f.write(struct.pack("<Q", len(j)) + j)
-    for _ in range(n):
-        f.write(os.urandom(size))
-PY
+python3 "$(dirname "$0")/random_model.py" "$work/model.safetensors" "$gib" 8
 cat "$work/model.safetensors" > /dev/null   # in the page cache for both
 declare -A times
 for r in $(seq "$runs"); do

@@ -4,7 +4,7 @@
 goals (a 1 GiB file within 1.25x `cp`; an 8-shard 4 GiB directory within 1.25x `cp -r`;
 on disk with a warm page cache no slower than openssl; peak memory under 512 MiB).
 
-The model files are written by this script (random F32 tensors, standard library only)
+The model files are random F32 tensors (`scripts/random_model.py`), written
 into --dir (default /dev/shm, so the disk is not measured; pass a directory on a disk to
 measure it with a warm page cache). Every command runs --runs times, the commands
 interleaved; the table gives median seconds, the ratio to the yardstick and the peak
@@ -28,27 +28,10 @@ import sys
 import tempfile
 import time
 
+from random_model import write_model
+
 TENSORS_PER_FILE = 64
 GNU_TIME = "/usr/bin/time"
-
-
-def write_model(path: str, total: int) -> None:
-    """A safetensors file of TENSORS_PER_FILE random F32 tensors, `total` bytes of data."""
-    n = total // (TENSORS_PER_FILE * 4)
-    header, at = {}, 0
-    for i in range(TENSORS_PER_FILE):
-        header[f"layer{i}.weight"] = {"dtype": "F32", "shape": [n], "data_offsets": [at, at + 4 * n]}
-        at += 4 * n
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(len(text).to_bytes(8, "little"))
-        f.write(text)
-        block = os.urandom(1 << 24)
-        left = at
-        while left:
-            f.write(block[: min(left, len(block))])
-            left -= min(left, len(block))
 
 
 def run(cmd: list[str]) -> tuple[float, int]:
@@ -101,51 +84,50 @@ def main() -> None:
         key = os.path.join(d, "model.key")
         run([deeplock, "keygen", "-o", key])
         one = os.path.join(d, "model.safetensors")
-        write_model(one, int(args.gib * (1 << 30)))
+        write_model(one, int(args.gib * (1 << 30)), TENSORS_PER_FILE)
         ckpt = os.path.join(d, "ckpt")
         os.mkdir(ckpt)
         for s in range(args.shards):
             name = f"model-{s + 1:05d}-of-{args.shards:05d}.safetensors"
-            write_model(os.path.join(ckpt, name), int(args.shard_gib * (1 << 30)))
+            write_model(os.path.join(ckpt, name), int(args.shard_gib * (1 << 30)), TENSORS_PER_FILE)
         locked, locked_dir = os.path.join(d, "one.locked"), os.path.join(d, "ckpt.locked")
         run([deeplock, "lock", one, "-o", locked, "--key-file", key])
         run([deeplock, "lock", ckpt, "-o", locked_dir, "--key-file", key])
         out = os.path.join(d, "out")
         aes_key, iv = os.urandom(16).hex(), os.urandom(16).hex()
         k = ["--key-file", key, "--device", "cpu"]
+        # Each group's first command is the yardstick the others are measured against.
         cases = [
-            ("file", "cp", ["cp", one, out]),
+            ("file:cp", ["cp", one, out]),
             (
-                "file",
-                "openssl aes-128-ctr",
+                "file:openssl aes-128-ctr",
                 ["openssl", "enc", "-aes-128-ctr", "-K", aes_key, "-iv", iv, "-in", one, "-out", out],
             ),
-            ("file", "deeplock lock", [deeplock, "lock", one, "-o", out, *k]),
-            ("file", "deeplock unlock", [deeplock, "unlock", locked, "-o", out, *k]),
-            ("file", "deeplock verify", [deeplock, "verify", locked, "--key-file", key]),
-            ("dir", "cp -r", ["cp", "-r", ckpt, out]),
-            ("dir", "deeplock lock", [deeplock, "lock", ckpt, "-o", out, *k]),
-            ("dir", "deeplock unlock", [deeplock, "unlock", locked_dir, "-o", out, *k]),
+            ("file:deeplock lock", [deeplock, "lock", one, "-o", out, *k]),
+            ("file:deeplock unlock", [deeplock, "unlock", locked, "-o", out, *k]),
+            ("file:deeplock verify", [deeplock, "verify", locked, "--key-file", key]),
+            ("dir:cp -r", ["cp", "-r", ckpt, out]),
+            ("dir:deeplock lock", [deeplock, "lock", ckpt, "-o", out, *k]),
+            ("dir:deeplock unlock", [deeplock, "unlock", locked_dir, "-o", out, *k]),
         ]
-        times: dict[str, list[float]] = {}
-        peaks: dict[str, int] = {}
+        times: dict[str, list[float]] = {label: [] for label, _ in cases}
+        peaks = dict.fromkeys(times, 0)
         for _ in range(args.runs):
-            for group, name, cmd in cases:
+            for label, cmd in cases:
                 took, peak = run(cmd)
-                times.setdefault(f"{group}:{name}", []).append(took)
-                peaks[f"{group}:{name}"] = max(peaks.get(f"{group}:{name}", 0), peak)
+                times[label].append(took)
+                peaks[label] = max(peaks[label], peak)
                 remove(out)
 
-    rows = []
-    for group, name, _ in cases:
-        label = f"{group}:{name}"
-        base = statistics.median(times[f"{group}:{'cp' if group == 'file' else 'cp -r'}"])
+    rows, base = [], {}
+    for label, _ in cases:
         med = statistics.median(times[label])
+        yardstick = base.setdefault(label.split(":")[0], med)
         rows.append(
             {
                 "what": label,
                 "median_s": med,
-                "vs_cp": med / base,
+                "vs_cp": med / yardstick,
                 "peak_bytes": peaks[label],
                 "seconds": times[label],
             }
