@@ -32,7 +32,7 @@ use deeplock::zoo::Tensor;
 
 #[path = "shared/training.rs"]
 mod training;
-use training::{accuracy, scaled, Net, Trainer, FASHION};
+use training::{accuracy, rate, scaled, Net, Trainer, FASHION};
 
 #[derive(Parser)]
 #[command(about = "Train the Deep-Lock Fashion-MNIST CNN and write it as a test fixture")]
@@ -98,11 +98,7 @@ fn main() -> deeplock::Result<()> {
     );
     let started = Instant::now();
     for epoch in 1..=args.epochs {
-        let lr = if 3 * epoch > 2 * args.epochs && args.epochs >= 3 {
-            args.lr / 2.0
-        } else {
-            args.lr
-        };
+        let lr = rate(args.lr, epoch, args.epochs);
         let loss = trainer.epoch(&train_imgs, &train_labels, args.batch, lr);
         println!(
             "epoch {epoch:2}: train loss {loss:.4}, test accuracy {:.4}, lr {lr}, {:.0} s",

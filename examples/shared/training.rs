@@ -584,6 +584,16 @@ impl Trainer {
     }
 }
 
+/// Adam's rate in `epoch` (from 1) of `epochs`: `lr`, halved for the last third of a
+/// run of at least three epochs.
+pub fn rate(lr: f32, epoch: usize, epochs: usize) -> f32 {
+    if 3 * epoch > 2 * epochs && epochs >= 3 {
+        lr / 2.0
+    } else {
+        lr
+    }
+}
+
 /// Share of `images` that `net` classifies as `labels` says (`argmax` as torch's: a NaN
 /// logit wins, so a network of NaNs answers class 0).
 pub fn accuracy(net: &Net, images: &[&[f32]], labels: &[usize]) -> f64 {
