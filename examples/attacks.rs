@@ -352,7 +352,8 @@ fn report(original_acc: f64, data: &Data, budget: &Budget, outcomes: &[Outcome])
         "test_images": data.test.len(),
         "epochs": budget.epochs,
         "batch": budget.batch,
-        "lr": budget.lr,
+        // As written on the command line, not the f32's binary expansion.
+        "lr": budget.lr.to_string().parse::<f64>().unwrap_or(f64::from(budget.lr)),
         "seed": budget.seed,
         "runs": outcomes.iter().map(|o| json!({
             "name": o.name,
