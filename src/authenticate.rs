@@ -113,6 +113,20 @@ impl Sealer {
         self.taggers[i].update(&self.key, bytes)
     }
 
+    /// The tag of chunk `chunk` of tensor `i` (in the container's order) over `bytes`,
+    /// exactly that chunk's locked bytes: for streamers that tag chunks on many threads,
+    /// in any order, and hand the tags to [`Sealer::insert`].
+    pub fn chunk_tag(&self, i: usize, chunk: u64, bytes: &[u8]) -> Tag {
+        let index = self.taggers[i].descriptor().index;
+        self.key.chunk_tag(index, chunk, bytes)
+    }
+
+    /// Adds the tag of chunk `chunk` of tensor `i`, from [`Sealer::chunk_tag`]; refuses
+    /// a chunk given twice or outside the tensor.
+    pub fn insert(&mut self, i: usize, chunk: u64, tag: Tag) -> Result<()> {
+        self.taggers[i].insert(chunk, tag)
+    }
+
     /// Completes `record` (the one [`Sealer::new`] gave) once every tensor's bytes were
     /// fed: each tensor's tag, then the header tag over the file written with these
     /// `tensors` and `metadata` (the output's, as its layout says).
@@ -195,6 +209,13 @@ impl Checker {
     /// A tagger for tensor `i` (in the container's order), to feed its bytes as stored.
     pub fn tagger(&self, i: usize) -> TensorTagger {
         TensorTagger::new(self.descs[i].clone()).expect("descriptors were checked")
+    }
+
+    /// The tag of chunk `chunk` of tensor `i` over `bytes`, exactly that chunk's bytes
+    /// as stored: for streamers that tag chunks on many threads, in any order, and hand
+    /// the tags to a [`Checker::tagger`]'s `insert`.
+    pub fn chunk_tag(&self, i: usize, chunk: u64, bytes: &[u8]) -> Tag {
+        self.key.chunk_tag(self.descs[i].index, chunk, bytes)
     }
 
     /// The file's MAC key, to feed taggers with.

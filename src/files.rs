@@ -5,11 +5,12 @@
 //! names, dtypes, shapes and data offsets stay as they were, so a locked model is a
 //! drop-in file. Unlocking removes that metadata and restores the data.
 
+mod pipeline;
 mod sniff;
 mod walk;
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +20,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use crate::authenticate::{Checker, Sealer};
 use crate::checkpoint;
 use crate::dtype::Dtype;
-use crate::engine::{Chunk, ChunkPacker, Engine};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::{self, Container, Layout, Piece};
 use crate::header::{Header, TensorEntry};
@@ -28,6 +29,9 @@ use crate::lock_info::LockInfo;
 use crate::output;
 use crate::scheme::{Direction, Salt, TensorCipher};
 
+pub use pipeline::DEFAULT_MAX_IN_FLIGHT;
+#[doc(hidden)]
+pub use pipeline::{Fault, Io};
 pub use sniff::Kind;
 pub use walk::Skip;
 
@@ -40,8 +44,15 @@ pub struct Options<'a> {
     pub only: Vec<String>,
     /// Replace an existing output.
     pub force: bool,
-    /// Bytes per chunk handed to the engine.
+    /// Bytes per chunk handed to the engine (at least v2's 1 MiB tag chunk is used).
     pub chunk_size: usize,
+    /// At most this many bytes of file data in memory at once, all the files of a
+    /// directory together (at least one chunk): the read-ahead, the chunks being
+    /// transformed and the write-behind.
+    pub max_in_flight: u64,
+    /// Threads that read, transform and write at once on the CPU; 0 for one per core
+    /// (rayon's thread count).
+    pub threads: usize,
     /// Called with the number of data bytes done since the last call.
     pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
     /// The file the key was read from, if any: never replaced by an output, never
@@ -54,6 +65,9 @@ pub struct Options<'a> {
     /// `.bin`, ONNX, ...) that lock may copy as they are, in the clear: globs like
     /// `exclude`. Without a match, lock refuses such a directory.
     pub allow_plaintext: Vec<String>,
+    /// Test seam: fails chosen reads and writes of the streamer (see [`Fault`]).
+    #[doc(hidden)]
+    pub fault: Option<Fault<'a>>,
 }
 
 impl Default for Options<'_> {
@@ -62,10 +76,13 @@ impl Default for Options<'_> {
             only: Vec::new(),
             force: false,
             chunk_size: DEFAULT_CHUNK,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            threads: 0,
             progress: None,
             key_file: None,
             exclude: Vec::new(),
             allow_plaintext: Vec::new(),
+            fault: None,
         }
     }
 }
@@ -295,38 +312,107 @@ fn plan_unlock(path: &Path, key: &MasterKey) -> Result<FilePlan> {
     })
 }
 
-/// Writes `plan`'s layout for the input `path` into `out`, the temporary for `dst`,
-/// its tensors streamed through `engine` and their tags checked or computed; then reads
-/// the written file back to check it says what the plan says (locked with its salt,
-/// names and tags, or not locked), before anything is renamed into place.
-#[allow(clippy::too_many_arguments)]
-fn stream(
-    path: &Path,
-    dst: &Path,
-    plan: &mut FilePlan,
+/// A model file being written: its plan, its input (opened and parsed again, to catch a
+/// file changed since planning) and the temporary its output is written into.
+struct Shard<'o> {
+    src: PathBuf,
+    /// The output as the user named it, for messages.
+    dst: PathBuf,
+    input: File,
+    out: &'o mut File,
+    plan: FilePlan,
+}
+
+impl<'o> Shard<'o> {
+    fn open(src: &Path, dst: &Path, out: &'o mut File, plan: FilePlan) -> Result<Self> {
+        let mut input = open(src)?;
+        let changed = format::open(&mut input, src)?.tensors() != plan.input.tensors();
+        if changed {
+            return Err(Error::format(
+                src,
+                "the file changed while being read; try again",
+            ));
+        }
+        Ok(Shard {
+            src: src.to_path_buf(),
+            dst: dst.to_path_buf(),
+            input,
+            out,
+            plan,
+        })
+    }
+
+    fn stream(&self) -> pipeline::Stream<'_> {
+        let plan = &self.plan;
+        pipeline::Stream {
+            path: &self.src,
+            input: &self.input,
+            dst: &self.dst,
+            out: Some(&*self.out),
+            container: &*plan.input,
+            layout: &plan.layout,
+            ciphers: &plan.ciphers,
+            tagging: match &plan.auth {
+                Auth::Seal(s) => pipeline::Tagging::Written(s),
+                Auth::Check(c) => pipeline::Tagging::Read(c),
+                Auth::Unauthenticated => pipeline::Tagging::None,
+            },
+        }
+    }
+
+    /// Completes the written file from its chunk tags: a lock's record and header tag
+    /// patched in, an unlock's every tensor checked; then reads it back (see
+    /// [`check_written`]).
+    fn finish(&mut self, tags: Vec<pipeline::ChunkTag>, key: &MasterKey) -> Result<()> {
+        let plan = &mut self.plan;
+        match std::mem::replace(&mut plan.auth, Auth::Unauthenticated) {
+            Auth::Seal(mut sealer) => {
+                for (i, chunk, tag) in tags {
+                    sealer.insert(i, chunk, tag)?;
+                }
+                let lock = plan.lock.as_mut().expect("a sealed output is locked");
+                sealer.finish(lock, plan.input.tensors(), &plan.layout.metadata)?;
+                let done = plan.input.layout(Some(lock))?;
+                patch_bytes(self.out, &self.dst, &plan.layout, &done, &*plan.input)?;
+            }
+            Auth::Check(checker) => check_tags(&checker, plan.input.tensors().len(), tags)?,
+            Auth::Unauthenticated => {}
+        }
+        check_written(self.out, &self.dst, plan, key)
+    }
+}
+
+/// Checks every one of the `count` tensors of a file against `checker` from its chunk
+/// tags, taken over its bytes as read in any order.
+fn check_tags(checker: &Checker, count: usize, tags: Vec<pipeline::ChunkTag>) -> Result<()> {
+    let mut taggers: Vec<_> = (0..count).map(|i| checker.tagger(i)).collect();
+    for (i, chunk, tag) in tags {
+        taggers[i].insert(chunk, tag)?;
+    }
+    for (i, t) in taggers.into_iter().enumerate() {
+        checker.finish(i, t)?;
+    }
+    Ok(())
+}
+
+/// Streams `shards` and `copies` at once through `engine` (see [`pipeline`]), then
+/// completes each shard; each output still has to be synced.
+fn stream_all(
+    shards: &mut [Shard],
+    copies: &[pipeline::Copy],
     dir: Direction,
     key: &MasterKey,
     engine: &mut dyn Engine,
     opts: &Options,
-    out: &mut File,
 ) -> Result<()> {
-    let mut input = open(path)?;
-    // Parse again from this handle, to catch a file changed since planning.
-    let changed = format::open(&mut input, path)?.tensors() != plan.input.tensors();
-    if changed {
-        return Err(Error::format(
-            path,
-            "the file changed while being read; try again",
-        ));
+    let tags = {
+        let streams: Vec<_> = shards.iter().map(Shard::stream).collect();
+        pipeline::run(&streams, copies, engine, opts, dir)?
+    };
+    for (shard, tags) in shards.iter_mut().zip(tags) {
+        shard.finish(tags, key)?;
     }
-    write_layout(path, &mut input, dst, plan, dir, engine, opts, out)?;
-    if let Auth::Seal(sealer) = std::mem::replace(&mut plan.auth, Auth::Unauthenticated) {
-        let lock = plan.lock.as_mut().expect("a sealed output is locked");
-        sealer.finish(lock, plan.input.tensors(), &plan.layout.metadata)?;
-        let done = plan.input.layout(Some(lock))?;
-        patch_bytes(out, dst, &plan.layout, &done, &*plan.input)?;
-    }
-    check_written(out, dst, plan, key)
+    Ok(())
 }
 
 /// Writes the new bytes of `done`, the final layout, over those of `written`, the layout
@@ -358,169 +444,13 @@ fn patch_bytes(
     Ok(())
 }
 
-/// Follows the spans of the chunks of a lock's output, in order, to feed each tensor's
-/// locked bytes to the sealer: a span that starts a tensor (offset 0) moves on to the
-/// layout's next tensor that has bytes (empty ones have no span).
-struct SpanCursor {
-    /// The layout's tensors, in the order it writes them, with their sizes.
-    order: Vec<(usize, u64)>,
-    next: usize,
-    current: Option<usize>,
-}
-
-impl SpanCursor {
-    fn new(layout: &Layout, container: &dyn Container) -> Self {
-        let order = layout
-            .pieces
-            .iter()
-            .filter_map(|p| match p {
-                Piece::Tensor(i) => {
-                    let r = container.byte_range(*i);
-                    Some((*i, r.end - r.start))
-                }
-                _ => None,
-            })
-            .collect();
-        SpanCursor {
-            order,
-            next: 0,
-            current: None,
-        }
-    }
-
-    fn feed(&mut self, sealer: &mut Sealer, chunk: &Chunk) -> Result<()> {
-        for span in &chunk.spans {
-            if span.range.is_empty() {
-                continue;
-            }
-            if span.tensor_offset == 0 {
-                while self.order[self.next].1 == 0 {
-                    self.next += 1;
-                }
-                self.current = Some(self.order[self.next].0);
-                self.next += 1;
-            }
-            let i = self.current.expect("a tensor's first span comes first");
-            sealer.feed(i, &chunk.data[span.range.clone()])?;
-        }
-        Ok(())
-    }
-}
-
-/// Writes `plan`'s layout from `input` (the file at `path`) into `out` (for `dst`),
-/// feeding the sealer the locked bytes as written, or checking each tensor's bytes as
-/// read against its tag.
-#[allow(clippy::too_many_arguments)]
-fn write_layout(
-    path: &Path,
-    input: &mut File,
-    dst: &Path,
-    plan: &mut FilePlan,
-    dir: Direction,
-    engine: &mut dyn Engine,
-    opts: &Options,
-    out: &mut File,
-) -> Result<()> {
-    let FilePlan {
-        input: container,
-        layout,
-        ciphers,
-        auth,
-        ..
-    } = plan;
-    let container = &**container;
-    let (mut sealer, checker) = match auth {
-        Auth::Seal(s) => (Some(s), None),
-        Auth::Check(c) => (None, Some(&*c)),
-        Auth::Unauthenticated => (None, None),
-    };
-    let mut cursor = SpanCursor::new(layout, container);
-    let mut w = BufWriter::with_capacity(1 << 20, &mut *out);
-    let mut sink = |c: &Chunk| -> Result<()> {
-        // Tagging overlaps the write: the write is the kernel's copy on this core, the
-        // tags come from the others.
-        let (tagged, written) = rayon::join(
-            || match sealer.as_deref_mut() {
-                Some(s) => cursor.feed(s, c),
-                None => Ok(()),
-            },
-            || w.write_all(&c.data).map_err(|e| Error::io(dst, e)),
-        );
-        tagged.and(written)?;
-        if let Some(p) = opts.progress {
-            p(c.data.len() as u64);
-        }
-        Ok(())
-    };
-    let mut packer = ChunkPacker::new(dir, opts.chunk_size);
-    // Where `input` is positioned: the layout reads in order, seeking only where it skips.
-    // Buffered: a model of many small tensors would otherwise cost a read call each.
-    let mut at = None;
-    let input = &mut std::io::BufReader::with_capacity(1 << 20, input);
-    let seek =
-        |input: &mut std::io::BufReader<&mut File>, at: Option<u64>, start: u64| -> Result<()> {
-            if at != Some(start) {
-                input
-                    .seek(SeekFrom::Start(start))
-                    .map_err(|e| Error::io(path, e))?;
-            }
-            Ok(())
-        };
-    for piece in &layout.pieces {
-        match piece {
-            Piece::Tensor(i) => {
-                let range = container.byte_range(*i);
-                seek(input, at, range.start)?;
-                let name = &container.tensors()[*i].name;
-                let mut tagger = checker.map(|c| c.tagger(*i));
-                let fill = |buf: &mut [u8]| {
-                    input.read_exact(buf).map_err(|e| {
-                        Error::format(path, format!("read failed inside tensor {name:?}: {e}"))
-                    })?;
-                    match (&mut tagger, checker) {
-                        (Some(t), Some(c)) => t.update(c.key(), buf),
-                        _ => Ok(()),
-                    }
-                };
-                let cipher = ciphers[*i].as_ref();
-                packer.add_tensor(engine, cipher, range.end - range.start, fill, &mut sink)?;
-                if let (Some(t), Some(c)) = (tagger, checker) {
-                    c.finish(*i, t)?;
-                }
-                at = Some(range.end);
-            }
-            // Bytes of our own: everything packed so far goes first.
-            Piece::Bytes(bytes) => {
-                packer.finish(engine, &mut sink)?;
-                sink(&Chunk {
-                    dir,
-                    data: bytes.clone(),
-                    spans: Vec::new(),
-                })?;
-            }
-            Piece::Copy(range) => {
-                packer.finish(engine, &mut sink)?;
-                seek(input, at, range.start)?;
-                let mut part = (&mut *input).take(range.end - range.start);
-                let mut data = Vec::new();
-                part.read_to_end(&mut data)
-                    .map_err(|e| Error::io(path, e))?;
-                sink(&Chunk {
-                    dir,
-                    data,
-                    spans: Vec::new(),
-                })?;
-                at = Some(range.end);
-            }
-        }
-    }
-    packer.finish(engine, &mut sink)?;
-    w.flush().map_err(|e| Error::io(dst, e))
-}
-
 /// Reads back the file just written for `dst` and checks it against the plan: the same
 /// tensors, the planned lock record, and for a v2 output its key check value and
 /// header tag under `key` (its tensor tags were computed from the bytes as written).
+/// Only the header is read back, and that is enough: it is what a bug in the layout or
+/// the patching of the record would get wrong (it caught one), and parsing it checks the
+/// file's length against its tensors' offsets; the data were tagged from the very
+/// buffers that were written, so re-reading them would only cost a second pass.
 fn check_written(out: &mut File, dst: &Path, plan: &FilePlan, key: &MasterKey) -> Result<()> {
     let written = format::open(out, dst)?;
     let lock = written.lock_record()?;
@@ -544,6 +474,10 @@ fn check_written(out: &mut File, dst: &Path, plan: &FilePlan, key: &MasterKey) -
     }
     Ok(())
 }
+
+/// Files of a directory written at once (their shards streamed together): bounds the
+/// descriptors held open, two a file.
+const FILES_AT_ONCE: usize = 64;
 
 fn run(
     input: &Path,
@@ -569,29 +503,28 @@ fn run(
         Direction::Unlock => output::Access::Private,
     };
     let mut report = Report::default();
-    let mut do_file =
-        |src: &Path, dst: &Path, out: &mut File, mut plan: FilePlan, report: &mut Report| {
-            if let Auth::Unauthenticated = plan.auth {
-                report.unauthenticated.push(src.to_path_buf());
+    let count = |src: &Path, plan: &FilePlan, report: &mut Report| {
+        if let Auth::Unauthenticated = plan.auth {
+            report.unauthenticated.push(src.to_path_buf());
+        }
+        report.files += 1;
+        report.tensors += plan.input.tensors().len();
+        report.clear_bool += plan.clear_bool;
+        for (t, c) in plan.input.tensors().iter().zip(&plan.ciphers) {
+            report.data_bytes += t.len();
+            if c.is_some() {
+                report.transformed += 1;
+                report.transformed_bytes += t.len();
             }
-            stream(src, dst, &mut plan, dir, key, engine, opts, out)?;
-            report.files += 1;
-            report.tensors += plan.input.tensors().len();
-            report.clear_bool += plan.clear_bool;
-            for (t, c) in plan.input.tensors().iter().zip(&plan.ciphers) {
-                report.data_bytes += t.len();
-                if c.is_some() {
-                    report.transformed += 1;
-                    report.transformed_bytes += t.len();
-                }
-            }
-            Ok::<_, Error>(())
-        };
+        }
+    };
     if !meta.is_dir() {
         let p = plan(input)?;
         output::check_space(output, p.layout.len(&*p.input))?;
         output::write_file(output, opts.force, &like(input), |f| {
-            do_file(input, output, f, p, &mut report)
+            count(input, &p, &mut report);
+            let mut shards = [Shard::open(input, output, f, p)?];
+            stream_all(&mut shards, &[], dir, key, engine, opts)
         })?;
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -629,23 +562,48 @@ fn run(
         for rel in &listing.dirs {
             output::create_private_dirs(&tmp.join(rel))?;
         }
-        for e in &listing.files {
-            let (src, dst) = (input.join(&e.rel), tmp.join(&e.rel));
-            let mut f = output::create_private_file(&dst)?;
-            let shown = output.join(&e.rel);
-            if e.kind == Kind::Safetensors {
-                let p = plans.next().expect("one plan per shard");
-                do_file(&src, &shown, &mut f, p, &mut report)?;
-            } else {
-                let mut from = open(&src)?;
-                std::io::copy(&mut from, &mut f).map_err(|err| Error::io(&shown, err))?;
-                report.copied += 1;
-                if let Kind::Weights(_) = e.kind {
-                    report.plaintext.push(e.rel.clone());
+        for group in listing.files.chunks(FILES_AT_ONCE) {
+            let mut outs = group
+                .iter()
+                .map(|e| output::create_private_file(&tmp.join(&e.rel)))
+                .collect::<Result<Vec<File>>>()?;
+            let shown: Vec<PathBuf> = group.iter().map(|e| output.join(&e.rel)).collect();
+            let srcs: Vec<PathBuf> = group.iter().map(|e| input.join(&e.rel)).collect();
+            // The other files: opened with their lengths, copied beside the shards.
+            {
+                let mut others = Vec::new();
+                let mut shards = Vec::new();
+                for (((e, out), src), dst) in group.iter().zip(&mut outs).zip(&srcs).zip(&shown) {
+                    if e.kind == Kind::Safetensors {
+                        let p = plans.next().expect("one plan per shard");
+                        count(src, &p, &mut report);
+                        shards.push(Shard::open(src, dst, out, p)?);
+                    } else {
+                        let from = open(src)?;
+                        let len = from.metadata().map_err(|err| Error::io(src, err))?.len();
+                        others.push((src, from, dst, &*out, len));
+                        report.copied += 1;
+                        if let Kind::Weights(_) = e.kind {
+                            report.plaintext.push(e.rel.clone());
+                        }
+                    }
                 }
+                let copies: Vec<pipeline::Copy> = others
+                    .iter()
+                    .map(|(path, from, dst, to, len)| pipeline::Copy {
+                        path,
+                        from,
+                        dst,
+                        to,
+                        len: *len,
+                    })
+                    .collect();
+                stream_all(&mut shards, &copies, dir, key, engine, opts)?;
             }
-            f.sync_all().map_err(|err| Error::io(&shown, err))?;
-            like(&src).apply(&dst)?;
+            for ((e, f), (src, dst)) in group.iter().zip(&outs).zip(srcs.iter().zip(&shown)) {
+                f.sync_all().map_err(|err| Error::io(dst, err))?;
+                like(src).apply(&tmp.join(&e.rel))?;
+            }
         }
         if dir == Direction::Lock {
             // The shards as written, joined by the checkpoint record.
@@ -936,111 +894,78 @@ pub fn verify(path: &Path, key: &MasterKey) -> Result<Verification> {
     } else {
         vec![path.to_path_buf()]
     };
-    for p in files {
-        verify_file(&p, key, &mut done)?;
+    for group in files.chunks(FILES_AT_ONCE) {
+        verify_files(group, key, &mut done)?;
     }
     Ok(done)
 }
 
-fn verify_file(path: &Path, key: &MasterKey, done: &mut Verification) -> Result<()> {
-    let (mut file, container) = format::open_path(path)?;
-    let info = container.lock_record()?.ok_or_else(|| Error::NotLocked {
-        path: path.to_path_buf(),
-    })?;
-    done.files += 1;
-    if !info.is_authenticated() {
-        info.check_key(key, path)?;
-        done.unauthenticated.push(path.to_path_buf());
-        return Ok(());
-    }
-    let checker = Checker::new(&*container, &info, key, path)?;
-    let ranges: Vec<_> = (0..container.tensors().len())
-        .map(|i| container.byte_range(i))
-        .collect();
-    // Read in large blocks from the first tensor's start to the last one's end, one
-    // block ahead of the tagger: a model of many small tensors costs a read per block,
-    // not per tensor. Tensors lie in the file in order (the container says so).
-    let (first, end) = match (ranges.first(), ranges.last()) {
-        (Some(f), Some(l)) => (f.start, l.end),
-        _ => return Ok(()),
-    };
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(1);
-    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    for _ in 0..2 {
-        empty_tx.send(Vec::new()).expect("the receiver is here");
-    }
-    std::thread::scope(|scope| {
-        scope.spawn(move || {
-            if let Err(e) = file.seek(SeekFrom::Start(first)) {
-                let _ = full_tx.send(Err(Error::io(path, e)));
-                return;
-            }
-            let mut at = first;
-            while at < end {
-                let Ok(mut buf) = empty_rx.recv() else { return };
-                let n = (end - at).min(DEFAULT_CHUNK as u64) as usize;
-                buf.resize(n, 0);
-                let read = file
-                    .read_exact(&mut buf)
-                    .map(|()| buf)
-                    .map_err(|e| Error::io(path, e));
-                let failed = read.is_err();
-                if full_tx.send(read).is_err() || failed {
-                    return;
-                }
-                at += n as u64;
-            }
-        });
-        // Owns the channel ends the reader waits on, so that an early error stops it.
-        check_tensors(path, &checker, &ranges, first, full_rx, empty_tx, done)
-    })
+/// A v2 file opened to be verified: its tensors, in file order, as the layout to read.
+struct ToVerify {
+    path: PathBuf,
+    file: File,
+    container: Box<dyn Container>,
+    checker: Checker,
+    layout: Layout,
+    ciphers: Vec<Option<Arc<TensorCipher>>>,
 }
 
-/// Tags each of `ranges` (every tensor of the file, in file order) from the blocks the
-/// reader sends (the file's bytes from `first` on), handing each block back for the
-/// next read, and checks its tag.
-fn check_tensors(
-    path: &Path,
-    checker: &Checker,
-    ranges: &[std::ops::Range<u64>],
-    first: u64,
-    full: std::sync::mpsc::Receiver<Result<Vec<u8>>>,
-    empty: std::sync::mpsc::Sender<Vec<u8>>,
-    done: &mut Verification,
-) -> Result<()> {
-    // The block in hand and the file offset of its first byte.
-    let mut block: Vec<u8> = Vec::new();
-    let mut block_at = first;
-    let next = || -> Result<Vec<u8>> {
-        full.recv()
-            .map_err(|_| Error::format(path, "the reader stopped"))?
-    };
-    for (i, r) in ranges.iter().enumerate() {
-        let mut tagger = checker.tagger(i);
-        let mut at = r.start;
-        if at < block_at {
-            return Err(Error::format(
-                path,
-                "tensors overlap or are out of file order",
-            ));
+/// Verifies the locked files `paths` (see [`verify`]): their key check values and header
+/// tags first, then every tensor of all of them read and tagged at once, on all cores.
+fn verify_files(paths: &[PathBuf], key: &MasterKey, done: &mut Verification) -> Result<()> {
+    let mut opened = Vec::new();
+    for path in paths {
+        let (file, container) = format::open_path(path)?;
+        let info = container.lock_record()?.ok_or_else(|| Error::NotLocked {
+            path: path.to_path_buf(),
+        })?;
+        done.files += 1;
+        if !info.is_authenticated() {
+            info.check_key(key, path)?;
+            done.unauthenticated.push(path.to_path_buf());
+            continue;
         }
-        while at < r.end {
-            let block_end = block_at + block.len() as u64;
-            if at >= block_end {
-                let old = std::mem::replace(&mut block, next()?);
-                block_at = block_end;
-                // The reader may be done already; then it needs no buffer back.
-                let _ = empty.send(old);
-                continue;
-            }
-            let upto = r.end.min(block_end);
-            let piece = &block[(at - block_at) as usize..(upto - block_at) as usize];
-            tagger.update(checker.key(), piece)?;
-            at = upto;
-        }
-        checker.finish(i, tagger)?;
-        done.tensors += 1;
-        done.bytes += r.end - r.start;
+        let checker = Checker::new(&*container, &info, key, path)?;
+        let mut order: Vec<usize> = (0..container.tensors().len()).collect();
+        order.sort_by_key(|&i| container.byte_range(i).start);
+        let layout = Layout {
+            pieces: order.into_iter().map(Piece::Tensor).collect(),
+            metadata: Default::default(),
+        };
+        opened.push(ToVerify {
+            path: path.to_path_buf(),
+            ciphers: vec![None; container.tensors().len()],
+            file,
+            container,
+            checker,
+            layout,
+        });
+    }
+    let streams: Vec<_> = opened
+        .iter()
+        .map(|v| pipeline::Stream {
+            path: &v.path,
+            input: &v.file,
+            dst: &v.path,
+            out: None,
+            container: &*v.container,
+            layout: &v.layout,
+            ciphers: &v.ciphers,
+            tagging: pipeline::Tagging::Read(&v.checker),
+        })
+        .collect();
+    let tags = pipeline::run_parallel(
+        &streams,
+        &[],
+        crate::CpuLocker::new(),
+        &Options::default(),
+        Direction::Unlock,
+    )?;
+    for (v, tags) in opened.iter().zip(tags) {
+        let tensors = v.container.tensors();
+        check_tags(&v.checker, tensors.len(), tags)?;
+        done.tensors += tensors.len();
+        done.bytes += tensors.iter().map(|t| t.len()).sum::<u64>();
     }
     Ok(())
 }
@@ -1109,7 +1034,7 @@ mod tests {
         let key = MasterKey::from_hex("000102030405060708090a0b0c0d0e0f").unwrap();
         let salt = Salt::from_hex("01010101010101010101010101010101").unwrap();
         let cipher = |n: &str| Arc::new(TensorCipher::for_tensor(&key, &salt, n));
-        let mut plan = FilePlan {
+        let plan = FilePlan {
             layout: toy.layout(None).unwrap(),
             input: Box::new(toy),
             lock: None,
@@ -1117,25 +1042,21 @@ mod tests {
             clear_bool: 0,
             auth: Auth::Unauthenticated,
         };
-        let mut out = tempfile::tempfile().unwrap();
+        let out = tempfile::tempfile().unwrap();
         let mut engine = CpuEngine::new(CpuLocker::new());
-        // Small chunks: the pieces cross chunk boundaries.
-        let opts = Options {
-            chunk_size: 16,
-            ..Options::default()
+        let input = File::open(&path).unwrap();
+        let stream = pipeline::Stream {
+            path: &path,
+            input: &input,
+            dst: &path,
+            out: Some(&out),
+            container: &*plan.input,
+            layout: &plan.layout,
+            ciphers: &plan.ciphers,
+            tagging: pipeline::Tagging::None,
         };
-        let mut input = File::open(&path).unwrap();
-        write_layout(
-            &path,
-            &mut input,
-            &path,
-            &mut plan,
-            Direction::Lock,
-            &mut engine,
-            &opts,
-            &mut out,
-        )
-        .unwrap();
+        let opts = Options::default();
+        pipeline::run(&[stream], &[], &mut engine, &opts, Direction::Lock).unwrap();
         let mut a = bytes[20..27].to_vec();
         crate::reference::apply(&cipher("a"), Direction::Lock, 0, &mut a);
         let mut want = bytes[0..3].to_vec();
@@ -1144,9 +1065,9 @@ mod tests {
         want.extend_from_slice(&bytes[40..45]);
         want.extend_from_slice(&bytes[45..64]);
         want.extend_from_slice(&bytes[10..12]);
-        let mut got = Vec::new();
-        out.seek(SeekFrom::Start(0)).unwrap();
-        out.read_to_end(&mut got).unwrap();
-        assert_eq!(got, want);
+        let mut got = vec![0; want.len() + 1];
+        use std::os::unix::fs::FileExt;
+        let n = out.read_at(&mut got, 0).unwrap();
+        assert_eq!(&got[..n], &want[..]);
     }
 }

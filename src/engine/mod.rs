@@ -149,6 +149,14 @@ pub trait Engine {
     fn finish(&mut self) -> Result<Vec<Chunk>>;
     /// What runs the work, for `-v` and the demo (backend, adapter, driver).
     fn describe(&self) -> String;
+    /// The CPU locker, for an engine whose work is the CPU fast path on the calling
+    /// thread: a file streamer may then transform many chunks at once, each on the
+    /// thread that read it, in any order, instead of handing them in one at a time.
+    /// `None` (the default) for an engine that must see chunks in order, one stream at
+    /// a time (a GPU's ring of chunks in flight).
+    fn cpu_locker(&self) -> Option<CpuLocker> {
+        None
+    }
 }
 
 /// Spans shorter than this are transformed on one core each, many at once.
@@ -205,6 +213,10 @@ impl Engine for CpuEngine {
             self.locker.backend().name(),
             rayon::current_num_threads()
         )
+    }
+
+    fn cpu_locker(&self) -> Option<CpuLocker> {
+        Some(self.locker)
     }
 }
 
