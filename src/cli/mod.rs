@@ -86,6 +86,40 @@ struct DirArgs {
     exclude: Vec<String>,
 }
 
+#[derive(clap::Args)]
+struct StreamArgs {
+    /// At most this much file data in memory at once (read ahead, being transformed,
+    /// waiting to be written), all the shards of a directory together: bytes, or with a
+    /// K, M or G suffix (KiB, MiB, GiB); at least 1M is used.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    max_in_flight: u64,
+}
+
+/// A size in bytes, as `--max-in-flight` takes it: digits, then K, M or G (powers of
+/// 1024, an optional `iB` or `B` after them) or nothing.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?}; give bytes, or a K, M or G suffix (256M)"
+            ))
+        }
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size; give bytes, or a K, M or G suffix (256M)"))?;
+    n.checked_mul(1 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("{text:?} is out of range; give a size above zero, such as 256M"))
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create a new random key file (mode 0600); never overwrites.
@@ -115,6 +149,8 @@ enum Command {
         /// this glob into a directory output as they are, in the clear (repeatable).
         #[arg(long, value_name = "GLOB")]
         allow_plaintext: Vec<String>,
+        #[command(flatten)]
+        stream: StreamArgs,
         /// Replace an existing output.
         #[arg(long)]
         force: bool,
@@ -133,6 +169,8 @@ enum Command {
         device: Device,
         #[command(flatten)]
         dir: DirArgs,
+        #[command(flatten)]
+        stream: StreamArgs,
         /// Replace an existing output.
         #[arg(long)]
         force: bool,
@@ -196,6 +234,7 @@ struct Transform<'a> {
     only: Vec<String>,
     exclude: Vec<String>,
     allow_plaintext: Vec<String>,
+    max_in_flight: u64,
     force: bool,
 }
 
@@ -238,6 +277,7 @@ fn transform(t: Transform, verbose: bool) -> CliResult<i32> {
         key_file: t.key.protected(),
         exclude: t.exclude,
         allow_plaintext: t.allow_plaintext,
+        max_in_flight: t.max_in_flight,
         ..Options::default()
     };
     let r = match t.dir {
@@ -316,6 +356,7 @@ fn run(cli: Cli) -> CliResult<i32> {
             only,
             dir,
             allow_plaintext,
+            stream,
             force,
         } => transform(
             Transform {
@@ -327,6 +368,7 @@ fn run(cli: Cli) -> CliResult<i32> {
                 only,
                 exclude: dir.exclude,
                 allow_plaintext,
+                max_in_flight: stream.max_in_flight,
                 force,
             },
             verbose,
@@ -337,6 +379,7 @@ fn run(cli: Cli) -> CliResult<i32> {
             key,
             device,
             dir,
+            stream,
             force,
         } => transform(
             Transform {
@@ -348,6 +391,7 @@ fn run(cli: Cli) -> CliResult<i32> {
                 only: Vec::new(),
                 exclude: dir.exclude,
                 allow_plaintext: Vec::new(),
+                max_in_flight: stream.max_in_flight,
                 force,
             },
             verbose,
