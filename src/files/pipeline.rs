@@ -45,6 +45,12 @@ pub const DEFAULT_MAX_IN_FLIGHT: u64 = 256 << 20;
 /// already the slower side.
 const ORDERED_BUFFERS: u64 = 6;
 
+/// Largest batch of the CPU path: a worker's batch then stays in cache between its
+/// read, its transform and its write (4 MiB measured a little faster than 16 MiB on
+/// 2 Zen 3 cores, a 1 GiB file in tmpfs: 0.35 against 0.37 s to lock). A GPU wants
+/// larger chunks, so the in-order path takes the chunk size as it is.
+const CPU_BATCH: usize = 4 << 20;
+
 /// Bytes per copy job: a large file copied in the clear is split so that several
 /// workers copy it at once.
 const COPY_PIECE: u64 = 64 << 20;
@@ -421,7 +427,7 @@ pub(super) fn run_parallel(
     opts: &Options,
     dir: Direction,
 ) -> Result<Vec<Vec<ChunkTag>>> {
-    let cap = batch_len(opts);
+    let cap = batch_len(opts).min(CPU_BATCH);
     let work = work(streams, cap);
     let copy_jobs = copy_jobs(copies);
     let next = AtomicUsize::new(0);
@@ -576,8 +582,26 @@ fn run_ordered(
 
 /// Hands the batches the reader sends to `engine` in order, and the chunks it finishes
 /// to the writer. Owns its channel ends, so that returning early (an error here) stops
-/// the reader and the writer too.
+/// the reader and the writer too. On any failure the engine is drained and what it held
+/// dropped: an engine used again (the next file) must not give back this one's chunks.
 fn feed_engine(
+    engine: &mut dyn Engine,
+    streams: &[Stream],
+    work: &[(usize, Batch)],
+    dir: Direction,
+    from_reader: mpsc::Receiver<(usize, Vec<u8>)>,
+    to_writer: mpsc::SyncSender<(usize, Vec<u8>)>,
+    failure: &Failure,
+) -> Result<()> {
+    let fed = feed(engine, streams, work, dir, from_reader, to_writer, failure);
+    if fed.is_err() || failure.is_set() {
+        // Whatever the engine says now, the first failure is what is reported.
+        let _ = engine.finish();
+    }
+    fed
+}
+
+fn feed(
     engine: &mut dyn Engine,
     streams: &[Stream],
     work: &[(usize, Batch)],
