@@ -208,7 +208,14 @@ fn a_streamed_directory_is_every_shard_locked_and_every_other_file_copied() {
     let key = MasterKey::generate().unwrap();
     for (e, mut engine) in engines(&mut rng).into_iter().enumerate() {
         for run in 0..2 {
-            let opts = random_opts(&mut rng);
+            let shown = std::sync::atomic::AtomicU64::new(0);
+            let progress = |n: u64| {
+                shown.fetch_add(n, Ordering::Relaxed);
+            };
+            let opts = Options {
+                progress: Some(&progress),
+                ..random_opts(&mut rng)
+            };
             let what = format!(
                 "{} with chunks of {}, at most {} in flight, {} threads",
                 engine.describe(),
@@ -219,6 +226,12 @@ fn a_streamed_directory_is_every_shard_locked_and_every_other_file_copied() {
             let locked = tmp.path().join(format!("l{e}{run}"));
             let r = files::lock(&input, &locked, &key, engine.as_mut(), &opts).unwrap();
             assert_eq!((r.files, r.copied), (3, 2), "{what}");
+            // One bar for the directory: the tensor bytes of all its shards.
+            assert_eq!(
+                shown.swap(0, Ordering::Relaxed),
+                r.data_bytes,
+                "{what}: progress"
+            );
             for (name, original) in &originals {
                 let bytes = std::fs::read(locked.join(name)).unwrap();
                 if name.ends_with(".safetensors") {
@@ -229,7 +242,12 @@ fn a_streamed_directory_is_every_shard_locked_and_every_other_file_copied() {
             }
             assert!(files::verify(&locked, &key).unwrap().checkpoint, "{what}");
             let back = tmp.path().join(format!("b{e}{run}"));
-            files::unlock(&locked, &back, &key, engine.as_mut(), &opts).unwrap();
+            let r = files::unlock(&locked, &back, &key, engine.as_mut(), &opts).unwrap();
+            assert_eq!(
+                shown.swap(0, Ordering::Relaxed),
+                r.data_bytes,
+                "{what}: progress"
+            );
             for (name, original) in &originals {
                 let bytes = std::fs::read(back.join(name)).unwrap();
                 assert!(&bytes == original, "{what}: {name} after unlock");
