@@ -132,6 +132,62 @@ fn lock_unlock_round_trip_is_byte_identical() {
 }
 
 #[test]
+fn max_in_flight_takes_a_size_and_refuses_anything_else() {
+    let f = Fixture::new();
+    let args = |cmd: &'static str, input: &'static str, output: &'static str, size| {
+        [
+            cmd,
+            input,
+            "-o",
+            output,
+            "--key-file",
+            "key",
+            "--device",
+            "cpu",
+            "--max-in-flight",
+            size,
+        ]
+    };
+    let o = f.run(&args(
+        "lock",
+        "model.safetensors",
+        "locked.safetensors",
+        "1M",
+    ));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = f.run(&args(
+        "unlock",
+        "locked.safetensors",
+        "back.safetensors",
+        "3145728",
+    ));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(f.path("back.safetensors")).unwrap(), f.model);
+    // Refused before anything is read or written, in one line that names the option.
+    for (size, says) in [
+        ("0", "\"0\" is zero"),
+        ("0G", "\"0G\" is zero"),
+        ("abc", "\"abc\" is not a size"),
+        ("-5", "\"-5\" is not a size"),
+        ("", "\"\" is not a size"),
+        ("12X", "\"12X\" has an unknown unit \"X\""),
+        ("1.5G", "\"1.5G\" is not whole"),
+        ("99999999999G", "\"99999999999G\" is too large"),
+        (
+            "99999999999999999999999",
+            "\"99999999999999999999999\" is too large",
+        ),
+    ] {
+        let args = args("lock", "model.safetensors", "o.safetensors", size);
+        fails(
+            &f,
+            &args,
+            &format!("--max-in-flight {says}; give a whole number"),
+        );
+    }
+}
+
+#[test]
 fn key_from_stdin_and_environment() {
     let f = Fixture::new();
     let o = deeplock(

@@ -91,33 +91,54 @@ struct StreamArgs {
     /// At most this much file data in memory at once (read ahead, being transformed,
     /// waiting to be written), all the shards of a directory together: bytes, or with a
     /// K, M or G suffix (KiB, MiB, GiB); at least 1M is used.
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
-    max_in_flight: u64,
+    // Taken as text and parsed by `bytes`, not by clap, so that a bad size is refused
+    // with the one-line error of every other check (clap's own span several lines);
+    // negative numbers are let through to be refused there too.
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "256M",
+        allow_negative_numbers = true
+    )]
+    max_in_flight: String,
 }
 
-/// A size in bytes, as `--max-in-flight` takes it: digits, then K, M or G (powers of
-/// 1024, an optional `iB` or `B` after them) or nothing.
+impl StreamArgs {
+    /// `--max-in-flight` in bytes.
+    fn bytes(&self) -> CliResult<u64> {
+        parse_size(&self.max_in_flight).map_err(|why| {
+            deeplock::Error::Invalid(format!("--max-in-flight {:?} {why}", self.max_in_flight))
+                .into()
+        })
+    }
+}
+
+/// A size in bytes: digits, then K, M or G (powers of 1024, an optional `iB` or `B`
+/// after them) or nothing; the error says why not, after the text it is given.
 fn parse_size(text: &str) -> Result<u64, String> {
+    const EXAMPLE: &str =
+        "give a whole number of bytes, or of K, M or G (KiB, MiB, GiB), such as 256M";
     let t = text.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(digits);
+    if number.is_empty() {
+        return Err(format!("is not a size; {EXAMPLE}"));
+    }
     let shift = match unit.to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "K" | "KB" | "KIB" => 10,
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?}; give bytes, or a K, M or G suffix (256M)"
-            ))
-        }
+        _ if unit.starts_with(['.', ',']) => return Err(format!("is not whole; {EXAMPLE}")),
+        _ => return Err(format!("has an unknown unit {unit:?}; {EXAMPLE}")),
     };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size; give bytes, or a K, M or G suffix (256M)"))?;
-    n.checked_mul(1 << shift)
-        .filter(|&b| b > 0)
-        .ok_or_else(|| format!("{text:?} is out of range; give a size above zero, such as 256M"))
+    let too_large = || format!("is too large; {EXAMPLE}");
+    let n: u64 = number.parse().map_err(|_| too_large())?;
+    match n.checked_mul(1 << shift) {
+        Some(0) => Err(format!("is zero; {EXAMPLE}")),
+        Some(bytes) => Ok(bytes),
+        None => Err(too_large()),
+    }
 }
 
 #[derive(Subcommand)]
@@ -368,7 +389,7 @@ fn run(cli: Cli) -> CliResult<i32> {
                 only,
                 exclude: dir.exclude,
                 allow_plaintext,
-                max_in_flight: stream.max_in_flight,
+                max_in_flight: stream.bytes()?,
                 force,
             },
             verbose,
@@ -391,7 +412,7 @@ fn run(cli: Cli) -> CliResult<i32> {
                 only: Vec::new(),
                 exclude: dir.exclude,
                 allow_plaintext: Vec::new(),
-                max_in_flight: stream.max_in_flight,
+                max_in_flight: stream.bytes()?,
                 force,
             },
             verbose,
