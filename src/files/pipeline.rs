@@ -746,7 +746,13 @@ fn read_at(
 }
 
 /// Writes all of `buf` into `file` at `at`, without a shared position.
-fn write_at(file: &File, dst: &Path, at: u64, buf: &[u8], fault: Option<Fault>) -> Result<()> {
+pub(super) fn write_at(
+    file: &File,
+    dst: &Path,
+    at: u64,
+    buf: &[u8],
+    fault: Option<Fault>,
+) -> Result<()> {
     let write = || -> std::io::Result<()> {
         if let Some(f) = fault {
             f(Io::Write, dst, at)?;
