@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use common::*;
 use deeplock::auth::{FileAuthKey, CHUNK_LEN};
@@ -262,9 +262,9 @@ fn fail_nth(
     names: Vec<String>,
     nth: usize,
     error: fn() -> std::io::Error,
-) -> impl Fn(Io, &Path, u64) -> std::io::Result<()> + Sync {
+) -> impl Fn(Io, &Path, u64, u64) -> std::io::Result<()> + Sync {
     let seen = AtomicUsize::new(0);
-    move |got, path, _| {
+    move |got, path, _, _| {
         let file = path.file_name().map(|n| n.to_string_lossy().into_owned());
         let ours = got == io && file.is_some_and(|n| names.contains(&n));
         if ours && seen.fetch_add(1, Ordering::SeqCst) == nth {
@@ -399,6 +399,68 @@ fn a_tag_that_fails_in_the_middle_of_a_shard_leaves_no_output() {
         assert_fails_cleanly(op, &shard, &out, says, &what);
         let err = files::verify(&shard, &key).unwrap_err().to_string();
         assert!(err.contains(says), "{what}: verify: {err}");
+    }
+}
+
+/// The bytes read but not yet written never pass the bound (at least one 1 MiB tag chunk,
+/// the smallest batch), on either path, for a file and for a directory's shards together,
+/// with more threads than the bound has room for. Writes are slowed so that reads run
+/// ahead as far as the streamer lets them.
+#[test]
+fn bytes_in_flight_stay_within_the_bound() {
+    let mut rng = seeded_rng("streamer bound");
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("ckpt");
+    write_checkpoint(&input, &mut rng);
+    let file = input.join("model-00001-of-00003.safetensors");
+    let key = MasterKey::generate().unwrap();
+    for (e, mut engine) in engines(&mut rng).into_iter().enumerate() {
+        for (run, (chunk_size, bound)) in [(M, M), (4 * M, 3 * M), (2 * M, 5 * M), (M, M / 2)]
+            .into_iter()
+            .enumerate()
+        {
+            let (held, peak) = (AtomicI64::new(0), AtomicI64::new(0));
+            // Not the other files' bytes: a copy is read and written at once, in the kernel.
+            let copied = |p: &Path| p.extension().is_some_and(|e| e == "txt" || e == "json");
+            let count = |io: Io, path: &Path, _at: u64, len: u64| {
+                if !copied(path) {
+                    match io {
+                        Io::Read => {
+                            let now = held.fetch_add(len as i64, Ordering::SeqCst) + len as i64;
+                            peak.fetch_max(now, Ordering::SeqCst);
+                        }
+                        Io::Write => {
+                            std::thread::sleep(std::time::Duration::from_millis(2));
+                            held.fetch_sub(len as i64, Ordering::SeqCst);
+                        }
+                    }
+                }
+                Ok(())
+            };
+            let opts = Options {
+                chunk_size,
+                max_in_flight: bound as u64,
+                threads: 4,
+                fault: Some(&count),
+                ..Options::default()
+            };
+            for (i, from) in [&file, &input].into_iter().enumerate() {
+                let out = tmp.path().join(format!("out{e}{run}{i}"));
+                peak.store(0, Ordering::SeqCst);
+                files::lock(from, &out, &key, engine.as_mut(), &opts).unwrap();
+                let what = format!(
+                    "{}, {}, chunks of {chunk_size}, at most {bound} in flight",
+                    engine.describe(),
+                    from.display()
+                );
+                let peak = peak.load(Ordering::SeqCst);
+                assert!(peak > 0, "{what}: nothing counted");
+                assert!(
+                    peak <= bound.max(M) as i64,
+                    "{what}: {peak} bytes in flight"
+                );
+            }
+        }
     }
 }
 

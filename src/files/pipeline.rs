@@ -66,10 +66,11 @@ pub enum Io {
 }
 
 /// A test seam: called before every positional read and write (and copy) of the
-/// streamer with the file and offset; an error it returns is that I/O's error. Lets the
-/// tests fail a read or a write in the middle of any shard.
+/// streamer with the file, offset and length; an error it returns is that I/O's error.
+/// Lets the tests fail a read or a write in the middle of any shard, and count the bytes
+/// read but not yet written (those the bound on memory in flight holds).
 #[doc(hidden)]
-pub type Fault<'a> = &'a (dyn Fn(Io, &Path, u64) -> std::io::Result<()> + Sync);
+pub type Fault<'a> = &'a (dyn Fn(Io, &Path, u64, u64) -> std::io::Result<()> + Sync);
 
 /// How a stream's v2 tags are taken.
 pub(super) enum Tagging<'a> {
@@ -652,8 +653,8 @@ fn feed(
 /// system can, else through `buf`.
 fn copy_range(c: &Copy, at: u64, len: u64, buf: &mut Vec<u8>, fault: Option<Fault>) -> Result<()> {
     if let Some(f) = fault {
-        f(Io::Read, c.path, at).map_err(|e| Error::io(c.path, e))?;
-        f(Io::Write, c.dst, at).map_err(|e| Error::io(c.dst, e))?;
+        f(Io::Read, c.path, at, len).map_err(|e| Error::io(c.path, e))?;
+        f(Io::Write, c.dst, at, len).map_err(|e| Error::io(c.dst, e))?;
     }
     #[cfg(target_os = "linux")]
     if kernel_copy(c, at, len)? {
@@ -729,7 +730,7 @@ fn read_at(
     fault: Option<Fault>,
 ) -> std::io::Result<()> {
     if let Some(f) = fault {
-        f(Io::Read, path, at)?;
+        f(Io::Read, path, at, buf.len() as u64)?;
     }
     #[cfg(unix)]
     {
@@ -755,7 +756,7 @@ pub(super) fn write_at(
 ) -> Result<()> {
     let write = || -> std::io::Result<()> {
         if let Some(f) = fault {
-            f(Io::Write, dst, at)?;
+            f(Io::Write, dst, at, buf.len() as u64)?;
         }
         #[cfg(unix)]
         {
