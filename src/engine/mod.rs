@@ -1,6 +1,8 @@
 //! Engines: what the file streamer hands each chunk of tensor bytes to. The CPU engine
-//! transforms a chunk as it arrives; a GPU engine keeps several in flight so upload,
-//! compute and read-back overlap. Either way chunks come back in submission order.
+//! transforms a chunk as it arrives (and lends the streamer its locker, so that many
+//! chunks are transformed at once, see [`Engine::cpu_locker`]); a GPU engine keeps
+//! several in flight so upload, compute and read-back overlap. Either way chunks come
+//! back in submission order.
 
 use std::sync::Arc;
 
@@ -38,7 +40,8 @@ pub struct Chunk {
 /// Packs consecutive tensors into chunks of at most `chunk_size` bytes (a tensor split
 /// across chunks where it does not fit; many small ones sharing one), submits each full
 /// chunk to an engine, and hands the chunks it finishes, in order, to a sink, reusing
-/// their buffers. The file streamer and the benchmarks both feed engines through it.
+/// their buffers. The GPU benchmarks feed engines through it (the file streamer cuts
+/// its own batches, each at its place in the output file).
 pub struct ChunkPacker {
     dir: Direction,
     chunk_size: usize,
