@@ -33,7 +33,7 @@ pub use pipeline::DEFAULT_MAX_IN_FLIGHT;
 #[doc(hidden)]
 pub use pipeline::{Fault, Io};
 pub use sniff::Kind;
-pub use walk::Skip;
+pub use walk::{Entry, Listing, Skip};
 
 /// Default bytes per chunk handed to an engine. Memory in use is a small multiple.
 pub const DEFAULT_CHUNK: usize = 16 << 20;
@@ -528,15 +528,15 @@ fn run(
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
-    let exclude = globs(&opts.exclude, "exclude")?;
-    let allowed = globs(&opts.allow_plaintext, "allow-plaintext")?;
-    let listing = list_dir(input, &protected, exclude.as_ref())?;
-    match dir {
-        Direction::Lock => refuse_plaintext(input, &listing, allowed.as_ref())?,
+    let listing = match dir {
+        Direction::Lock => lock_listing(input, opts)?,
         Direction::Unlock => {
+            let exclude = globs(&opts.exclude, "exclude")?;
+            let listing = list_dir(input, &protected, exclude.as_ref())?;
             check_checkpoint(input, &listing.files, key)?;
+            listing
         }
-    }
+    };
     // Plan every shard before writing anything, so a bad shard fails fast.
     let mut plans = Vec::new();
     let mut need = 0;
@@ -724,6 +724,31 @@ pub fn join(dir: &Path, key: &MasterKey, opts: &Options) -> Result<usize> {
         |f| f.write_all(&record).map_err(|e| Error::io(&path, e)),
     )?;
     Ok(contents.shards.len())
+}
+
+/// The files of the checkpoint directory `input` that [`lock`] writes into its output,
+/// for locking them apart (each shard with [`lock`] as a file, on whatever machine holds
+/// it, every other file copied as it is) and joining the result with [`join`]: listed as
+/// lock lists them (`.git`, key files, `opts.key_file`, the checkpoint record and
+/// `opts.exclude` left out) and refused as lock refuses them (weights deeplock cannot
+/// lock, unless `opts.allow_plaintext` allows them; a directory without a shard).
+pub fn lock_listing(input: &Path, opts: &Options) -> Result<Listing> {
+    if !fs::metadata(input)
+        .map_err(|e| Error::io(input, e))?
+        .is_dir()
+    {
+        return Err(Error::Invalid(format!(
+            "{} is not a directory; pass a checkpoint directory",
+            input.display()
+        )));
+    }
+    let protected: Vec<PathBuf> = opts.key_file.iter().cloned().collect();
+    let exclude = globs(&opts.exclude, "exclude")?;
+    let allowed = globs(&opts.allow_plaintext, "allow-plaintext")?;
+    let listing = list_dir(input, &protected, exclude.as_ref())?;
+    refuse_plaintext(input, &listing, allowed.as_ref())?;
+    shards(input, &listing)?;
+    Ok(listing)
 }
 
 /// Refuses to lock a directory holding weight files deeplock cannot lock, unless each
