@@ -1,5 +1,6 @@
 from os import PathLike
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 class DeeplockError(Exception): ...
 class WrongKeyError(DeeplockError): ...
@@ -54,3 +55,21 @@ def unlock_file(
 def verify(path: str | PathLike[str], key: Key) -> dict[str, Any]: ...
 def inspect(path: str | PathLike[str]) -> list[dict[str, Any]]: ...
 def checked_shards(dir: str | PathLike[str], key: Key) -> list[str]: ...
+def join(
+    dir: str | PathLike[str], key: Key, force: bool = False, exclude: list[str] | None = None
+) -> int: ...
+def lock_listing(
+    src: str | PathLike[str],
+    exclude: list[str] | None = None,
+    allow_plaintext: list[str] | None = None,
+    key_file: str | PathLike[str] | None = None,
+) -> dict[str, Any]: ...
+def write_dir(
+    src: str | PathLike[str],
+    dst: str | PathLike[str],
+    fill: Callable[[Path], Any],
+    force: bool = False,
+    key_file: str | PathLike[str] | None = None,
+) -> Any: ...
+
+CHECKPOINT_RECORD: str

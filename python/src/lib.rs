@@ -9,50 +9,50 @@ use deeplock::engine::CpuEngine;
 use deeplock::files::{self, Options};
 use deeplock::format::TensorView;
 use deeplock::memory::{self, Reader};
-use deeplock::{key_file, CpuLocker, Dtype, Error, MasterKey};
+use deeplock::{checkpoint, key_file, output, CpuLocker, Dtype, Error, MasterKey};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 create_exception!(
-    _native,
+    deeplock,
     DeeplockError,
     PyException,
     "Base of every deeplock error."
 );
 create_exception!(
-    _native,
+    deeplock,
     WrongKeyError,
     DeeplockError,
     "The file was locked with another key."
 );
 create_exception!(
-    _native,
+    deeplock,
     AuthenticationError,
     DeeplockError,
     "The file was changed after locking, or carries no authentication."
 );
 create_exception!(
-    _native,
+    deeplock,
     NotLockedError,
     DeeplockError,
     "The file is not locked."
 );
 create_exception!(
-    _native,
+    deeplock,
     AlreadyLockedError,
     DeeplockError,
     "The file is already locked."
 );
 create_exception!(
-    _native,
+    deeplock,
     FormatError,
     DeeplockError,
     "The file is malformed or cannot be represented."
 );
 create_exception!(
-    _native,
+    deeplock,
     OutputExistsError,
     DeeplockError,
     "The output exists and force was not given."
@@ -482,6 +482,115 @@ fn checked_shards(py: Python<'_>, dir: PathBuf, key: &Key) -> PyResult<Vec<PathB
     Ok(shards)
 }
 
+/// Joins the shards of the checkpoint directory `dir`, each locked apart under `key`, by
+/// writing its checkpoint record from their headers (each shard's key and header tag
+/// checked, every index file checked against the shards). Returns the number of shards.
+#[pyfunction]
+#[pyo3(signature = (dir, key, force = false, exclude = None))]
+fn join(
+    py: Python<'_>,
+    dir: PathBuf,
+    key: &Key,
+    force: bool,
+    exclude: Option<Vec<String>>,
+) -> PyResult<usize> {
+    let k = key.key.clone();
+    let opts = Options {
+        force,
+        exclude: exclude.unwrap_or_default(),
+        ..Options::default()
+    };
+    py.detach(move || files::join(&dir, &k, &opts))
+        .map_err(py_err)
+}
+
+/// The files of the checkpoint directory `src` that `lock_file` writes into its output,
+/// listed and refused as `lock_file` lists and refuses them: `files` as `(path, kind)`
+/// (paths relative to `src`; kind `"shard"` to lock, `"copy"` to copy as it is), `dirs`
+/// (parents first), `skipped` as `(path, why)`, `plaintext` (weights copied in the clear,
+/// as allowed).
+#[pyfunction]
+#[pyo3(signature = (src, exclude = None, allow_plaintext = None, key_file = None))]
+fn lock_listing<'py>(
+    py: Python<'py>,
+    src: PathBuf,
+    exclude: Option<Vec<String>>,
+    allow_plaintext: Option<Vec<String>>,
+    key_file: Option<PathBuf>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let opts = Options {
+        exclude: exclude.unwrap_or_default(),
+        allow_plaintext: allow_plaintext.unwrap_or_default(),
+        key_file,
+        ..Options::default()
+    };
+    let listing = py
+        .detach(move || files::lock_listing(&src, &opts))
+        .map_err(py_err)?;
+    let d = PyDict::new(py);
+    let entries: Vec<(PathBuf, &str)> = listing
+        .files
+        .iter()
+        .map(|e| {
+            let kind = match e.kind {
+                files::Kind::Safetensors => "shard",
+                _ => "copy",
+            };
+            (e.rel.clone(), kind)
+        })
+        .collect();
+    let plaintext: Vec<PathBuf> = listing
+        .files
+        .iter()
+        .filter(|e| matches!(e.kind, files::Kind::Weights(_)))
+        .map(|e| e.rel.clone())
+        .collect();
+    let skipped: Vec<(PathBuf, &str)> = listing
+        .skipped
+        .iter()
+        .map(|(p, why)| (p.clone(), why.describe()))
+        .collect();
+    d.set_item("files", entries)?;
+    d.set_item("dirs", listing.dirs)?;
+    d.set_item("skipped", skipped)?;
+    d.set_item("plaintext", plaintext)?;
+    Ok(d)
+}
+
+/// Builds the output directory `dst` of the input directory `src` as `lock_file` does:
+/// refused where it would be (an existing `dst` without `force`, `dst` inside `src` or
+/// holding it, `dst` the key file or holding it); `fill(tmp)` writes the output into a
+/// new owner-only directory beside `dst`, which is given `src`'s permissions and moved
+/// to `dst` (exchanged with it, with `force`) only if `fill` returns, and deleted with
+/// everything in it if `fill` raises (its exception is raised again). Returns what
+/// `fill` returned.
+#[pyfunction]
+#[pyo3(signature = (src, dst, fill, force = false, key_file = None))]
+fn write_dir(
+    src: PathBuf,
+    dst: PathBuf,
+    fill: &Bound<'_, PyAny>,
+    force: bool,
+    key_file: Option<PathBuf>,
+) -> PyResult<Py<PyAny>> {
+    if !src.is_dir() {
+        return Err(DeeplockError::new_err(format!(
+            "{} is not a directory; pass a checkpoint directory",
+            src.display()
+        )));
+    }
+    let protected: Vec<PathBuf> = key_file.into_iter().collect();
+    output::check(&src, &dst, force, &protected).map_err(py_err)?;
+    let mut raised = None;
+    let built = output::write_dir(&dst, force, &output::Access::Like(src.clone()), |tmp| {
+        fill.call1((tmp,)).map(Bound::unbind).map_err(|e| {
+            raised = Some(e);
+            Error::Invalid("the output's fill raised".into())
+        })
+    });
+    built.map_err(|e| raised.take().unwrap_or_else(|| py_err(e)))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -494,6 +603,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(checked_shards, m)?)?;
+    m.add_function(wrap_pyfunction!(join, m)?)?;
+    m.add_function(wrap_pyfunction!(lock_listing, m)?)?;
+    m.add_function(wrap_pyfunction!(write_dir, m)?)?;
+    m.add("CHECKPOINT_RECORD", checkpoint::RECORD_NAME)?;
     m.add("DeeplockError", py.get_type::<DeeplockError>())?;
     m.add("WrongKeyError", py.get_type::<WrongKeyError>())?;
     m.add("AuthenticationError", py.get_type::<AuthenticationError>())?;
