@@ -160,7 +160,7 @@ fn shards(dir: &Path, listing: &walk::Listing) -> Result<Vec<PathBuf>> {
     let files: Vec<PathBuf> = listing
         .files
         .iter()
-        .filter(|e| e.kind == Kind::Safetensors)
+        .filter(|e| matches!(e.kind, Kind::Model(_)))
         .map(|e| dir.join(&e.rel))
         .collect();
     if files.is_empty() {
@@ -542,7 +542,7 @@ fn run(
     let mut need = 0;
     for e in &listing.files {
         let src = input.join(&e.rel);
-        if e.kind == Kind::Safetensors {
+        if matches!(e.kind, Kind::Model(_)) {
             let p = plan(&src)?;
             need += p.layout.len(&*p.input);
             plans.push(p);
@@ -573,7 +573,7 @@ fn run(
                 let mut others = Vec::new();
                 let mut shards = Vec::new();
                 for (((e, out), src), dst) in group.iter().zip(&mut outs).zip(&srcs).zip(&shown) {
-                    if e.kind == Kind::Safetensors {
+                    if matches!(e.kind, Kind::Model(_)) {
                         let p = plans.next().expect("one plan per shard");
                         count(src, &p, &mut report);
                         shards.push(Shard::open(src, dst, out, p)?);
@@ -645,7 +645,7 @@ fn gather(dir: &Path, files: &[walk::Entry], key: &MasterKey) -> Result<checkpoi
     for e in files {
         let path = dir.join(&e.rel);
         let rel = record_path(dir, &e.rel)?;
-        if e.kind == Kind::Safetensors {
+        if matches!(e.kind, Kind::Model(_)) {
             let c = open_container(&path)?;
             let Some(info) = c.lock_record()? else {
                 continue;

@@ -533,7 +533,7 @@ fn lock_listing<'py>(
         .iter()
         .map(|e| {
             let kind = match e.kind {
-                files::Kind::Safetensors => "shard",
+                files::Kind::Model(_) => "shard",
                 _ => "copy",
             };
             (e.rel.clone(), kind)

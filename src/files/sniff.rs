@@ -7,13 +7,13 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::header::MAX_HEADER_LEN;
+use crate::format::Format;
 
 /// What a file is, for locking a directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// A safetensors file: locked or unlocked.
-    Safetensors,
+    /// A model file deeplock locks, in its format: locked or unlocked.
+    Model(Format),
     /// A deeplock key file (32 hex characters): never copied into an output.
     Key,
     /// Model weights in a format deeplock does not lock yet: what they are.
@@ -51,17 +51,17 @@ const WEIGHT_EXTENSIONS: [(&str, &str); 24] = [
 ];
 
 /// What the regular file at `path`, of `len` bytes, holds. Reads at most its first
-/// 64 bytes (a key file: at most 128).
+/// 128 bytes.
 pub fn classify(path: &Path, len: u64) -> Result<Kind> {
-    let mut head = Vec::with_capacity(128);
+    let mut head = Vec::with_capacity(Format::HEAD_LEN);
     File::open(path)
-        .and_then(|f| f.take(128).read_to_end(&mut head))
+        .and_then(|f| f.take(Format::HEAD_LEN as u64).read_to_end(&mut head))
         .map_err(|e| Error::io(path, e))?;
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
-    if ext.as_deref() == Some("safetensors") || looks_like_safetensors(&head, len) {
-        return Ok(Kind::Safetensors);
+    if let Some(format) = Format::detect(&head, len, ext.as_deref()) {
+        return Ok(Kind::Model(format));
     }
     if len <= 128 && looks_like_key(&head) {
         return Ok(Kind::Key);
@@ -76,13 +76,6 @@ pub fn classify(path: &Path, len: u64) -> Result<Kind> {
         return Ok(Kind::Weights(what));
     }
     Ok(Kind::Other)
-}
-
-/// A safetensors file whatever its name: a plausible header length, then a JSON object.
-fn looks_like_safetensors(head: &[u8], len: u64) -> bool {
-    let Some(n) = head.get(..8) else { return false };
-    let n = u64::from_le_bytes(n.try_into().expect("8 bytes"));
-    (2..=MAX_HEADER_LEN).contains(&n) && 8 + n <= len && head.get(8) == Some(&b'{')
 }
 
 /// 32 hex characters, with white space around them at most (what keygen writes).
@@ -133,8 +126,9 @@ mod tests {
     fn recognises_models_keys_and_weights_by_content_and_any_case() {
         let mut st = 2u64.to_le_bytes().to_vec();
         st.extend_from_slice(b"{}");
-        assert_eq!(kind_of("model.SAFETENSORS", b"x"), Kind::Safetensors);
-        assert_eq!(kind_of("blob", &st), Kind::Safetensors);
+        let st_kind = Kind::Model(Format::Safetensors);
+        assert_eq!(kind_of("model.SAFETENSORS", b"x"), st_kind);
+        assert_eq!(kind_of("blob", &st), st_kind);
         assert_eq!(
             kind_of("k", b"000102030405060708090a0b0c0d0e0f\n"),
             Kind::Key

@@ -134,7 +134,68 @@ pub fn open_path(path: &Path) -> Result<(File, Box<dyn Container>)> {
     Ok((file, container))
 }
 
+/// A file format deeplock locks in place. Each has a module here implementing
+/// [`Container`]; adding a format is a variant, its detection in [`Format::detect`] and
+/// its arm in [`open`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// safetensors: an 8-byte header length, a JSON header, the tensors' bytes.
+    Safetensors,
+}
+
+impl Format {
+    /// Bytes of a file's beginning that [`Format::detect`] looks at (at most).
+    pub const HEAD_LEN: usize = 128;
+
+    /// The format of a file of `len` bytes that begins with `head` (its first
+    /// [`Format::HEAD_LEN`] bytes, or all of a shorter file) and is named with the
+    /// extension `ext` (lower case, without the dot): by content first, so that a model
+    /// renamed still opens as what it is, then by extension.
+    pub fn detect(head: &[u8], len: u64, ext: Option<&str>) -> Option<Format> {
+        if safetensors::looks_like(head, len) {
+            return Some(Format::Safetensors);
+        }
+        match ext {
+            Some("safetensors") => Some(Format::Safetensors),
+            _ => None,
+        }
+    }
+
+    /// The format's name, as messages and `inspect` give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Safetensors => "safetensors",
+        }
+    }
+}
+
+/// The format of the regular file `file` at `path`, as [`Format::detect`] tells it from
+/// its first bytes and its name; `None` for none deeplock locks. Leaves `file` where it
+/// was.
+pub fn detect(file: &mut File, path: &Path) -> Result<Option<Format>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut head = Vec::with_capacity(Format::HEAD_LEN);
+    let at = file.stream_position().map_err(|e| Error::io(path, e))?;
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| {
+            (&mut *file)
+                .take(Format::HEAD_LEN as u64)
+                .read_to_end(&mut head)
+        })
+        .and_then(|_| file.seek(SeekFrom::Start(at)))
+        .map_err(|e| Error::io(path, e))?;
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    Ok(Format::detect(&head, len, ext.as_deref()))
+}
+
 /// Opens the model file at `path`, opened as `file` (a regular file), in its format.
+/// A file of no format deeplock knows is read as safetensors, whose parser says what is
+/// wrong with it.
 pub fn open(file: &mut File, path: &Path) -> Result<Box<dyn Container>> {
-    Ok(Box::new(safetensors::Safetensors::read(file, path)?))
+    match detect(file, path)?.unwrap_or(Format::Safetensors) {
+        Format::Safetensors => Ok(Box::new(safetensors::Safetensors::read(file, path)?)),
+    }
 }

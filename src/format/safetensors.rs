@@ -48,6 +48,14 @@ pub fn serialize(
     Ok(out)
 }
 
+/// Whether a file of `len` bytes beginning with `head` is safetensors, whatever its
+/// name: a plausible header length, then a JSON object.
+pub fn looks_like(head: &[u8], len: u64) -> bool {
+    let Some(n) = head.get(..8) else { return false };
+    let n = u64::from_le_bytes(n.try_into().expect("8 bytes"));
+    (2..=MAX_HEADER_LEN).contains(&n) && 8 + n <= len && head.get(8) == Some(&b'{')
+}
+
 /// A safetensors file's header, and the file it came from (for messages).
 pub struct Safetensors {
     header: Header,
