@@ -103,10 +103,26 @@ def main() -> None:
                 "file:openssl aes-128-ctr",
                 ["openssl", "enc", "-aes-128-ctr", "-K", aes_key, "-iv", iv, "-in", one, "-out", out],
             ),
+            # deeplock syncs its output once before renaming it into place; these two
+            # show what the same durability costs the yardsticks.
+            ("file:cp, sync", ["sh", "-c", 'cp "$0" "$1" && sync "$1"', one, out]),
+            (
+                "file:openssl, sync",
+                [
+                    "sh",
+                    "-c",
+                    'openssl enc -aes-128-ctr -K "$2" -iv "$3" -in "$0" -out "$1" && sync "$1"',
+                    one,
+                    out,
+                    aes_key,
+                    iv,
+                ],
+            ),
             ("file:deeplock lock", [deeplock, "lock", one, "-o", out, *k]),
             ("file:deeplock unlock", [deeplock, "unlock", locked, "-o", out, *k]),
             ("file:deeplock verify", [deeplock, "verify", locked, "--key-file", key]),
             ("dir:cp -r", ["cp", "-r", ckpt, out]),
+            ("dir:cp -r, sync", ["sh", "-c", 'cp -r "$0" "$1" && sync "$1"/*', ckpt, out]),
             ("dir:deeplock lock", [deeplock, "lock", ckpt, "-o", out, *k]),
             ("dir:deeplock unlock", [deeplock, "unlock", locked_dir, "-o", out, *k]),
         ]
