@@ -12,7 +12,10 @@ resident memory of the command (from GNU time). Outputs are removed after each
 run; everything is removed at the end.
 
     python3 scripts/compare_stream.py [--bin target/release/deeplock] [--gib 1]
-        [--shards 8] [--shard-gib 0.5] [--runs 5] [--dir DIR] [--json]
+        [--shards 8] [--shard-gib 0.5] [--runs 5] [--dir DIR] [--cold] [--json]
+
+--cold drops the page cache (sync, then /proc/sys/vm/drop_caches: root only) before
+every command, so each reads its input from the disk; the drop is not timed.
 
 openssl gets a throwaway random key on its command line (it has no other way); deeplock
 reads its key from a file, as always.
@@ -32,6 +35,7 @@ from random_model import write_model
 
 TENSORS_PER_FILE = 64
 GNU_TIME = "/usr/bin/time"
+DROP_CACHES = "/proc/sys/vm/drop_caches"
 
 
 def run(cmd: list[str]) -> tuple[float, int]:
@@ -53,6 +57,14 @@ def run(cmd: list[str]) -> tuple[float, int]:
         return took, int(peak.read().split()[-1]) * 1024
 
 
+def drop_page_cache() -> None:
+    """Writes dirty pages back, then drops the clean ones, so that the next command reads
+    its input from the disk."""
+    os.sync()
+    with open(DROP_CACHES, "w") as f:
+        f.write("3\n")
+
+
 def remove(path: str) -> None:
     if os.path.isdir(path):
         shutil.rmtree(path)
@@ -69,6 +81,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="drop the page cache before every command (root, and --dir on a disk)",
+    )
     args = ap.parse_args()
     deeplock = os.path.abspath(args.bin)
     if not os.access(deeplock, os.X_OK):
@@ -79,6 +96,10 @@ def main() -> None:
         sys.exit("compare_stream: GNU time is not installed (it measures peak memory); apt-get install time")
     if shutil.which("openssl") is None:
         sys.exit("compare_stream: openssl is not installed; apt-get install openssl")
+    if args.cold and not os.access(DROP_CACHES, os.W_OK):
+        sys.exit(f"compare_stream: --cold needs to write {DROP_CACHES}: run as root")
+    if args.cold and args.dir and os.path.realpath(args.dir).startswith("/dev/shm"):
+        sys.exit("compare_stream: --cold measures a disk; pass --dir on one (tmpfs has no cache to drop)")
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="deeplock-stream-") as d:
         key = os.path.join(d, "model.key")
@@ -130,6 +151,8 @@ def main() -> None:
         peaks = dict.fromkeys(times, 0)
         for _ in range(args.runs):
             for label, cmd in cases:
+                if args.cold:
+                    drop_page_cache()
                 took, peak = run(cmd)
                 times[label].append(took)
                 peaks[label] = max(peaks[label], peak)

@@ -420,6 +420,23 @@ fn workers(opts: &Options, cap: usize) -> usize {
         .max(1)
 }
 
+/// The batch length for `streams` on the CPU, at most `cap`: for a small input, short
+/// enough that every worker gets about four batches. Each worker's buffer is fresh
+/// memory, which the kernel zeroes page by page as it is first touched: for a model of
+/// a few MB, 4 MiB buffers cost more than locking it (BENCHMARKS.md, "Small files").
+fn small_batches(streams: &[Stream], cap: usize, opts: &Options) -> usize {
+    let total: u64 = streams.iter().map(|s| s.layout.len(s.container)).sum();
+    batch_for(total, workers(opts, cap), cap)
+}
+
+/// The batch length of [`small_batches`] for `total` bytes on `workers` workers: about
+/// four batches each, whole tag chunks, at least one chunk and at most `cap`.
+fn batch_for(total: u64, workers: usize, cap: usize) -> usize {
+    let per_batch = total.div_ceil(4 * workers.max(1) as u64);
+    let fit = usize::try_from(per_batch.next_multiple_of(CHUNK_LEN as u64)).unwrap_or(cap);
+    fit.clamp(CHUNK_LEN, cap.max(CHUNK_LEN))
+}
+
 /// The CPU path: workers that each read, tag, transform and write whole batches.
 pub(super) fn run_parallel(
     streams: &[Stream],
@@ -428,7 +445,7 @@ pub(super) fn run_parallel(
     opts: &Options,
     dir: Direction,
 ) -> Result<Vec<Vec<ChunkTag>>> {
-    let cap = batch_len(opts).min(CPU_BATCH);
+    let cap = small_batches(streams, batch_len(opts).min(CPU_BATCH), opts);
     let work = work(streams, cap);
     let copy_jobs = copy_jobs(copies);
     let next = AtomicUsize::new(0);
@@ -772,4 +789,29 @@ pub(super) fn write_at(
         }
     };
     write().map_err(|e| Error::io(dst, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_inputs_get_short_batches_and_large_ones_the_cap() {
+        const MIB: u64 = 1 << 20;
+        // A 5 MB model on two workers: 1 MiB batches, not 4 MiB buffers per worker.
+        assert_eq!(batch_for(5 * MIB, 2, CPU_BATCH), CHUNK_LEN);
+        assert_eq!(batch_for(0, 2, CPU_BATCH), CHUNK_LEN);
+        assert_eq!(batch_for(20 * MIB, 2, CPU_BATCH), 3 * CHUNK_LEN);
+        assert_eq!(batch_for(1 << 30, 2, CPU_BATCH), CPU_BATCH);
+        assert_eq!(batch_for(1 << 30, 0, CPU_BATCH), CPU_BATCH);
+        assert_eq!(batch_for(u64::MAX, 64, CPU_BATCH), CPU_BATCH);
+        // Whole chunks, never past a cap the caller set lower.
+        for total in [1, MIB + 1, 7 * MIB + 3, 33 * MIB] {
+            for workers in 1..5 {
+                let b = batch_for(total, workers, 2 * CHUNK_LEN);
+                assert_eq!(b % CHUNK_LEN, 0);
+                assert!((CHUNK_LEN..=2 * CHUNK_LEN).contains(&b));
+            }
+        }
+    }
 }
