@@ -11,6 +11,7 @@
 //! are and how its header changes.
 
 pub mod safetensors;
+pub mod tflite;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -141,6 +142,8 @@ pub fn open_path(path: &Path) -> Result<(File, Box<dyn Container>)> {
 pub enum Format {
     /// safetensors: an 8-byte header length, a JSON header, the tensors' bytes.
     Safetensors,
+    /// TensorFlow Lite (LiteRT): a flatbuffer with the identifier `TFL3`.
+    Tflite,
 }
 
 impl Format {
@@ -155,8 +158,12 @@ impl Format {
         if safetensors::looks_like(head, len) {
             return Some(Format::Safetensors);
         }
+        if tflite::looks_like(head) {
+            return Some(Format::Tflite);
+        }
         match ext {
             Some("safetensors") => Some(Format::Safetensors),
+            Some("tflite") => Some(Format::Tflite),
             _ => None,
         }
     }
@@ -165,6 +172,7 @@ impl Format {
     pub fn name(self) -> &'static str {
         match self {
             Format::Safetensors => "safetensors",
+            Format::Tflite => "TensorFlow Lite",
         }
     }
 }
@@ -197,5 +205,6 @@ pub fn detect(file: &mut File, path: &Path) -> Result<Option<Format>> {
 pub fn open(file: &mut File, path: &Path) -> Result<Box<dyn Container>> {
     match detect(file, path)?.unwrap_or(Format::Safetensors) {
         Format::Safetensors => Ok(Box::new(safetensors::Safetensors::read(file, path)?)),
+        Format::Tflite => Ok(Box::new(tflite::Tflite::read(file, path)?)),
     }
 }
