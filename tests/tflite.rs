@@ -42,7 +42,7 @@ impl Builder {
         self.labels[l] = Some(self.buf.len());
     }
     fn align(&mut self, a: usize, plus: usize) {
-        while (self.buf.len() + plus) % a != 0 {
+        while !(self.buf.len() + plus).is_multiple_of(a) {
             self.buf.push(0);
         }
     }
@@ -329,7 +329,7 @@ fn lock_verify_unlock_round_trip_byte_for_byte() {
     let (dir, orig, locked) = locked_fixture();
     let (_, marks) = model();
     let shift = locked.len() - orig.len();
-    assert!(shift > 0 && shift % 64 == 0, "{shift}");
+    assert!(shift > 0 && shift.is_multiple_of(64), "{shift}");
     assert_eq!(&locked[4..8], b"TFL3");
     // Every buffer's bytes moved by the shift, and were transformed.
     for k in ["data1", "data2", "data3", "data5"] {
@@ -612,8 +612,12 @@ fn parser_never_panics_on_mutated_files() {
     let mut rng = seeded_rng("tflite parser fuzz");
     let path: &Path = "fuzz.tflite".as_ref();
     let mut parsed = 0;
-    for case in 0..3000 {
-        let base = if case % 2 == 0 { &orig } else { &locked };
+    for case in 0..3000u32 {
+        let base = if case.is_multiple_of(2) {
+            &orig
+        } else {
+            &locked
+        };
         let mut b = base.clone();
         match case % 5 {
             0 => {

@@ -11,8 +11,7 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 import deeplock
-
-from .cli import run
+from cli import run
 
 FULLY_CONNECTED, RELU = 9, 19
 FLOAT32, INT32, INT8 = 0, 2, 9
@@ -104,14 +103,14 @@ def build_model(tensors, ops, inputs, outputs, buffers, external=False) -> bytes
     sg = b.EndObject()
     # External buffers get their offsets once the flatbuffer's length is known: a
     # placeholder of the same width first, patched below.
-    placeholder = 1 << 40
+    placeholder = 0x7A6B5C4D3E2F1A0B
     buffer_offsets = []
     b.StartObject(3)
     buffer_offsets.append(b.EndObject())
-    for data in buffers:
+    for i, data in enumerate(buffers):
         if external:
             b.StartObject(3)
-            b.PrependUint64Slot(1, placeholder, 0)
+            b.PrependUint64Slot(1, placeholder + i, 0)
             b.PrependUint64Slot(2, len(data), 0)
         else:
             d = _bytes(b, data)
@@ -131,10 +130,9 @@ def build_model(tensors, ops, inputs, outputs, buffers, external=False) -> bytes
     b.Finish(b.EndObject(), file_identifier=b"TFL3")
     out = bytearray(b.Output())
     if external:
-        mark = placeholder.to_bytes(8, "little")
-        for data in buffers:
+        for i, data in enumerate(buffers):
             out.extend(b"\0" * (-len(out) % 64))
-            at = out.index(mark)
+            at = out.index((placeholder + i).to_bytes(8, "little"))
             out[at : at + 8] = len(out).to_bytes(8, "little")
             out.extend(data)
     return bytes(out)
@@ -170,7 +168,8 @@ def int8_layer(rng) -> bytes:
         ("q/bias", INT32, [4], 2, ([s_in * s_w], [0])),
         ("output", INT8, [1, 4], 0, ([s_out], [3])),
     ]
-    return build_model(tensors, [(FULLY_CONNECTED, [0, 1, 2], [3])], [0], [3], [w.tobytes(), bias.tobytes()])
+    ops = [(FULLY_CONNECTED, [0, 1, 2], [3])]
+    return build_model(tensors, ops, [0], [3], [w.tobytes(), bias.tobytes()])
 
 
 def infer(x, **model):

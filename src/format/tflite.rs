@@ -194,7 +194,7 @@ impl<'a> Fb<'a> {
     }
 
     fn aligned(&self, at: u64, align: u64, what: &str) -> Result<()> {
-        if at % align != 0 {
+        if !at.is_multiple_of(align) {
             return Err(self.bad(format_args!("{what} at {at} is not {align}-byte aligned")));
         }
         Ok(())
@@ -246,7 +246,7 @@ impl<'a> Fb<'a> {
             })?;
         let vt_len = self.u16(vt)?;
         let size = self.u16(vt + 2)?;
-        if vt_len < 4 || vt_len % 2 != 0 || size < 4 {
+        if vt_len < 4 || !vt_len.is_multiple_of(2) || size < 4 {
             return Err(self.bad(format_args!("the vtable at {vt} is malformed")));
         }
         let raw = self.bytes(vt + 4, u64::from(vt_len) - 4)?;
@@ -796,7 +796,7 @@ struct Region {
 
 impl Region {
     fn align(&mut self, align: usize, plus: usize) {
-        while (8 + self.buf.len() + plus) % align != 0 {
+        while !(8 + self.buf.len() + plus).is_multiple_of(align) {
             self.buf.push(0);
         }
     }
@@ -900,7 +900,8 @@ impl Tflite {
         };
         let root = hex(K_ROOT, 8)? as u32;
         let shift = hex(K_SHIFT, 16)?;
-        if shift % SHIFT_ALIGN != 0 || shift.checked_add(8).is_none_or(|e| e > src.len()) {
+        if !shift.is_multiple_of(SHIFT_ALIGN) || shift.checked_add(8).is_none_or(|e| e > src.len())
+        {
             return Err(corrupt("its shift does not fit the file"));
         }
         let original = Unshifted {
