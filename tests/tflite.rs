@@ -527,6 +527,17 @@ fn every_tamper_is_refused_with_nothing_written() {
         "the record's JSON edited",
     );
     refused(d, &edit(20, &|b| *b ^= 4), "", "the added tables edited");
+    // A field of the new Model table that only LiteRT reads (its version, the first
+    // field after the soffset): the verifier reads the original, so the added tables
+    // must be exactly the ones lock writes.
+    let root = u32::from_le_bytes(locked[..4].try_into().unwrap()) as usize;
+    assert_eq!(locked[root + 4], 3);
+    refused(
+        d,
+        &edit(root + 4, &|b| *b = 4),
+        "corrupt deeplock record",
+        "the new Model's version edited",
+    );
     refused(d, &locked[..locked.len() - 3], "", "truncated");
     refused(
         d,
