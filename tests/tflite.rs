@@ -672,3 +672,88 @@ fn parser_never_panics_on_mutated_files() {
     }
     eprintln!("{parsed} of 3000 mutated files parsed");
 }
+
+#[test]
+fn a_directory_with_a_tflite_model_locks_verifies_and_unlocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (orig, _) = model();
+    std::fs::create_dir(d.join("ckpt")).unwrap();
+    std::fs::write(d.join("ckpt/model.tflite"), &orig).unwrap();
+    std::fs::write(d.join("ckpt/labels.txt"), "a\nb\n").unwrap();
+    write_key_file(&d.join("key"));
+    let o = run(d, &["lock", "ckpt", "-o", "locked", "--key-file", "key"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let locked = std::fs::read(d.join("locked/model.tflite")).unwrap();
+    assert!(Tflite::parse(&locked, "l".as_ref())
+        .unwrap()
+        .lock_record()
+        .unwrap()
+        .is_some());
+    let o = run(d, &["verify", "locked", "--key-file", "key"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(d, &["unlock", "locked", "-o", "plain", "--key-file", "key"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(d.join("plain/model.tflite")).unwrap() == orig);
+    assert_eq!(
+        std::fs::read(d.join("plain/labels.txt")).unwrap(),
+        b"a\nb\n"
+    );
+}
+
+#[test]
+fn the_gpu_locks_and_unlocks_a_tflite_model_as_the_cpu_does() {
+    if gpu_context().is_none() {
+        return;
+    }
+    let (dir, orig, _) = locked_fixture();
+    let d = dir.path();
+    let o = run(
+        d,
+        &[
+            "lock",
+            "m.tflite",
+            "-o",
+            "g.tflite",
+            "--key-file",
+            "key",
+            "--device",
+            "gpu",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(
+        d,
+        &[
+            "unlock",
+            "g.tflite",
+            "-o",
+            "gu.tflite",
+            "--key-file",
+            "key",
+            "--device",
+            "gpu",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(d.join("gu.tflite")).unwrap() == orig);
+    // The CPU unlocks what the GPU locked, and the GPU what the CPU locked.
+    for (input, out) in [("g.tflite", "cu.tflite"), ("l.tflite", "gl.tflite")] {
+        let device = if out == "cu.tflite" { "cpu" } else { "gpu" };
+        let o = run(
+            d,
+            &[
+                "unlock",
+                input,
+                "-o",
+                out,
+                "--key-file",
+                "key",
+                "--device",
+                device,
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(std::fs::read(d.join(out)).unwrap() == orig);
+    }
+}
