@@ -159,14 +159,15 @@ def float_mlp(rng, external=False) -> bytes:
 
 
 def int8_layer(rng) -> bytes:
-    w = rng.integers(-127, 128, (4, 8), dtype=np.int8)
-    bias = rng.integers(-2000, 2000, 4, dtype=np.int32)
-    s_in, s_w, s_out = 0.05, 0.02, 0.1
+    # Scales that keep the original's outputs mostly inside int8's range, not saturated.
+    w = rng.integers(-127, 128, (16, 8), dtype=np.int8)
+    bias = rng.integers(-2000, 2000, 16, dtype=np.int32)
+    s_in, s_w, s_out = 0.05, 0.02, 0.5
     tensors = [
         ("input", INT8, [1, 8], 0, ([s_in], [0])),
-        ("q/kernel", INT8, [4, 8], 1, ([s_w], [0])),
-        ("q/bias", INT32, [4], 2, ([s_in * s_w], [0])),
-        ("output", INT8, [1, 4], 0, ([s_out], [3])),
+        ("q/kernel", INT8, [16, 8], 1, ([s_w], [0])),
+        ("q/bias", INT32, [16], 2, ([s_in * s_w], [0])),
+        ("output", INT8, [1, 16], 0, ([s_out], [3])),
     ]
     ops = [(FULLY_CONNECTED, [0, 1, 2], [3])]
     return build_model(tensors, ops, [0], [3], [w.tobytes(), bias.tobytes()])
