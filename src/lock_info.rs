@@ -73,10 +73,18 @@ impl LockInfo {
     /// locking a file that still holds another lock's salt or tensor list would overwrite
     /// them and make the first lock unrecoverable, so such a file is refused as damaged.
     pub fn from_header(header: &Header, path: &Path) -> Result<Option<Self>> {
-        if !OWNED_KEYS
-            .iter()
-            .any(|k| header.metadata_value(k).is_some())
-        {
+        Self::from_entries(|k| header.metadata_value(k), &header.tensors, path)
+    }
+
+    /// The lock record held in the string entries `lookup` gives (a format's own
+    /// metadata: safetensors' `__metadata__`, ONNX's `metadata_props`) of a file with
+    /// these `tensors`, as [`LockInfo::from_header`] reads it.
+    pub fn from_entries<'a>(
+        lookup: impl Fn(&str) -> Option<&'a str>,
+        tensors: &[crate::header::TensorEntry],
+        path: &Path,
+    ) -> Result<Option<Self>> {
+        if !OWNED_KEYS.iter().any(|k| lookup(k).is_some()) {
             return Ok(None);
         }
         let bad = |what: String| {
@@ -85,11 +93,7 @@ impl LockInfo {
                 format!("corrupt deeplock metadata: {what}; the file was damaged or edited after locking"),
             )
         };
-        let get = |k: &str| {
-            header
-                .metadata_value(k)
-                .ok_or_else(|| bad(format!("{k} is missing")))
-        };
+        let get = |k: &str| lookup(k).ok_or_else(|| bad(format!("{k} is missing")));
         let version = get(K_VERSION)?;
         let scheme = get(K_SCHEME)?;
         let v2 = match (version, scheme) {
@@ -126,7 +130,7 @@ impl LockInfo {
         if let Some(w) = locked.windows(2).find(|w| w[0] == w[1]) {
             return Err(bad(format!("{K_LOCKED} names {:?} twice", w[0])));
         }
-        let mut names: Vec<&str> = header.tensors.iter().map(|t| t.name.as_str()).collect();
+        let mut names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
         names.sort_unstable();
         for name in &locked {
             if names.binary_search(&name.as_str()).is_err() {
@@ -138,11 +142,11 @@ impl LockInfo {
         let tags = if v2 {
             let list: Vec<String> = serde_json::from_str(get(K_TAGS)?)
                 .map_err(|_| bad(format!("{K_TAGS} is not a JSON array of tags")))?;
-            if list.len() != header.tensors.len() {
+            if list.len() != tensors.len() {
                 return Err(bad(format!(
                     "{K_TAGS} holds {} tags for {} tensors",
                     list.len(),
-                    header.tensors.len()
+                    tensors.len()
                 )));
             }
             let tensors = list
@@ -159,7 +163,7 @@ impl LockInfo {
             Some(Tags { tensors, header })
         } else {
             for k in [K_TAGS, K_MAC] {
-                if header.metadata_value(k).is_some() {
+                if lookup(k).is_some() {
                     return Err(bad(format!("a version 1 record with {k}")));
                 }
             }
@@ -244,6 +248,32 @@ impl LockInfo {
             );
             header.set_metadata(K_MAC, tags.header.to_hex());
         }
+    }
+
+    /// The record's entries, as [`LockInfo::write_to`] writes them (in this order), for
+    /// a format that keeps them in its own string entries (ONNX's `metadata_props`).
+    pub fn entries(&self) -> Vec<(&'static str, String)> {
+        let mut names: Vec<&str> = self.locked.iter().map(String::as_str).collect();
+        names.sort_unstable();
+        let mut out = vec![
+            (K_VERSION, self.version().to_owned()),
+            (K_SCHEME, self.scheme().to_owned()),
+            (K_SALT, self.salt.to_hex()),
+            (K_KCV, crate::hex::encode(&self.kcv)),
+            (
+                K_LOCKED,
+                serde_json::to_string(&names).expect("strings serialize"),
+            ),
+        ];
+        if let Some(tags) = &self.tags {
+            let hex: Vec<String> = tags.tensors.iter().map(Tag::to_hex).collect();
+            out.push((
+                K_TAGS,
+                serde_json::to_string(&hex).expect("strings serialize"),
+            ));
+            out.push((K_MAC, tags.header.to_hex()));
+        }
+        out
     }
 
     /// Removes what [`LockInfo::write_to`] wrote: exactly the keys deeplock owns, so the

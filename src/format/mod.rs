@@ -10,6 +10,7 @@
 //! its tensors in place (safetensors, ONNX, TFLite, GGUF) only has to say where they
 //! are and how its header changes.
 
+pub mod onnx;
 pub mod safetensors;
 pub mod tflite;
 
@@ -144,6 +145,8 @@ pub enum Format {
     Safetensors,
     /// TensorFlow Lite (LiteRT): a flatbuffer with the identifier `TFL3`.
     Tflite,
+    /// ONNX: a protobuf `ModelProto`, its initializers locked where they lie.
+    Onnx,
 }
 
 impl Format {
@@ -161,9 +164,13 @@ impl Format {
         if tflite::looks_like(head) {
             return Some(Format::Tflite);
         }
+        if onnx::looks_like(head, len) {
+            return Some(Format::Onnx);
+        }
         match ext {
             Some("safetensors") => Some(Format::Safetensors),
             Some("tflite") => Some(Format::Tflite),
+            Some("onnx") => Some(Format::Onnx),
             _ => None,
         }
     }
@@ -173,6 +180,7 @@ impl Format {
         match self {
             Format::Safetensors => "safetensors",
             Format::Tflite => "TensorFlow Lite",
+            Format::Onnx => "ONNX",
         }
     }
 }
@@ -206,5 +214,6 @@ pub fn open(file: &mut File, path: &Path) -> Result<Box<dyn Container>> {
     match detect(file, path)?.unwrap_or(Format::Safetensors) {
         Format::Safetensors => Ok(Box::new(safetensors::Safetensors::read(file, path)?)),
         Format::Tflite => Ok(Box::new(tflite::Tflite::read(file, path)?)),
+        Format::Onnx => Ok(Box::new(onnx::Onnx::read(file, path)?)),
     }
 }

@@ -1,0 +1,133 @@
+"""ONNX models locked by the CLI: still valid ONNX (the checker passes, ONNX Runtime runs
+them, with garbage outputs), verified, unlocked in memory into ONNX Runtime with outputs
+identical to the original's, unlocked to files byte for byte, and tampers refused with
+nothing written. Models are built here with onnx.helper, random weights, no downloads."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import deeplock
+
+from cli import run
+
+
+def init(name, array, typed=False):
+    """An initializer: raw_data, or float_data / int64_data typed fields with `typed`."""
+    if not typed:
+        return numpy_helper.from_array(array, name)
+    dtype = helper.np_dtype_to_tensor_dtype(array.dtype)
+    return helper.make_tensor(name, dtype, array.shape, array.flatten().tolist())
+
+
+def mlp(rng, typed=False):
+    """Gemm/Relu/Gemm, with an int64 initializer (a Reshape's shape: varints, reported)."""
+    w1 = rng.standard_normal((16, 32)).astype(np.float32)
+    b1 = rng.standard_normal(32).astype(np.float32)
+    w2 = rng.standard_normal((32, 4)).astype(np.float32)
+    b2 = rng.standard_normal(4).astype(np.float32)
+    shape = np.array([-1, 4], dtype=np.int64)
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["y0"], name="fc2"),
+        helper.make_node("Reshape", ["y0", "shape"], ["y"]),
+    ]
+    inits = [
+        init("w1", w1, typed),
+        init("b1", b1),
+        init("w2", w2),
+        init("b2", b2, typed),
+        init("shape", shape, typed=True),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, {"x": rng.standard_normal((3, 16)).astype(np.float32)}
+
+
+def cnn(rng):
+    """Conv/Relu/MaxPool/Flatten/Gemm."""
+    conv_w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    conv_b = rng.standard_normal(4).astype(np.float32)
+    fc_w = rng.standard_normal((4 * 3 * 3, 5)).astype(np.float32)
+    fc_b = rng.standard_normal(5).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc"),
+    ]
+    inits = [init(n, a) for n, a in
+             [("conv_w", conv_w), ("conv_b", conv_b), ("fc_w", fc_w), ("fc_b", fc_b)]]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, {"x": rng.standard_normal((2, 1, 8, 8)).astype(np.float32)}
+
+
+MODELS = {
+    "mlp": lambda rng: mlp(rng),
+    "mlp_typed": lambda rng: mlp(rng, typed=True),
+    "cnn": cnn,
+}
+
+
+def outputs(model_bytes, feeds):
+    sess = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+@pytest.fixture(params=sorted(MODELS))
+def saved(request, tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    model, feeds = MODELS[request.param](rng)
+    onnx.checker.check_model(model)
+    path = tmp_path / "model.onnx"
+    onnx.save_model(model, path)
+    return request.param, path, feeds
+
+
+def lock(path, key_file, out=None, *extra):
+    out = out or path.with_name("locked.onnx")
+    proc = run("lock", path, "-o", out, "--key-file", key_file, *extra)
+    return out, proc
+
+
+def test_locked_model_is_valid_onnx_and_unlocks_exactly(saved, key_file, key):
+    name, path, feeds = saved
+    original = path.read_bytes()
+    expect = outputs(original, feeds)
+    locked, proc = lock(path, key_file)
+    # The int64 initializer is reported, not locked.
+    assert "shape" in proc.stderr + proc.stdout or name == "cnn"
+    model = onnx.load(locked)
+    onnx.checker.check_model(model)
+    got = outputs(locked.read_bytes(), feeds)
+    # Garbage weights: outputs far from the original's (NaN or large).
+    assert not any(np.allclose(g, e) for g, e in zip(got, expect))
+    run("verify", locked, "--key-file", key_file)
+    # In memory: bytes for ONNX Runtime, identical outputs.
+    data = deeplock.unlock_to_bytes(locked, key)
+    assert data == original
+    for g, e in zip(outputs(data, feeds), expect):
+        assert np.array_equal(g, e)
+    # To a file: byte for byte.
+    back = path.with_name("back.onnx")
+    run("unlock", locked, "-o", back, "--key-file", key_file)
+    assert back.read_bytes() == original

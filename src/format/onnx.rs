@@ -1,0 +1,640 @@
+//! ONNX as a [`Container`]: a protobuf `ModelProto`, read with the small wire reader of
+//! [`wire`] (every field's offsets kept, every length checked once at parse time). Each
+//! initializer whose bytes lie contiguous in the file (`raw_data`, or `float_data` /
+//! `double_data` packed in one run) is a tensor locked in place; the others are left in
+//! the clear and reported. The lock record is a run of `metadata_props` entries appended
+//! at the end of the `ModelProto` (protobuf concatenates repeated fields, wherever they
+//! lie), so every other byte keeps its offset and unlock cuts them off. `docs/SPEC.md`,
+//! "ONNX", defines the mapping.
+
+pub mod wire;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use self::wire::{Reader, Source, Value};
+use super::{Container, Layout, Piece};
+use crate::dtype::Dtype;
+use crate::error::{Error, Result};
+use crate::header::TensorEntry;
+use crate::lock_info::{self, LockInfo};
+
+/// The metadata entry v2's header tag binds for an ONNX file (never stored): the
+/// SHA-256, in hex, of every byte of the model but the locked tensors' and the record's.
+pub const SKELETON_KEY: &str = "deeplock.onnx.skeleton";
+
+/// Deepest nesting of graphs in graphs (If/Loop bodies) accepted.
+const MAX_DEPTH: u32 = 32;
+
+/// `ModelProto.metadata_props`.
+const MODEL_METADATA: u32 = 14;
+
+/// Whether a file of `len` bytes beginning with `head` is an ONNX model, whatever its
+/// name: its first field is `ir_version` (field 1, a varint from 1 to 64, as every
+/// writer puts it first), followed by another field of `ModelProto` of the right wire
+/// type.
+pub fn looks_like(head: &[u8], len: u64) -> bool {
+    if head.first() != Some(&0x08) {
+        return false;
+    }
+    let Some(&v) = head.get(1) else { return false };
+    if !(1..=64).contains(&v) || len < 4 {
+        return false;
+    }
+    let Some(&tag) = head.get(2) else {
+        return false;
+    };
+    let (number, wire) = (tag >> 3, tag & 7);
+    match number {
+        5 => wire == 0,
+        2 | 3 | 4 | 6 | 7 | 8 | 14 => wire == 2,
+        // Field numbers 16 and up take a two-byte tag.
+        _ => head.get(3).is_some_and(|&hi| {
+            let n = u32::from(tag & 0x7f) >> 3 | u32::from(hi) << 4;
+            tag & 0x80 != 0 && matches!(n, 20 | 25 | 26) && wire == 2
+        }),
+    }
+}
+
+/// An initializer left in the clear, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Clear {
+    /// Its name (qualified as [`Container::tensors`] names them).
+    pub name: String,
+    /// Why its bytes cannot be locked in place.
+    pub why: &'static str,
+}
+
+/// An ONNX model's parse: its lockable tensors, what is left clear, its metadata and
+/// where its lock record begins.
+pub struct Onnx {
+    path: PathBuf,
+    tensors: Vec<TensorEntry>,
+    clear: Vec<Clear>,
+    user: Vec<(String, String)>,
+    record: BTreeMap<String, String>,
+    /// Where the lock record's entries begin: the file's length if it has none.
+    record_start: u64,
+    skeleton: String,
+}
+
+/// What a walk over a model collects.
+struct Walk {
+    tensors: Vec<TensorEntry>,
+    clear: Vec<Clear>,
+    names: HashSet<String>,
+}
+
+impl Onnx {
+    /// Reads and validates the ONNX model in `file` (at `path`).
+    pub fn read(file: &File, path: &Path) -> Result<Self> {
+        let mut src = wire::FileWindow::new(file, path)?;
+        Self::from_source(&mut src, path)
+    }
+
+    /// Parses a whole ONNX model held in memory.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        Self::from_source(&mut wire::Slice(bytes), path)
+    }
+
+    fn from_source(src: &mut dyn Source, path: &Path) -> Result<Self> {
+        let mut r = Reader::new(src, path);
+        let len = r.len();
+        let fields = r.fields(0, len)?;
+        let mut walk = Walk {
+            tensors: Vec::new(),
+            clear: Vec::new(),
+            names: HashSet::new(),
+        };
+        let mut ir_version = false;
+        let mut graph = false;
+        // Every metadata entry: key, value, and whether it is deeplock's.
+        let mut user = Vec::new();
+        let mut record = BTreeMap::new();
+        let mut record_start: Option<u64> = None;
+        for (k, f) in fields.iter().enumerate() {
+            match (f.number, f.value) {
+                (1, Value::Varint(_)) => ir_version = true,
+                (7, Value::Len(s, e)) => {
+                    if graph {
+                        return Err(r.bad("the model holds two graphs"));
+                    }
+                    graph = true;
+                    graph_at(&mut r, &mut walk, s, e, "", 0)?;
+                }
+                (MODEL_METADATA, Value::Len(s, e)) => {
+                    let (key, value) = entry(&mut r, s, e)?;
+                    if lock_info::is_owned_key(&key) {
+                        if record.insert(key.clone(), value).is_some() {
+                            return Err(corrupt(path, format!("{key} appears twice")));
+                        }
+                        record_start.get_or_insert(f.start);
+                    } else {
+                        if record_start.is_some() {
+                            return Err(corrupt(path, "other fields follow the lock record"));
+                        }
+                        user.push((key, value));
+                    }
+                }
+                (20, Value::Len(s, e)) => {
+                    for g in r.fields(s, e)? {
+                        if let (1 | 2, Value::Len(gs, ge)) = (g.number, g.value) {
+                            let part = if g.number == 1 {
+                                "initialization"
+                            } else {
+                                "algorithm"
+                            };
+                            graph_at(
+                                &mut r,
+                                &mut walk,
+                                gs,
+                                ge,
+                                &format!("training_info[{k}]/{part}/"),
+                                1,
+                            )?;
+                        }
+                    }
+                }
+                (25, Value::Len(s, e)) => function(&mut r, &mut walk, s, e)?,
+                (1 | 7 | MODEL_METADATA | 20 | 25, v) => {
+                    return Err(r.bad(format!(
+                        "ModelProto field {} holds {v:?}, not its type",
+                        f.number
+                    )))
+                }
+                _ => {}
+            }
+            if record_start.is_some() && f.number != MODEL_METADATA {
+                return Err(corrupt(path, "other fields follow the lock record"));
+            }
+        }
+        if !ir_version {
+            return Err(r.bad("the ModelProto has no ir_version"));
+        }
+        if !graph {
+            return Err(r.bad("the ModelProto has no graph"));
+        }
+        let record_start = record_start.unwrap_or(len);
+        let mut tensors = walk.tensors;
+        tensors.sort_by_key(|t| (t.start, t.end));
+        let mut hash = Sha256::new();
+        let mut at = 0;
+        for t in tensors
+            .iter()
+            .map(|t| t.start..t.end)
+            .chain([record_start..record_start])
+        {
+            hash.update((t.start - at).to_le_bytes());
+            r.each_window(at, t.start, |b| hash.update(b))?;
+            at = t.end;
+        }
+        user.sort();
+        Ok(Onnx {
+            path: path.to_path_buf(),
+            tensors,
+            clear: walk.clear,
+            user,
+            record,
+            record_start,
+            skeleton: crate::hex::encode(&hash.finalize()),
+        })
+    }
+
+    /// The initializers left in the clear, and why.
+    pub fn clear(&self) -> &[Clear] {
+        &self.clear
+    }
+
+    fn metadata_with(&self, record: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut m = record.clone();
+        m.insert(SKELETON_KEY.into(), self.skeleton.clone());
+        m
+    }
+}
+
+fn corrupt(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::format(
+        path,
+        format!("corrupt deeplock metadata: {what}; the file was damaged or edited after locking"),
+    )
+}
+
+/// A `StringStringEntryProto` at `s..e`: its key and value.
+fn entry(r: &mut Reader, s: u64, e: u64) -> Result<(String, String)> {
+    let (mut key, mut value) = (None, None);
+    for f in r.fields(s, e)? {
+        let slot = match f.number {
+            1 => &mut key,
+            2 => &mut value,
+            _ => continue,
+        };
+        let Value::Len(a, b) = f.value else {
+            return Err(r.bad(format!("a metadata entry at byte {s} holds a non-string")));
+        };
+        if slot.is_some() {
+            return Err(r.bad(format!("a metadata entry at byte {s} holds a field twice")));
+        }
+        *slot = Some(r.string(a, b)?);
+    }
+    Ok((key.unwrap_or_default(), value.unwrap_or_default()))
+}
+
+/// A `FunctionProto`: its nodes' subgraphs.
+fn function(r: &mut Reader, walk: &mut Walk, s: u64, e: u64) -> Result<()> {
+    let fields = r.fields(s, e)?;
+    let (mut name, mut domain) = (String::new(), String::new());
+    for f in &fields {
+        if let (1 | 10, Value::Len(a, b)) = (f.number, f.value) {
+            let text = r.string(a, b)?;
+            if f.number == 1 {
+                name = text
+            } else {
+                domain = text
+            }
+        }
+    }
+    let prefix = format!("function:{domain}:{name}/");
+    for (j, f) in fields.iter().enumerate() {
+        if let (7, Value::Len(a, b)) = (f.number, f.value) {
+            node(r, walk, a, b, &prefix, j, 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// A `GraphProto` at `s..e`, whose initializers are named `prefix` + their name.
+fn graph_at(
+    r: &mut Reader,
+    walk: &mut Walk,
+    s: u64,
+    e: u64,
+    prefix: &str,
+    depth: u32,
+) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(r.bad(format!("graphs nested over {MAX_DEPTH} deep")));
+    }
+    let mut nodes = 0;
+    for f in r.fields(s, e)? {
+        match (f.number, f.value) {
+            (5, Value::Len(a, b)) => tensor(r, walk, a, b, prefix)?,
+            (1, Value::Len(a, b)) => {
+                node(r, walk, a, b, prefix, nodes, depth)?;
+                nodes += 1;
+            }
+            (15, Value::Len(..)) => {
+                walk.clear.push(Clear {
+                    name: format!("{prefix}#sparse@{}", f.start),
+                    why: "a sparse initializer (values and indices stay in the clear)",
+                });
+            }
+            (1 | 5 | 15, _) => {
+                return Err(r.bad(format!("GraphProto field {} of a wrong type", f.number)))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A `NodeProto` (number `index` of its graph): its attributes' subgraphs, named
+/// `prefix` + `NODE/ATTRIBUTE/` (`NODE` the node's name, or `#index` if it has none;
+/// `ATTRIBUTE[k]` for the `k`-th graph of a list).
+fn node(
+    r: &mut Reader,
+    walk: &mut Walk,
+    s: u64,
+    e: u64,
+    prefix: &str,
+    index: usize,
+    depth: u32,
+) -> Result<()> {
+    let fields = r.fields(s, e)?;
+    let mut name = None;
+    for f in &fields {
+        if let (3, Value::Len(a, b)) = (f.number, f.value) {
+            if name.is_some() {
+                return Err(r.bad(format!("the node at byte {s} has two names")));
+            }
+            name = Some(r.string(a, b)?);
+        }
+    }
+    let label = match name {
+        Some(n) if !n.is_empty() => n,
+        _ => format!("#{index}"),
+    };
+    for f in &fields {
+        let (5, Value::Len(a, b)) = (f.number, f.value) else {
+            continue;
+        };
+        let attr = r.fields(a, b)?;
+        let mut attr_name = None;
+        for g in &attr {
+            if let (1, Value::Len(x, y)) = (g.number, g.value) {
+                if attr_name.is_some() {
+                    return Err(r.bad(format!("the attribute at byte {a} has two names")));
+                }
+                attr_name = Some(r.string(x, y)?);
+            }
+        }
+        let attr_name = attr_name.unwrap_or_default();
+        let mut graphs = 0;
+        let mut single = false;
+        for g in &attr {
+            match (g.number, g.value) {
+                (6, Value::Len(x, y)) => {
+                    if single {
+                        return Err(r.bad(format!("the attribute at byte {a} holds two graphs")));
+                    }
+                    single = true;
+                    graph_at(
+                        r,
+                        walk,
+                        x,
+                        y,
+                        &format!("{prefix}{label}/{attr_name}/"),
+                        depth + 1,
+                    )?;
+                }
+                (11, Value::Len(x, y)) => {
+                    graph_at(
+                        r,
+                        walk,
+                        x,
+                        y,
+                        &format!("{prefix}{label}/{attr_name}[{graphs}]/"),
+                        depth + 1,
+                    )?;
+                    graphs += 1;
+                }
+                (5 | 10, Value::Len(..)) => walk.clear.push(Clear {
+                    name: format!("{prefix}{label}/{attr_name}"),
+                    why: "a tensor in a node attribute (a Constant's value)",
+                }),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The element type and bits per element of ONNX `data_type` `t`: a [`Dtype`] where
+/// one is the same type, `None` for the others (tagged as `U8`).
+fn data_type(t: u64) -> Option<(Option<Dtype>, u64)> {
+    use Dtype::*;
+    Some(match t {
+        1 => (Some(F32), 32),
+        2 => (Some(U8), 8),
+        3 => (Some(I8), 8),
+        4 => (Some(U16), 16),
+        5 => (Some(I16), 16),
+        6 => (Some(I32), 32),
+        7 => (Some(I64), 64),
+        9 => (Some(BOOL), 8),
+        10 => (Some(F16), 16),
+        11 => (Some(F64), 64),
+        12 => (Some(U32), 32),
+        13 => (Some(U64), 64),
+        14 => (Some(C64), 64),
+        15 => (None, 128),
+        16 => (Some(BF16), 16),
+        17 => (Some(F8_E4M3), 8),
+        18 | 20 => (None, 8),
+        19 => (Some(F8_E5M2), 8),
+        21 | 22 => (None, 4),
+        23 => (Some(F4), 4),
+        24 => (Some(F8_E8M0), 8),
+        25 | 26 => (None, 2),
+        _ => return None,
+    })
+}
+
+/// An initializer (`TensorProto`) at `s..e`.
+fn tensor(r: &mut Reader, walk: &mut Walk, s: u64, e: u64, prefix: &str) -> Result<()> {
+    let mut dims: Vec<u64> = Vec::new();
+    let (mut dtype, mut name, mut raw, mut location) = (None, None, None, None);
+    let (mut float_runs, mut double_runs) = (Vec::new(), Vec::new());
+    let (mut unpacked, mut varints, mut strings) = (false, false, false);
+    let twice =
+        |r: &Reader, what: &str| r.bad(format!("the tensor at byte {s} holds {what} twice"));
+    for f in r.fields(s, e)? {
+        match (f.number, f.value) {
+            (1, Value::Varint(v)) => dims.push(v),
+            (1, Value::Len(a, b)) => {
+                let mut at = a;
+                while at < b {
+                    let (v, next) = r.varint(at, b)?;
+                    dims.push(v);
+                    at = next;
+                }
+            }
+            (2, Value::Varint(v)) => {
+                if dtype.replace(v).is_some() {
+                    return Err(twice(r, "data_type"));
+                }
+            }
+            (3, _) => {
+                return Err(r.bad(format!(
+                    "the tensor at byte {s} is segmented, which deeplock does not lock"
+                )))
+            }
+            (4, Value::Len(a, b)) => float_runs.push(a..b),
+            (10, Value::Len(a, b)) => double_runs.push(a..b),
+            (4, Value::Fixed32) | (10, Value::Fixed64) => unpacked = true,
+            (5 | 7 | 11, Value::Varint(_) | Value::Len(..)) => varints = true,
+            (6, Value::Len(..)) => strings = true,
+            (8, Value::Len(a, b)) => {
+                if name.replace(r.string(a, b)?).is_some() {
+                    return Err(twice(r, "a name"));
+                }
+            }
+            (9, Value::Len(a, b)) => {
+                if raw.replace(a..b).is_some() {
+                    return Err(twice(r, "raw_data"));
+                }
+            }
+            (14, Value::Varint(v)) => {
+                if location.replace(v).is_some() {
+                    return Err(twice(r, "data_location"));
+                }
+            }
+            (1..=11 | 14, v) => {
+                return Err(r.bad(format!(
+                    "TensorProto field {} at byte {} holds {v:?}, not its type",
+                    f.number, f.start
+                )))
+            }
+            _ => {}
+        }
+    }
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return Err(r.bad(format!("the initializer at byte {s} has no name")));
+    };
+    let name = format!("{prefix}{name}");
+    if !walk.names.insert(name.clone()) {
+        return Err(r.bad(format!("two initializers are named {name:?}")));
+    }
+    let t = dtype.unwrap_or(0);
+    let Some((known, bits)) = data_type(t) else {
+        return Err(r.bad(format!(
+            "initializer {name:?} has data_type {t}, which holds no fixed-width numbers"
+        )));
+    };
+    let mut count = 1u64;
+    for &d in &dims {
+        if d > i64::MAX as u64 {
+            return Err(r.bad(format!("initializer {name:?} has a negative dimension")));
+        }
+        count = count
+            .checked_mul(d)
+            .ok_or_else(|| r.bad(format!("initializer {name:?} has more elements than 2^64")))?;
+    }
+    let want = count
+        .checked_mul(bits)
+        .map(|b| b.div_ceil(8))
+        .ok_or_else(|| r.bad(format!("initializer {name:?} is too large")))?;
+    if location == Some(1) {
+        return Err(Error::format(
+            r.path(),
+            format!("initializer {name:?} keeps its data in an external file, which deeplock does not lock yet; save the model with its weights inside (onnx.save_model(..., save_as_external_data=False))"),
+        ));
+    }
+    let typed = !float_runs.is_empty() || !double_runs.is_empty() || unpacked || varints || strings;
+    let range = match raw {
+        Some(range) if typed => {
+            let _ = range;
+            return Err(r.bad(format!(
+                "initializer {name:?} holds both raw_data and typed data"
+            )));
+        }
+        Some(range) => Some(range),
+        None if unpacked || float_runs.len() + double_runs.len() > 1 => {
+            walk.clear.push(Clear {
+                name,
+                why:
+                    "float_data or double_data not packed in one run: its bytes are not contiguous",
+            });
+            return Ok(());
+        }
+        None if varints => {
+            walk.clear.push(Clear { name, why: "int32_data, int64_data or uint64_data: varints, whose bytes cannot be changed in place" });
+            return Ok(());
+        }
+        None if strings => {
+            walk.clear.push(Clear {
+                name,
+                why: "string_data",
+            });
+            return Ok(());
+        }
+        None if float_runs.len() == 1 && matches!(t, 1 | 14) => float_runs.pop(),
+        None if double_runs.len() == 1 && matches!(t, 11 | 15) => double_runs.pop(),
+        None if !float_runs.is_empty() || !double_runs.is_empty() => {
+            return Err(r.bad(format!("initializer {name:?} of data_type {t} holds float_data or double_data, which it cannot")));
+        }
+        None => None,
+    };
+    let Some(range) = range else {
+        if count != 0 {
+            return Err(r.bad(format!(
+                "initializer {name:?} holds no data for its {count} elements"
+            )));
+        }
+        return Ok(());
+    };
+    if range.end - range.start != want {
+        return Err(r.bad(format!(
+            "initializer {name:?} holds {} bytes, but its shape and type need {want}",
+            range.end - range.start
+        )));
+    }
+    let (dtype, shape) = match known {
+        Some(d) => (d, dims),
+        None => (Dtype::U8, vec![want]),
+    };
+    let shape = shape
+        .into_iter()
+        .map(usize::try_from)
+        .collect::<std::result::Result<Vec<usize>, _>>()
+        .map_err(|_| {
+            r.bad(format!(
+                "initializer {name:?} is too large for this machine"
+            ))
+        })?;
+    walk.tensors.push(TensorEntry {
+        name,
+        dtype,
+        shape,
+        start: range.start,
+        end: range.end,
+    });
+    Ok(())
+}
+
+/// `metadata_props` entries (field 14 of `ModelProto`) holding `entries`, in order.
+fn encode_record(entries: &[(&str, String)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in entries {
+        let mut e = Vec::new();
+        wire::put_bytes(&mut e, 1, k.as_bytes());
+        wire::put_bytes(&mut e, 2, v.as_bytes());
+        wire::put_bytes(&mut out, MODEL_METADATA, &e);
+    }
+    out
+}
+
+impl Container for Onnx {
+    fn tensors(&self) -> &[TensorEntry] {
+        &self.tensors
+    }
+
+    fn byte_range(&self, i: usize) -> Range<u64> {
+        let t = &self.tensors[i];
+        t.start..t.end
+    }
+
+    fn lock_record(&self) -> Result<Option<LockInfo>> {
+        LockInfo::from_entries(
+            |k| self.record.get(k).map(String::as_str),
+            &self.tensors,
+            &self.path,
+        )
+    }
+
+    fn user_metadata(&self) -> Vec<(String, String)> {
+        self.user.clone()
+    }
+
+    fn metadata(&self) -> BTreeMap<String, String> {
+        self.metadata_with(&self.record)
+    }
+
+    fn layout(&self, record: Option<&LockInfo>) -> Result<Layout> {
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for (i, t) in self.tensors.iter().enumerate() {
+            if t.start > at {
+                pieces.push(Piece::Copy(at..t.start));
+            }
+            pieces.push(Piece::Tensor(i));
+            at = t.end;
+        }
+        if self.record_start > at {
+            pieces.push(Piece::Copy(at..self.record_start));
+        }
+        let mut entries = BTreeMap::new();
+        if let Some(r) = record {
+            let list = r.entries();
+            pieces.push(Piece::Bytes(encode_record(&list)));
+            entries = list.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        }
+        Ok(Layout {
+            pieces,
+            metadata: self.metadata_with(&entries),
+        })
+    }
+}
