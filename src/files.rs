@@ -104,6 +104,9 @@ pub struct Report {
     pub transformed_bytes: u64,
     /// BOOL tensors left in the clear (locked bytes would not be valid booleans).
     pub clear_bool: usize,
+    /// Tensors whose bytes cannot be locked in place, left in the clear: each file, the
+    /// tensor and why ([`Container::left_clear`]).
+    pub left_clear: Vec<(PathBuf, String, String)>,
     /// Files and directories of a directory input left out of the output, and why.
     pub skipped: Vec<(PathBuf, Skip)>,
     /// Weight files of a directory input copied in the clear, as allowed.
@@ -509,6 +512,9 @@ fn run(
         report.files += 1;
         report.tensors += plan.input.tensors().len();
         report.clear_bool += plan.clear_bool;
+        for (name, why) in plan.input.left_clear() {
+            report.left_clear.push((src.to_path_buf(), name, why));
+        }
         for (t, c) in plan.input.tensors().iter().zip(&plan.ciphers) {
             report.data_bytes += t.len();
             if c.is_some() {
@@ -864,6 +870,8 @@ pub struct Inspection {
     pub user_metadata: Vec<(String, String)>,
     /// The tensors, by data offset.
     pub tensors: Vec<TensorEntry>,
+    /// Tensors left in the clear as their bytes cannot be locked in place, and why.
+    pub left_clear: Vec<(String, String)>,
 }
 
 impl Inspection {
@@ -883,6 +891,7 @@ pub fn inspect(path: &Path) -> Result<Vec<Inspection>> {
                 lock: c.lock_record()?,
                 user_metadata: c.user_metadata(),
                 tensors: c.tensors().to_vec(),
+                left_clear: c.left_clear(),
                 path: p,
             })
         })

@@ -327,6 +327,13 @@ fn transform(t: Transform, verbose: bool) -> CliResult<i32> {
             report::shown_path(path)
         ));
     }
+    for (path, name, why) in &r.left_clear {
+        out::warn(format_args!(
+            "deeplock: notice: {}: tensor {:?} left in the clear, its bytes cannot be locked in place: {why}",
+            report::shown_path(path),
+            name
+        ));
+    }
     if r.clear_bool > 0 {
         out::warn(format_args!(
             "deeplock: note: {} BOOL tensor(s) left in the clear: locked bytes would not be valid booleans",

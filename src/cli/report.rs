@@ -170,6 +170,9 @@ pub fn print_inspection(out: &mut dyn Write, found: &[Inspection]) -> io::Result
                 if f.is_locked(&t.name) { "yes" } else { "no" }
             )?;
         }
+        for (name, why) in &f.left_clear {
+            writeln!(out, "  left in the clear: {} ({})", shown(name), shown(why))?;
+        }
     }
     Ok(())
 }
@@ -195,6 +198,10 @@ pub fn inspection_json(found: &[Inspection]) -> String {
                     "bytes": t.len(),
                     "data_offsets": [t.start, t.end],
                     "locked": f.is_locked(&t.name),
+                })).collect::<Vec<_>>(),
+                "left_clear": f.left_clear.iter().map(|(name, why)| serde_json::json!({
+                    "name": name,
+                    "why": why,
                 })).collect::<Vec<_>>(),
             })
         })

@@ -60,6 +60,13 @@ pub trait Container: Send + Sync {
     /// The file written with `record` added (`Some`, for lock) or with its lock record
     /// removed (`None`, for unlock); an error if the format cannot hold it.
     fn layout(&self, record: Option<&LockInfo>) -> Result<Layout>;
+
+    /// Tensors the file holds whose bytes cannot be locked in place (ONNX's varint
+    /// `int64_data`, ...), each with why: left in the clear, not in
+    /// [`Container::tensors`], reported by `inspect` and `lock`.
+    fn left_clear(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// The pieces of an output file, in order, and the metadata it will carry.

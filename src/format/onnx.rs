@@ -613,6 +613,13 @@ impl Container for Onnx {
         self.metadata_with(&self.record)
     }
 
+    fn left_clear(&self) -> Vec<(String, String)> {
+        self.clear
+            .iter()
+            .map(|c| (c.name.clone(), c.why.to_owned()))
+            .collect()
+    }
+
     fn layout(&self, record: Option<&LockInfo>) -> Result<Layout> {
         let mut pieces = Vec::new();
         let mut at = 0;
