@@ -10,7 +10,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import deeplock
-
 from cli import run
 
 
@@ -67,8 +66,10 @@ def cnn(rng):
         helper.make_node("Flatten", ["p"], ["f"]),
         helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc"),
     ]
-    inits = [init(n, a) for n, a in
-             [("conv_w", conv_w), ("conv_b", conv_b), ("fc_w", fc_w), ("fc_b", fc_b)]]
+    inits = [
+        init(n, a)
+        for n, a in [("conv_w", conv_w), ("conv_b", conv_b), ("fc_w", fc_w), ("fc_b", fc_b)]
+    ]
     graph = helper.make_graph(
         nodes,
         "cnn",
@@ -131,3 +132,42 @@ def test_locked_model_is_valid_onnx_and_unlocks_exactly(saved, key_file, key):
     back = path.with_name("back.onnx")
     run("unlock", locked, "-o", back, "--key-file", key_file)
     assert back.read_bytes() == original
+
+
+def test_tampered_locked_model_is_refused_in_memory(tmp_path, key_file, key, seed):
+    model, _ = mlp(np.random.default_rng(seed))
+    path = tmp_path / "model.onnx"
+    onnx.save_model(model, path)
+    locked, _ = lock(path, key_file)
+    data = bytearray(locked.read_bytes())
+    # A bit of w1's locked bytes.
+    at = data.index(b"\x42\x02w1") + 4
+    data[at + 8] ^= 1
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(deeplock.AuthenticationError):
+        deeplock.unlock_to_bytes(bad, key)
+    with pytest.raises(deeplock.WrongKeyError):
+        deeplock.unlock_to_bytes(locked, deeplock.Key.generate())
+
+
+def test_external_data_is_refused_with_nothing_written(tmp_path, key_file, seed):
+    model, _ = cnn(np.random.default_rng(seed))
+    path = tmp_path / "model.onnx"
+    onnx.save_model(
+        model,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
+    out = tmp_path / "locked.onnx"
+    proc = run("lock", path, "-o", out, "--key-file", key_file, check=False)
+    assert proc.returncode == 1
+    assert "external file" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.key",
+        "model.onnx",
+        "model.onnx.data",
+    ]
