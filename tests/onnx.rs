@@ -247,11 +247,11 @@ fn locked_model_unlocks_byte_for_byte_with_every_contiguous_initializer_locked()
     );
     assert!(f.locked.len() > f.original.len());
     let mut gaps = vec![0u64];
-    for i in 0..parsed.tensors().len() {
+    for (i, name) in names.iter().enumerate() {
         let r = parsed.byte_range(i);
         let (a, b) = (r.start as usize, r.end as usize);
         let changed = f.locked[a..b] != f.original[a..b];
-        assert_eq!(changed, names[i] != "mask", "{}", names[i]);
+        assert_eq!(changed, *name != "mask", "{name}");
         gaps.extend([r.start, r.end]);
     }
     gaps.push(f.original.len() as u64);
@@ -355,7 +355,11 @@ fn every_tamper_is_refused_with_nothing_written() {
     // Any other byte of the model: the producer's name.
     let mut b = f.locked.clone();
     b[find(&f.original, b"deeplock-test")] = b'D';
-    f.refused(&b, "the header in t.onnx was modified after locking", "the producer");
+    f.refused(
+        &b,
+        "the header in t.onnx was modified after locking",
+        "the producer",
+    );
     // Truncated: in the record, in a tensor.
     let n = f.locked.len();
     f.refused(

@@ -162,6 +162,8 @@ def test_external_data_is_refused_with_nothing_written(tmp_path, key_file, seed)
         location="model.onnx.data",
         size_threshold=0,
     )
+    shown = run("inspect", path).stdout
+    assert "left in the clear: conv_w (external data" in shown
     out = tmp_path / "locked.onnx"
     proc = run("lock", path, "-o", out, "--key-file", key_file, check=False)
     assert proc.returncode == 1

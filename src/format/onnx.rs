@@ -80,6 +80,8 @@ pub struct Onnx {
     /// Where the lock record's entries begin: the file's length if it has none.
     record_start: u64,
     skeleton: String,
+    /// Initializers whose data lie in an external file: lock refuses the model.
+    external: usize,
 }
 
 /// What a walk over a model collects.
@@ -87,6 +89,8 @@ struct Walk {
     tensors: Vec<TensorEntry>,
     clear: Vec<Clear>,
     names: HashSet<String>,
+    /// Initializers whose data lie in an external file.
+    external: usize,
 }
 
 impl Onnx {
@@ -109,6 +113,7 @@ impl Onnx {
             tensors: Vec::new(),
             clear: Vec::new(),
             names: HashSet::new(),
+            external: 0,
         };
         let mut ir_version = false;
         let mut graph = false;
@@ -186,7 +191,7 @@ impl Onnx {
         for t in tensors
             .iter()
             .map(|t| t.start..t.end)
-            .chain([record_start..record_start])
+            .chain(std::iter::once(record_start..record_start))
         {
             hash.update((t.start - at).to_le_bytes());
             r.each_window(at, t.start, |b| hash.update(b))?;
@@ -197,6 +202,7 @@ impl Onnx {
             path: path.to_path_buf(),
             tensors,
             clear: walk.clear,
+            external: walk.external,
             user,
             record,
             record_start,
@@ -413,6 +419,14 @@ fn data_type(t: u64) -> Option<(Option<Dtype>, u64)> {
     })
 }
 
+/// Sets a field read once: an error (`twice`) if it was already set.
+fn once<T>(slot: &mut Option<T>, value: T, twice: impl FnOnce() -> Error) -> Result<()> {
+    match slot.replace(value) {
+        Some(_) => Err(twice()),
+        None => Ok(()),
+    }
+}
+
 /// An initializer (`TensorProto`) at `s..e`.
 fn tensor(r: &mut Reader, walk: &mut Walk, s: u64, e: u64, prefix: &str) -> Result<()> {
     let mut dims: Vec<u64> = Vec::new();
@@ -433,9 +447,8 @@ fn tensor(r: &mut Reader, walk: &mut Walk, s: u64, e: u64, prefix: &str) -> Resu
                 }
             }
             (2, Value::Varint(v)) => {
-                if dtype.replace(v).is_some() {
-                    return Err(twice(r, "data_type"));
-                }
+                let new = v;
+                once(&mut dtype, new, || twice(r, "data_type"))?
             }
             (3, _) => {
                 return Err(r.bad(format!(
@@ -448,19 +461,16 @@ fn tensor(r: &mut Reader, walk: &mut Walk, s: u64, e: u64, prefix: &str) -> Resu
             (5 | 7 | 11, Value::Varint(_) | Value::Len(..)) => varints = true,
             (6, Value::Len(..)) => strings = true,
             (8, Value::Len(a, b)) => {
-                if name.replace(r.string(a, b)?).is_some() {
-                    return Err(twice(r, "a name"));
-                }
+                let new = r.string(a, b)?;
+                once(&mut name, new, || twice(r, "a name"))?
             }
             (9, Value::Len(a, b)) => {
-                if raw.replace(a..b).is_some() {
-                    return Err(twice(r, "raw_data"));
-                }
+                let new = a..b;
+                once(&mut raw, new, || twice(r, "raw_data"))?
             }
             (14, Value::Varint(v)) => {
-                if location.replace(v).is_some() {
-                    return Err(twice(r, "data_location"));
-                }
+                let new = v;
+                once(&mut location, new, || twice(r, "data_location"))?
             }
             (1..=11 | 14, v) => {
                 return Err(r.bad(format!(
@@ -498,10 +508,12 @@ fn tensor(r: &mut Reader, walk: &mut Walk, s: u64, e: u64, prefix: &str) -> Resu
         .map(|b| b.div_ceil(8))
         .ok_or_else(|| r.bad(format!("initializer {name:?} is too large")))?;
     if location == Some(1) {
-        return Err(Error::format(
-            r.path(),
-            format!("initializer {name:?} keeps its data in an external file, which deeplock does not lock yet; save the model with its weights inside (onnx.save_model(..., save_as_external_data=False))"),
-        ));
+        walk.external += 1;
+        walk.clear.push(Clear {
+            name,
+            why: "external data (data_location EXTERNAL), which deeplock does not lock yet",
+        });
+        return Ok(());
     }
     let typed = !float_runs.is_empty() || !double_runs.is_empty() || unpacked || varints || strings;
     let range = match raw {
@@ -621,6 +633,15 @@ impl Container for Onnx {
     }
 
     fn layout(&self, record: Option<&LockInfo>) -> Result<Layout> {
+        if record.is_some() && self.external > 0 {
+            return Err(Error::format(
+                &self.path,
+                format!(
+                    "{} initializer(s) keep their data in an external file, which deeplock does not lock yet; save the model with its weights inside (onnx.save_model(model, path, save_as_external_data=False), under 2 GB)",
+                    self.external
+                ),
+            ));
+        }
         let mut pieces = Vec::new();
         let mut at = 0;
         for (i, t) in self.tensors.iter().enumerate() {
@@ -643,5 +664,45 @@ impl Container for Onnx {
             pieces,
             metadata: self.metadata_with(&entries),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_are_recognised_by_their_first_fields() {
+        // ir_version 8, then producer_name, graph, or functions (a two-byte tag).
+        assert!(looks_like(&[0x08, 8, 0x12, 1, b'x'], 5));
+        assert!(looks_like(&[0x08, 8, 0x3a, 0], 4));
+        assert!(looks_like(&[0x08, 8, 0xca, 0x01, 0], 5));
+        // ir_version out of range, another first field, a wrong wire type, safetensors.
+        assert!(!looks_like(&[0x08, 0, 0x12, 0], 4));
+        assert!(!looks_like(&[0x08, 65, 0x12, 0], 4));
+        assert!(!looks_like(&[0x10, 8, 0x12, 0], 4));
+        assert!(!looks_like(&[0x08, 8, 0x38, 0], 4));
+        assert!(!looks_like(b"\x10\0\0\0\0\0\0\0{\"a\":1}", 16));
+        assert!(!looks_like(&[0x08, 8], 2));
+    }
+
+    #[test]
+    fn a_model_without_a_graph_or_with_a_record_not_at_the_end_is_refused() {
+        let mut m = vec![0x08, 8];
+        let p = Path::new("m.onnx");
+        let e = Onnx::parse(&m, p).err().unwrap().to_string();
+        assert!(e.contains("no graph"), "{e}");
+        wire::put_bytes(&mut m, 7, &[]);
+        assert!(Onnx::parse(&m, p).unwrap().lock_record().unwrap().is_none());
+        let record = encode_record(&[("deeplock.version", "2".into())]);
+        let mut locked = m.clone();
+        locked.extend_from_slice(&record);
+        // A partial record: read as locked and damaged.
+        let e = Onnx::parse(&locked, p).unwrap().lock_record().unwrap_err();
+        assert!(e.to_string().contains("corrupt deeplock metadata"), "{e}");
+        // A field after the record.
+        locked.extend_from_slice(&[0x28, 1]);
+        let e = Onnx::parse(&locked, p).err().unwrap().to_string();
+        assert!(e.contains("follow the lock record"), "{e}");
     }
 }

@@ -12,6 +12,10 @@ use crate::error::{Error, Result};
 pub trait Source {
     /// Bytes in all.
     fn len(&self) -> u64;
+    /// Whether it holds no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// The `n` bytes at `at`, fewer only where the source ends first.
     fn read(&mut self, at: u64, n: usize) -> Result<&[u8]>;
 }
@@ -128,6 +132,11 @@ impl<'s> Reader<'s> {
     /// Bytes in the source.
     pub fn len(&self) -> u64 {
         self.src.len()
+    }
+
+    /// Whether the source holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.src.is_empty()
     }
 
     /// A clear error about the file.
