@@ -705,4 +705,35 @@ mod tests {
         let e = Onnx::parse(&locked, p).err().unwrap().to_string();
         assert!(e.contains("follow the lock record"), "{e}");
     }
+
+    #[test]
+    fn a_tensor_field_given_twice_is_refused_as_readers_would_merge_it() {
+        let tensor = |extra: &[u8]| {
+            let mut t = Vec::new();
+            t.extend_from_slice(&[0x08, 2, 0x10, 2]); // dims [2], UINT8
+            wire::put_bytes(&mut t, 8, b"w");
+            wire::put_bytes(&mut t, 9, &[1, 2]);
+            t.extend_from_slice(extra);
+            let mut g = Vec::new();
+            wire::put_bytes(&mut g, 5, &t);
+            let mut m = vec![0x08, 8];
+            wire::put_bytes(&mut m, 7, &g);
+            m
+        };
+        let p = Path::new("m.onnx");
+        let ok = Onnx::parse(&tensor(&[]), p).unwrap();
+        assert_eq!(ok.tensors()[0].name, "w");
+        let mut raw = Vec::new();
+        wire::put_bytes(&mut raw, 9, &[3, 4]);
+        let mut name = Vec::new();
+        wire::put_bytes(&mut name, 8, b"v");
+        for (extra, what) in [
+            (raw, "raw_data twice"),
+            (name, "a name twice"),
+            (vec![0x10, 3], "data_type twice"),
+        ] {
+            let e = Onnx::parse(&tensor(&extra), p).err().unwrap().to_string();
+            assert!(e.contains(what), "{e}");
+        }
+    }
 }
