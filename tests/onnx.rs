@@ -478,3 +478,50 @@ fn the_parser_never_panics_and_what_parses_locks_and_unlocks_back() {
         parse_checked(&b).unwrap();
     }
 }
+
+#[test]
+fn a_directory_of_onnx_models_locks_verifies_and_unlocks_on_either_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("models");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let mut rng = seeded_rng("onnx directory");
+    let (a, b) = (model(&mut rng), model(&mut rng));
+    std::fs::write(src.join("a.onnx"), &a).unwrap();
+    std::fs::write(src.join("sub/b.onnx"), &b).unwrap();
+    std::fs::write(src.join("config.json"), "{}").unwrap();
+    write_key_file(&d.join("key"));
+    ok(d, &["lock", "models", "-o", "locked", "--key-file", "key"]);
+    assert_ne!(std::fs::read(d.join("locked/a.onnx")).unwrap(), a);
+    ok(d, &["verify", "locked", "--key-file", "key"]);
+    let mut devices = vec!["cpu"];
+    if common::gpu_context().is_some() {
+        devices.push("gpu");
+    }
+    for device in devices {
+        let out = format!("back-{device}");
+        ok(
+            d,
+            &[
+                "unlock",
+                "locked",
+                "-o",
+                &out,
+                "--key-file",
+                "key",
+                "--device",
+                device,
+            ],
+        );
+        assert_eq!(
+            std::fs::read(d.join(&out).join("a.onnx")).unwrap(),
+            a,
+            "{device}"
+        );
+        assert_eq!(
+            std::fs::read(d.join(&out).join("sub/b.onnx")).unwrap(),
+            b,
+            "{device}"
+        );
+    }
+}
