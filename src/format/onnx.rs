@@ -517,8 +517,7 @@ fn tensor(r: &mut Reader, walk: &mut Walk, s: u64, e: u64, prefix: &str) -> Resu
     }
     let typed = !float_runs.is_empty() || !double_runs.is_empty() || unpacked || varints || strings;
     let range = match raw {
-        Some(range) if typed => {
-            let _ = range;
+        Some(_) if typed => {
             return Err(r.bad(format!(
                 "initializer {name:?} holds both raw_data and typed data"
             )));

@@ -37,7 +37,7 @@ impl Source for Slice<'_> {
 /// Bytes a file window reads at once.
 const WINDOW: usize = 1 << 20;
 
-/// A file, read through a window of [`WINDOW`] bytes.
+/// A file, read through a window of 1 MiB.
 pub struct FileWindow<'a> {
     file: &'a File,
     path: PathBuf,
