@@ -262,6 +262,9 @@ fn locked_model_unlocks_byte_for_byte_with_every_contiguous_initializer_locked()
     let shown = ok(dir, &["inspect", "l.onnx"]);
     assert!(shown.contains("left in the clear: shape"), "{shown}");
     assert!(shown.contains("metadata author = author-value"), "{shown}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(dir, &["inspect", "l.onnx", "--json"])).unwrap();
+    assert_eq!(json["files"][0]["left_clear"][0]["name"], "shape", "{json}");
     ok(dir, &["verify", "l.onnx", "--key-file", "key"]);
     ok(
         dir,
