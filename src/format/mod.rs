@@ -10,6 +10,7 @@
 //! its tensors in place (safetensors, ONNX, TFLite, GGUF) only has to say where they
 //! are and how its header changes.
 
+pub mod gguf;
 pub mod onnx;
 pub mod safetensors;
 pub mod tflite;
@@ -154,6 +155,8 @@ pub enum Format {
     Tflite,
     /// ONNX: a protobuf `ModelProto`, its initializers locked where they lie.
     Onnx,
+    /// GGUF (llama.cpp): the magic `GGUF`, key-values, tensor infos, the data section.
+    Gguf,
 }
 
 impl Format {
@@ -168,6 +171,9 @@ impl Format {
         if safetensors::looks_like(head, len) {
             return Some(Format::Safetensors);
         }
+        if gguf::looks_like(head) {
+            return Some(Format::Gguf);
+        }
         if tflite::looks_like(head) {
             return Some(Format::Tflite);
         }
@@ -178,6 +184,7 @@ impl Format {
             Some("safetensors") => Some(Format::Safetensors),
             Some("tflite") => Some(Format::Tflite),
             Some("onnx") => Some(Format::Onnx),
+            Some("gguf") => Some(Format::Gguf),
             _ => None,
         }
     }
@@ -188,6 +195,7 @@ impl Format {
             Format::Safetensors => "safetensors",
             Format::Tflite => "TensorFlow Lite",
             Format::Onnx => "ONNX",
+            Format::Gguf => "GGUF",
         }
     }
 }
@@ -222,5 +230,6 @@ pub fn open(file: &mut File, path: &Path) -> Result<Box<dyn Container>> {
         Format::Safetensors => Ok(Box::new(safetensors::Safetensors::read(file, path)?)),
         Format::Tflite => Ok(Box::new(tflite::Tflite::read(file, path)?)),
         Format::Onnx => Ok(Box::new(onnx::Onnx::read(file, path)?)),
+        Format::Gguf => Ok(Box::new(gguf::Gguf::read(file, path)?)),
     }
 }
