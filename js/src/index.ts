@@ -1,0 +1,11 @@
+/**
+ * deeplock for the web: unlock deeplock v2 models in browsers and Node >= 18 with
+ * WebCrypto. No runtime dependencies.
+ */
+
+export * from "./errors.js";
+export { importKey, keyFromHex, type KeyInput } from "./crypto.js";
+export type { Progress } from "./auth.js";
+export * as safetensors from "./safetensors.js";
+/** The primitives, for tests and other front ends. */
+export * as scheme from "./scheme.js";
