@@ -72,7 +72,7 @@ export async function aesBlock(key: CryptoKey, block: Uint8Array): Promise<Uint8
   return new Uint8Array(out);
 }
 
-const SEGMENT = 16 << 20;
+const SEGMENT = 4 << 20;
 
 /**
  * Unlocks in place `data`, bytes of a tensor whose nonce is `nonce` (8 bytes), starting

@@ -117,3 +117,16 @@ test("the S-box is AES's (FIPS-197 spot values) and INV_SBOX its inverse", () =>
   assert.equal(scheme.SBOX[0xff], 0x16);
   for (let i = 0; i < 256; i++) assert.equal(scheme.INV_SBOX[scheme.SBOX[i]], i);
 });
+
+test("unlock of a long run at an odd offset equals unlock of its pieces (keystream segments)", async () => {
+  const key = await importKey(hex("2b7e151628aed2a6abf7158809cf4f3c"));
+  const nonce = hex("0123456789abcdef");
+  const n = (9 << 20) + 13;
+  const whole = Uint8Array.from({ length: n }, (_, j) => (j * 7) & 0xff);
+  const pieces = whole.slice();
+  await scheme.unlockInPlace(key, nonce, 5, whole);
+  for (const [a, b] of [[0, 3], [3, 4194301], [4194301, 4194333], [4194333, n]]) {
+    await scheme.unlockInPlace(key, nonce, 5 + a, pieces.subarray(a, b));
+  }
+  assert.ok(Buffer.from(whole).equals(Buffer.from(pieces)));
+});
