@@ -82,3 +82,14 @@ MATURIN_PEP517_ARGS="--profile dev" "$py_env/bin/python" -m pip install -q --dis
 "$py_env/bin/ruff" format --check python
 cargo build --locked --bin deeplock
 DEEPLOCK_CLI="$PWD/target/debug/deeplock" KERAS_BACKEND=torch "$py_env/bin/python" -m pytest -q -p no:cacheprovider python/tests
+
+# The npm package (js/): its exact devDependencies from package-lock.json (npm's cache
+# kept under ~/.cache/deeplock/npm), compiled strict by tsc, then node --test against
+# the compiled dist and the CLI built above.
+if ! command -v npm >/dev/null; then
+    echo "scripts/test.sh: installing Node.js and npm for js/"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+npm ci --prefix js --no-audit --no-fund --cache "$HOME/.cache/deeplock/npm"
+npx --prefix js tsc -p js
+DEEPLOCK_CLI="$PWD/target/debug/deeplock" node --test js/test/*.test.mjs
