@@ -88,6 +88,7 @@ DEEPLOCK_CLI="$PWD/target/debug/deeplock" KERAS_BACKEND=torch "$py_env/bin/pytho
 # the compiled dist and the CLI built above.
 if ! command -v npm >/dev/null; then
     echo "scripts/test.sh: installing Node.js and npm for js/"
+    as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
 fi
 npm ci --prefix js --no-audit --no-fund --cache "$HOME/.cache/deeplock/npm"

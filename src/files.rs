@@ -185,7 +185,7 @@ fn list_dir(dir: &Path, protected: &[PathBuf], exclude: Option<&GlobSet>) -> Res
 
 fn no_model(dir: &Path) -> Error {
     Error::Invalid(format!(
-        "{} holds no .safetensors file; pass a model file or a checkpoint directory",
+        "{} holds no model file deeplock locks (safetensors, ONNX, TensorFlow Lite, GGUF); pass a model file or a checkpoint directory",
         dir.display()
     ))
 }

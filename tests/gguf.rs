@@ -320,7 +320,10 @@ fn every_tamper_is_refused_with_nothing_written() {
     }
     // The locked file's padding after its header (lock writes zeros).
     let infos_end = field("output.weight.offset") + 8;
-    assert!(infos_end < data(0), "the fixture's locked header has padding");
+    assert!(
+        infos_end < data(0),
+        "the fixture's locked header has padding"
+    );
     refused(d, &flip(infos_end, 0), "padding", "a padding byte");
     refused(d, &locked[..locked.len() - 1], "", "truncated");
     refused(d, &locked[..data(1)], "", "truncated in a tensor");

@@ -498,7 +498,7 @@ fn verify_of_a_directory_without_a_model_fails() {
     fs::write(s.path("empty/README"), "no model here").unwrap();
     refused(
         &s.run(&["verify", "empty", "--key-file", "key"]),
-        "holds no .safetensors",
+        "holds no model file deeplock locks",
     );
 }
 

@@ -23,7 +23,7 @@ pub enum Kind {
 }
 
 /// Extensions of weight formats deeplock cannot lock yet, and what they hold.
-const WEIGHT_EXTENSIONS: [(&str, &str); 24] = [
+const WEIGHT_EXTENSIONS: [(&str, &str); 21] = [
     ("bin", "PyTorch weights"),
     ("pt", "PyTorch weights"),
     ("pth", "PyTorch weights"),
@@ -32,11 +32,8 @@ const WEIGHT_EXTENSIONS: [(&str, &str); 24] = [
     ("h5", "Keras/HDF5 weights"),
     ("hdf5", "Keras/HDF5 weights"),
     ("keras", "a Keras model"),
-    ("onnx", "an ONNX model"),
     ("ort", "an ONNX Runtime model"),
-    ("tflite", "a TensorFlow Lite model"),
     ("pb", "a TensorFlow graph"),
-    ("gguf", "GGUF weights"),
     ("ggml", "GGML weights"),
     ("npy", "a NumPy array"),
     ("npz", "NumPy arrays"),
@@ -96,10 +93,8 @@ fn weights_by_magic(head: &[u8]) -> Option<&'static str> {
         }
         return None;
     }
-    let magics: [(&[u8], usize, &str); 5] = [
+    let magics: [(&[u8], usize, &str); 3] = [
         (b"\x89HDF\r\n\x1a\n", 0, "Keras/HDF5 weights"),
-        (b"GGUF", 0, "GGUF weights"),
-        (b"TFL3", 4, "a TensorFlow Lite model"),
         (b"\x93NUMPY", 0, "a NumPy array"),
         (b"\x80", 0, "a Python pickle, maybe PyTorch weights"),
     ];
