@@ -88,6 +88,27 @@ pub fn write_safetensors(path: &Path, tensors: &[Tensor]) -> Result<()> {
     write_safetensors_with_metadata(path, tensors, &[("format", "pt")])
 }
 
+/// Writes f32 tensors as a GGUF file (llama.cpp's format) with the given string
+/// key-values.
+pub fn write_gguf(path: &Path, tensors: &[Tensor], kvs: &[(&str, &str)]) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<TensorView<'_>> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| TensorView {
+            name: &t.name,
+            dtype: Dtype::F32,
+            shape: &t.shape,
+            data: b,
+        })
+        .collect();
+    let file = crate::format::gguf::serialize(&views, kvs, path)?;
+    std::fs::write(path, file).map_err(|e| Error::io(path, e))
+}
+
 /// Writes f32 tensors as a safetensors file with the given string metadata (a trained
 /// model records where it came from and how good it is), byte-for-byte reproducibly.
 pub fn write_safetensors_with_metadata(

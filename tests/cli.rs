@@ -674,4 +674,8 @@ fn demo_runs_and_checks_its_round_trip() {
         out.contains("unlocked file identical to the original"),
         "{out}"
     );
+    assert!(
+        out.contains("gguf: the same model as GGUF, 12 of 12 tensors locked in place"),
+        "{out}"
+    );
 }

@@ -85,6 +85,37 @@ pub fn run(verbose: bool) -> CliResult<()> {
             outln!("  files in {}", dir.path().display());
         }
     }
+    gguf_round_trip(dir.path(), &key)
+}
+
+/// The same model as a GGUF file, llama.cpp's format: locked in place (still GGUF),
+/// then unlocked in memory, as an app hands a model to its runtime without writing
+/// plaintext anywhere.
+fn gguf_round_trip(dir: &std::path::Path, key: &MasterKey) -> CliResult<()> {
+    use deeplock::format;
+    let model = dir.join("cifar10_cnn.gguf");
+    zoo::write_gguf(
+        &model,
+        &zoo::cifar10_cnn(42),
+        &[("general.name", "cifar10_cnn")],
+    )?;
+    let original = std::fs::read(&model).map_err(|e| Error::io(&model, e))?;
+    let locked = dir.join("cifar10_cnn.locked.gguf");
+    let mut cpu = engine::select(DeviceChoice::Cpu)?;
+    let l = files::lock(&model, &locked, key, cpu.as_mut(), &Options::default())?;
+    let (_, container) = format::open_path(&locked)?;
+    let still_gguf = container.tensors().len();
+    let back = deeplock::memory::unlock_to_vec(&locked, key)?;
+    if back != original {
+        return Err(Error::Invalid(
+            "demo failed on GGUF: the model unlocked in memory differs from the original; please report this bug".into(),
+        )
+        .into());
+    }
+    outln!(
+        "gguf: the same model as GGUF, {} of {still_gguf} tensors locked in place (the locked file is still GGUF), verified and unlocked in memory, identical to the original",
+        l.transformed
+    );
     Ok(())
 }
 

@@ -626,6 +626,56 @@ fn parse<R: Read>(rd: &mut Rd<'_, R>) -> Result<Parsed> {
     })
 }
 
+/// The ggml type of the plain dtype `d`, for [`serialize`].
+fn ggml_of(d: Dtype) -> Option<u32> {
+    (0..=30).find(|&t| dtype_of(t) == Some(d))
+}
+
+/// A GGUF v3 file holding `tensors` (of the plain element types: F32, F16, BF16, F64,
+/// I8 to I64) and the string key-values `kvs`, aligned to [`DEFAULT_ALIGNMENT`], as
+/// gguf-py's writer lays one out; `path` names it in messages.
+pub fn serialize(
+    tensors: &[super::TensorView<'_>],
+    kvs: &[(&str, &str)],
+    path: &Path,
+) -> Result<Vec<u8>> {
+    let mut b = MAGIC.to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    b.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+    for (k, v) in kvs {
+        b.extend_from_slice(&string_kv(k, v));
+    }
+    let mut offset = 0u64;
+    for t in tensors {
+        let ggml = ggml_of(t.dtype).ok_or_else(|| {
+            Error::format(
+                path,
+                format!(
+                    "tensor {:?} is {:?}, which GGUF has no plain type for",
+                    t.name, t.dtype
+                ),
+            )
+        })?;
+        b.extend_from_slice(&(t.name.len() as u64).to_le_bytes());
+        b.extend_from_slice(t.name.as_bytes());
+        b.extend_from_slice(&(t.shape.len() as u32).to_le_bytes());
+        for &d in t.shape.iter().rev() {
+            b.extend_from_slice(&(d as u64).to_le_bytes());
+        }
+        b.extend_from_slice(&ggml.to_le_bytes());
+        b.extend_from_slice(&offset.to_le_bytes());
+        offset = (offset + t.data.len() as u64).next_multiple_of(DEFAULT_ALIGNMENT);
+    }
+    let data_at = b.len().next_multiple_of(DEFAULT_ALIGNMENT as usize);
+    b.resize(data_at, 0);
+    for t in tensors {
+        b.resize(b.len().next_multiple_of(DEFAULT_ALIGNMENT as usize), 0);
+        b.extend_from_slice(t.data);
+    }
+    Ok(b)
+}
+
 /// The bytes of a key-value `key` = the string `value`.
 fn string_kv(key: &str, value: &str) -> Vec<u8> {
     let mut b = Vec::with_capacity(key.len() + value.len() + 20);
@@ -711,5 +761,56 @@ impl Container for Gguf {
             pieces.push(Piece::Copy(at..self.len));
         }
         Ok(Layout { pieces, metadata })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::TensorView;
+
+    #[test]
+    fn serialized_files_parse_back_to_their_tensors() {
+        let a: Vec<u8> = (0..24).collect();
+        let c: Vec<u8> = (0..6).collect();
+        let views = [
+            TensorView {
+                name: "a",
+                dtype: Dtype::F32,
+                shape: &[2, 3],
+                data: &a,
+            },
+            TensorView {
+                name: "c",
+                dtype: Dtype::BF16,
+                shape: &[3],
+                data: &c,
+            },
+        ];
+        let path = Path::new("t.gguf");
+        let bytes = serialize(&views, &[("general.name", "t")], path).unwrap();
+        let g = Gguf::parse(&bytes, path).unwrap();
+        assert_eq!(g.tensors().len(), 2);
+        for (i, v) in views.iter().enumerate() {
+            let t = &g.tensors()[i];
+            assert_eq!(
+                (t.name.as_str(), t.dtype, t.shape.as_slice()),
+                (v.name, v.dtype, v.shape)
+            );
+            let r = g.byte_range(i);
+            assert_eq!(&bytes[r.start as usize..r.end as usize], v.data);
+            assert!(r.start.is_multiple_of(DEFAULT_ALIGNMENT));
+        }
+        assert_eq!(
+            g.user_metadata(),
+            [("general.name".to_string(), "t".to_string())]
+        );
+        let bad = TensorView {
+            name: "b",
+            dtype: Dtype::BOOL,
+            shape: &[1],
+            data: &[1],
+        };
+        assert!(serialize(&[bad], &[], path).is_err());
     }
 }
