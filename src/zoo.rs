@@ -91,22 +91,9 @@ pub fn write_safetensors(path: &Path, tensors: &[Tensor]) -> Result<()> {
 /// Writes f32 tensors as a GGUF file (llama.cpp's format) with the given string
 /// key-values.
 pub fn write_gguf(path: &Path, tensors: &[Tensor], kvs: &[(&str, &str)]) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
-    let views: Vec<TensorView<'_>> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|(t, b)| TensorView {
-            name: &t.name,
-            dtype: Dtype::F32,
-            shape: &t.shape,
-            data: b,
-        })
-        .collect();
-    let file = crate::format::gguf::serialize(&views, kvs, path)?;
-    std::fs::write(path, file).map_err(|e| Error::io(path, e))
+    write_with(path, tensors, |views| {
+        crate::format::gguf::serialize(views, kvs, path)
+    })
 }
 
 /// Writes f32 tensors as a safetensors file with the given string metadata (a trained
@@ -115,6 +102,17 @@ pub fn write_safetensors_with_metadata(
     path: &Path,
     tensors: &[Tensor],
     metadata: &[(&str, &str)],
+) -> Result<()> {
+    write_with(path, tensors, |views| {
+        safetensors::serialize(views, metadata, path)
+    })
+}
+
+/// Writes f32 `tensors` at `path` as `serialize` lays out their views.
+fn write_with(
+    path: &Path,
+    tensors: &[Tensor],
+    serialize: impl FnOnce(&[TensorView<'_>]) -> Result<Vec<u8>>,
 ) -> Result<()> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
@@ -130,7 +128,7 @@ pub fn write_safetensors_with_metadata(
             data: b,
         })
         .collect();
-    let file = safetensors::serialize(&views, metadata, path)?;
+    let file = serialize(&views)?;
     std::fs::write(path, file).map_err(|e| Error::io(path, e))
 }
 

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use super::{Container, Layout, Piece};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::header::{Header, TensorEntry, METADATA_KEY};
+use crate::header::TensorEntry;
 use crate::lock_info::LockInfo;
 
 /// The flatbuffer file identifier of TFLite models, at bytes 4..8.
@@ -634,38 +634,29 @@ fn structure_digest(fb: &Fb<'_>, entries: &[TensorEntry]) -> Result<[u8; 32]> {
 /// The record's entries: the lock record's keys, the original root offset and the
 /// inserted region's length.
 fn record_map(record: &LockInfo, root: u32, shift: u64) -> BTreeMap<String, String> {
-    let mut h = Header::parse(b"{}", Path::new("")).expect("an empty header parses");
-    record.write_to(&mut h);
-    let mut m = h.metadata();
+    let mut m: BTreeMap<String, String> = record
+        .entries()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     m.insert(K_ROOT.into(), format!("{root:08x}"));
     m.insert(K_SHIFT.into(), format!("{shift:016x}"));
     m
 }
 
 /// The lock record of `map` (a record read from a file whose entries are `entries`),
-/// validated as safetensors' records are, by [`LockInfo::from_header`].
+/// validated as safetensors' records are, by [`LockInfo::from_entries`].
 fn record_of(
     map: &BTreeMap<String, String>,
     entries: &[TensorEntry],
     path: &Path,
 ) -> Result<LockInfo> {
-    use serde_json::{json, Map, Value};
-    let mut obj = Map::new();
-    let meta: Map<String, Value> = map
-        .iter()
-        .filter(|(k, _)| *k != K_ROOT && *k != K_SHIFT)
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    obj.insert(METADATA_KEY.into(), Value::Object(meta));
-    for e in entries {
-        obj.insert(
-            e.name.clone(),
-            json!({"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}),
-        );
-    }
-    let text = serde_json::to_vec(&obj).expect("a JSON map serializes");
-    let header = Header::parse(&text, path)?;
-    LockInfo::from_header(&header, path)?.ok_or_else(|| {
+    let own = |k: &str| {
+        (k != K_ROOT && k != K_SHIFT)
+            .then(|| map.get(k).map(String::as_str))
+            .flatten()
+    };
+    LockInfo::from_entries(own, entries, path)?.ok_or_else(|| {
         Error::format(
             path,
             "corrupt deeplock record: it holds no lock; the file was damaged or edited after locking",
