@@ -85,10 +85,6 @@ fn run(dir: &Path, args: &[&str]) -> std::process::Output {
     deeplock(dir, args, None)
 }
 
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// A directory holding the model as `m.gguf`, a key, and it locked as `l.gguf`.
 fn locked_fixture() -> (tempfile::TempDir, Vec<u8>, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
@@ -232,27 +228,9 @@ fn lock_verify_unlock_round_trip_byte_for_byte() {
     assert!(std::fs::read(d.join("ou.gguf")).unwrap() == orig);
 }
 
-/// Runs unlock and verify on `bytes` written as `t.gguf` in `dir`: both must fail with
-/// a one-line message containing `want`, and write nothing.
+/// Unlock and verify of `bytes` as `t.gguf` in `dir` both refuse, with `want`.
 fn refused(dir: &Path, bytes: &[u8], want: &str, what: &str) {
-    std::fs::write(dir.join("t.gguf"), bytes).unwrap();
-    let before = std::fs::read_dir(dir).unwrap().count();
-    for args in [
-        &["unlock", "t.gguf", "-o", "out.gguf", "--key-file", "key"][..],
-        &["verify", "t.gguf", "--key-file", "key"][..],
-    ] {
-        let o = run(dir, args);
-        let e = stderr(&o);
-        assert!(!o.status.success(), "{what}: {args:?} succeeded");
-        assert!(e.contains(want), "{what}: {e}");
-        assert_eq!(e.trim_end().lines().count(), 1, "{what}: {e}");
-        assert!(!dir.join("out.gguf").exists(), "{what}");
-        assert_eq!(
-            std::fs::read_dir(dir).unwrap().count(),
-            before,
-            "{what}: a temporary was left"
-        );
-    }
+    refused_by_unlock_and_verify(dir, "gguf", bytes, want, what);
 }
 
 #[test]

@@ -174,3 +174,33 @@ pub fn hex_bytes(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
 }
+
+/// A CLI run's standard error, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs unlock and verify on `bytes` written as `t.EXT` in `dir` (which holds `key`):
+/// both must fail with a one-line message containing `want`, and write nothing, not
+/// even a temporary.
+pub fn refused_by_unlock_and_verify(dir: &Path, ext: &str, bytes: &[u8], want: &str, what: &str) {
+    let (input, output) = (format!("t.{ext}"), format!("out.{ext}"));
+    std::fs::write(dir.join(&input), bytes).unwrap();
+    let before = std::fs::read_dir(dir).unwrap().count();
+    for args in [
+        &["unlock", &input, "-o", &output, "--key-file", "key"][..],
+        &["verify", &input, "--key-file", "key"][..],
+    ] {
+        let o = deeplock(dir, args, None);
+        let e = stderr(&o);
+        assert!(!o.status.success(), "{what}: {args:?} succeeded");
+        assert!(e.contains(want), "{what}: {e}");
+        assert_eq!(e.trim_end().lines().count(), 1, "{what}: {e}");
+        assert!(!dir.join(&output).exists(), "{what}");
+        assert_eq!(
+            std::fs::read_dir(dir).unwrap().count(),
+            before,
+            "{what}: a temporary was left"
+        );
+    }
+}
