@@ -22,7 +22,7 @@ use crate::checkpoint;
 use crate::dtype::Dtype;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::format::{self, Container, Layout, Piece};
+use crate::format::{self, Container, Joined, Layout, Part, Piece};
 use crate::header::{Header, TensorEntry};
 use crate::key::MasterKey;
 use crate::lock_info::LockInfo;
@@ -173,13 +173,25 @@ fn shards(dir: &Path, listing: &walk::Listing) -> Result<Vec<PathBuf>> {
 }
 
 /// Lists the directory input `dir` as [`walk::list`] does, leaving out its checkpoint
-/// record: it is never copied (lock and upgrade write a new one, unlock none), and
-/// checking and joining read it on its own.
+/// record (it is never copied: lock and upgrade write a new one, unlock none, and
+/// checking and joining read it on its own) and the data files of its models (a TF.js
+/// model's weight files), which are read and written with their model.
 fn list_dir(dir: &Path, protected: &[PathBuf], exclude: Option<&GlobSet>) -> Result<walk::Listing> {
     let mut listing = walk::list(dir, protected, exclude)?;
     listing
         .files
         .retain(|e| e.rel != Path::new(checkpoint::RECORD_NAME));
+    // A model's data files (a TF.js model's weight files) go with it, not on their own.
+    let mut owned = std::collections::HashSet::new();
+    for e in &listing.files {
+        if e.kind == Kind::Model(format::Format::Tfjs) {
+            let dir_rel = e.rel.parent().unwrap_or(Path::new(""));
+            for d in open_container(&dir.join(&e.rel))?.data_files() {
+                owned.insert(dir_rel.join(&d.name));
+            }
+        }
+    }
+    listing.files.retain(|e| !owned.contains(&e.rel));
     Ok(listing)
 }
 
@@ -316,21 +328,29 @@ fn plan_unlock(path: &Path, key: &MasterKey) -> Result<FilePlan> {
 }
 
 /// A model file being written: its plan, its input (opened and parsed again, to catch a
-/// file changed since planning) and the temporary its output is written into.
+/// file changed since planning) and the temporaries its output is written into.
 struct Shard<'o> {
     src: PathBuf,
     /// The output as the user named it, for messages.
     dst: PathBuf,
-    input: File,
+    input: format::ModelFiles,
     out: &'o mut File,
+    /// The output's data files ([`Container::data_files`]), each as the user will see
+    /// it and its temporary, in the input's order.
+    data_out: Vec<(PathBuf, &'o File)>,
     plan: FilePlan,
 }
 
 impl<'o> Shard<'o> {
-    fn open(src: &Path, dst: &Path, out: &'o mut File, plan: FilePlan) -> Result<Self> {
-        let mut input = open(src)?;
-        let changed = format::open(&mut input, src)?.tensors() != plan.input.tensors();
-        if changed {
+    fn open(
+        src: &Path,
+        dst: &Path,
+        out: &'o mut File,
+        data_out: Vec<(PathBuf, &'o File)>,
+        plan: FilePlan,
+    ) -> Result<Self> {
+        let (input, container) = format::open_path(src)?;
+        if container.tensors() != plan.input.tensors() {
             return Err(Error::format(
                 src,
                 "the file changed while being read; try again",
@@ -341,17 +361,38 @@ impl<'o> Shard<'o> {
             dst: dst.to_path_buf(),
             input,
             out,
+            data_out,
             plan,
         })
+    }
+
+    /// The output's files as one run, cut as the input's are: the model file, then its
+    /// data files, each as long as the input's.
+    fn out_run(&self) -> Joined<'_> {
+        if self.data_out.is_empty() {
+            return Joined::one(self.out, &self.dst);
+        }
+        let lens = self.input.lens();
+        let data: u64 = lens[1..].iter().sum();
+        let main = self.plan.layout.len(&*self.plan.input) - data;
+        let mut parts = vec![Part {
+            file: self.out,
+            path: &self.dst,
+            len: main,
+        }];
+        for ((path, file), &len) in self.data_out.iter().zip(&lens[1..]) {
+            parts.push(Part { file, path, len });
+        }
+        Joined::new(parts)
     }
 
     fn stream(&self) -> pipeline::Stream<'_> {
         let plan = &self.plan;
         pipeline::Stream {
             path: &self.src,
-            input: &self.input,
+            input: self.input.joined(),
             dst: &self.dst,
-            out: Some(&*self.out),
+            out: Some(self.out_run()),
             container: &*plan.input,
             layout: &plan.layout,
             ciphers: &plan.ciphers,
@@ -376,12 +417,19 @@ impl<'o> Shard<'o> {
                 let lock = plan.lock.as_mut().expect("a sealed output is locked");
                 sealer.finish(lock, plan.input.tensors(), &plan.layout.metadata)?;
                 let done = plan.input.layout(Some(lock))?;
-                patch_bytes(self.out, &self.dst, &plan.layout, &done, &*plan.input)?;
+                let plan = &self.plan;
+                patch_bytes(
+                    &self.out_run(),
+                    &self.dst,
+                    &plan.layout,
+                    &done,
+                    &*plan.input,
+                )?;
             }
             Auth::Check(checker) => check_tags(&checker, plan.input.tensors().len(), tags)?,
             Auth::Unauthenticated => {}
         }
-        check_written(self.out, &self.dst, plan, key)
+        check_written(self.out, &self.dst, &self.plan, key)
     }
 }
 
@@ -422,7 +470,7 @@ fn stream_all(
 /// the file was streamed with: the same pieces, whose new bytes differ only in the tags
 /// (fixed-length hex) that were zero while the tensors streamed.
 fn patch_bytes(
-    out: &mut File,
+    out: &Joined,
     dst: &Path,
     written: &Layout,
     done: &Layout,
@@ -438,7 +486,7 @@ fn patch_bytes(
                 )));
             }
             if old != new {
-                pipeline::write_at(out, dst, at, new, None)?;
+                pipeline::write_joined(out, dst, at, new, None)?;
             }
         }
         at += w.len(container);
@@ -526,9 +574,23 @@ fn run(
     if !meta.is_dir() {
         let p = plan(input)?;
         output::check_space(output, p.layout.len(&*p.input))?;
-        output::write_file(output, opts.force, &like(input), |f| {
+        // A model of several files (TF.js) is written with its data files beside the
+        // output, under the same names, all renamed into place together.
+        let mut paths = vec![output.to_path_buf()];
+        let out_dir = output.parent().unwrap_or(Path::new(""));
+        for d in p.input.data_files() {
+            let to = out_dir.join(&d.name);
+            output::check(&d.path, &to, opts.force, &protected)?;
+            if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            paths.push(to);
+        }
+        output::write_files(&paths, opts.force, &like(input), |files| {
             count(input, &p, &mut report);
-            let mut shards = [Shard::open(input, output, f, p)?];
+            let (out, data) = files.split_first_mut().expect("the model file is first");
+            let data_out = paths[1..].iter().cloned().zip(data.iter()).collect();
+            let mut shards = [Shard::open(input, output, out, data_out, p)?];
             stream_all(&mut shards, &[], dir, key, engine, opts)
         })?;
         report.seconds = started.elapsed().as_secs_f64();
@@ -574,15 +636,41 @@ fn run(
                 .collect::<Result<Vec<File>>>()?;
             let shown: Vec<PathBuf> = group.iter().map(|e| output.join(&e.rel)).collect();
             let srcs: Vec<PathBuf> = group.iter().map(|e| input.join(&e.rel)).collect();
+            let group_plans: Vec<Option<FilePlan>> = group
+                .iter()
+                .map(|e| {
+                    matches!(e.kind, Kind::Model(_))
+                        .then(|| plans.next().expect("one plan per shard"))
+                })
+                .collect();
+            // The data files of the group's models (a TF.js model's weight files), each
+            // as shown and its file, written beside the model file.
+            let data_outs = group
+                .iter()
+                .zip(&group_plans)
+                .map(|(e, p)| {
+                    let dir_rel = e.rel.parent().unwrap_or(Path::new(""));
+                    let data = p.iter().flat_map(|p| p.input.data_files());
+                    data.map(|d| {
+                        let rel = dir_rel.join(&d.name);
+                        let f = output::create_private_file(&tmp.join(&rel))?;
+                        Ok((output.join(&rel), tmp.join(&rel), f))
+                    })
+                    .collect::<Result<Vec<_>>>()
+                })
+                .collect::<Result<Vec<_>>>()?;
             // The other files: opened with their lengths, copied beside the shards.
             {
                 let mut others = Vec::new();
                 let mut shards = Vec::new();
-                for (((e, out), src), dst) in group.iter().zip(&mut outs).zip(&srcs).zip(&shown) {
-                    if matches!(e.kind, Kind::Model(_)) {
-                        let p = plans.next().expect("one plan per shard");
+                let each = group.iter().zip(&mut outs).zip(&srcs).zip(&shown);
+                for ((((e, out), src), dst), (p, data)) in
+                    each.zip(group_plans.into_iter().zip(&data_outs))
+                {
+                    if let Some(p) = p {
                         count(src, &p, &mut report);
-                        shards.push(Shard::open(src, dst, out, p)?);
+                        let data = data.iter().map(|(d, _, f)| (d.clone(), f)).collect();
+                        shards.push(Shard::open(src, dst, out, data, p)?);
                     } else {
                         let from = open(src)?;
                         let len = from.metadata().map_err(|err| Error::io(src, err))?.len();
@@ -608,6 +696,14 @@ fn run(
             for ((e, f), (src, dst)) in group.iter().zip(&outs).zip(srcs.iter().zip(&shown)) {
                 f.sync_all().map_err(|err| Error::io(dst, err))?;
                 like(src).apply(&tmp.join(&e.rel))?;
+            }
+            for ((shown, at, f), src) in data_outs
+                .iter()
+                .zip(&srcs)
+                .flat_map(|(d, src)| d.iter().map(move |x| (x, src)))
+            {
+                f.sync_all().map_err(|err| Error::io(shown, err))?;
+                like(src).apply(at)?;
             }
         }
         if dir == Direction::Lock {
@@ -936,7 +1032,7 @@ pub fn verify(path: &Path, key: &MasterKey) -> Result<Verification> {
 /// A v2 file opened to be verified: its tensors, in file order, as the layout to read.
 struct ToVerify {
     path: PathBuf,
-    file: File,
+    file: format::ModelFiles,
     container: Box<dyn Container>,
     checker: Checker,
     layout: Layout,
@@ -978,7 +1074,7 @@ fn verify_files(paths: &[PathBuf], key: &MasterKey, done: &mut Verification) -> 
         .iter()
         .map(|v| pipeline::Stream {
             path: &v.path,
-            input: &v.file,
+            input: v.file.joined(),
             dst: &v.path,
             out: None,
             container: &*v.container,
@@ -1080,9 +1176,9 @@ mod tests {
         let input = File::open(&path).unwrap();
         let stream = pipeline::Stream {
             path: &path,
-            input: &input,
+            input: Joined::one(&input, &path),
             dst: &path,
-            out: Some(&out),
+            out: Some(Joined::one(&out, &path)),
             container: &*plan.input,
             layout: &plan.layout,
             ciphers: &plan.ciphers,

@@ -295,6 +295,12 @@ impl Header {
 /// to deeplock's checks and another to the framework that loads the file.
 struct Unique(Value);
 
+/// Parses `text` as JSON, refusing an object that holds a key twice (see [`Unique`]):
+/// for every JSON file deeplock binds (a TF.js `model.json`, the checkpoint record).
+pub(crate) fn parse_unique(text: &str) -> serde_json::Result<Value> {
+    serde_json::from_str::<Unique>(text).map(|Unique(v)| v)
+}
+
 impl<'de> Deserialize<'de> for Unique {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         d.deserialize_any(UniqueVisitor).map(Unique)

@@ -4,7 +4,6 @@
 //! place, and write a locked file straight from tensors in memory. No plaintext ever
 //! reaches a file, and nothing unverified is ever handed out.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -22,7 +21,7 @@ use crate::CpuLocker;
 /// A locked v2 model file opened for reading under its key: the key and the header tag
 /// are checked when it is opened, each tensor's tag when it is read.
 pub struct Reader {
-    file: File,
+    file: format::ModelFiles,
     path: PathBuf,
     container: Box<dyn Container>,
     checker: Checker,
@@ -108,7 +107,7 @@ impl Reader {
             .enumerate()
             .map(|(c, chunk)| {
                 let at = (c * CHUNK_LEN) as u64;
-                read_at(&self.file, &self.path, range.start + at, chunk)?;
+                self.file.read_at(range.start + at, chunk)?;
                 let tag = self.checker.key().chunk_tag(index, c as u64, chunk);
                 if let Some(cipher) = cipher {
                     self.locker.apply(cipher, Direction::Unlock, at, chunk);
@@ -162,7 +161,7 @@ impl Reader {
             match piece {
                 Piece::Bytes(b) => dst.copy_from_slice(b),
                 Piece::Tensor(i) => self.read_into(*i, dst)?,
-                Piece::Copy(r) => read_at(&self.file, &self.path, r.start, dst)?,
+                Piece::Copy(r) => self.file.read_at(r.start, dst)?,
             }
             at += n;
         }
@@ -172,29 +171,6 @@ impl Reader {
 
 fn too_large(path: &Path) -> Error {
     Error::format(path, "too large to hold in this process's memory")
-}
-
-/// Reads `buf.len()` bytes of `file` from `offset`, without moving a shared position
-/// (readers of different tensors may run at once).
-fn read_at(file: &File, path: &Path, offset: u64, buf: &mut [u8]) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileExt;
-        file.read_exact_at(buf, offset).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                Error::format(path, "truncated: the file ended inside a tensor")
-            }
-            _ => Error::io(path, e),
-        })
-    }
-    #[cfg(not(unix))]
-    {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = file;
-        f.seek(SeekFrom::Start(offset))
-            .and_then(|_| f.read_exact(buf))
-            .map_err(|e| Error::io(path, e))
-    }
 }
 
 /// Unlocks the locked model file at `path` under `key` into memory, checked first:

@@ -476,22 +476,57 @@ pub fn write_file<T>(
     access: &Access,
     write: impl FnOnce(&mut File) -> Result<T>,
 ) -> Result<T> {
-    let dir = parent_dir(path);
-    let prefix = temp_prefix(path);
-    let _registered = Registered::new(dir, &prefix);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    let value = write(tmp.as_file_mut())?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    access.apply(tmp.path())?;
-    let persisted = if force {
-        tmp.persist(path).map(drop)
-    } else {
-        tmp.persist_noclobber(path).map(drop)
-    };
-    persisted.map_err(|e| exists_error(path, e.error))?;
+    write_files(&[path.to_path_buf()], force, access, |files| {
+        write(&mut files[0])
+    })
+}
+
+/// Writes the files `paths` through `write` as [`write_file`] writes one (a model of
+/// several files: a TF.js `model.json` and its weight files): each into a temporary
+/// beside it, and all renamed into place only once `write` succeeded and every one was
+/// synced. Without `force` no existing path is replaced; if a rename fails, the files
+/// already renamed are removed again, so that no part of the set is left behind.
+pub fn write_files<T>(
+    paths: &[PathBuf],
+    force: bool,
+    access: &Access,
+    write: impl FnOnce(&mut [File]) -> Result<T>,
+) -> Result<T> {
+    let mut registered = Vec::with_capacity(paths.len());
+    let (mut files, mut temps) = (Vec::new(), Vec::new());
+    for path in paths {
+        let dir = parent_dir(path);
+        let prefix = temp_prefix(path);
+        registered.push(Registered::new(dir, &prefix));
+        let (file, temp) = tempfile::Builder::new()
+            .prefix(&prefix)
+            .tempfile_in(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .into_parts();
+        files.push(file);
+        temps.push(temp);
+    }
+    let value = write(&mut files)?;
+    for ((file, temp), path) in files.iter().zip(&temps).zip(paths) {
+        file.sync_all().map_err(|e| Error::io(path, e))?;
+        access.apply(temp)?;
+    }
+    drop(files);
+    let mut done: Vec<&Path> = Vec::new();
+    for (temp, path) in temps.into_iter().zip(paths) {
+        let persisted = if force {
+            temp.persist(path).map(drop)
+        } else {
+            temp.persist_noclobber(path).map(drop)
+        };
+        if let Err(e) = persisted {
+            for p in done {
+                let _ = fs::remove_file(p);
+            }
+            return Err(exists_error(path, e.error));
+        }
+        done.push(path);
+    }
     Ok(value)
 }
 

@@ -33,7 +33,7 @@ use crate::authenticate::{Checker, Sealer};
 use crate::cpu::CpuLocker;
 use crate::engine::{Chunk, Engine, Span};
 use crate::error::{Error, Result};
-use crate::format::{Container, Layout, Piece};
+use crate::format::{read_exact_at, write_all_at, Container, Joined, Layout, Piece};
 use crate::scheme::{Direction, TensorCipher};
 
 /// Default bound on the bytes of file data held in memory at once by one lock, unlock or
@@ -99,11 +99,13 @@ pub(super) type ChunkTag = (usize, u64, Tag);
 pub(super) struct Stream<'a> {
     /// The input, for messages.
     pub path: &'a Path,
-    pub input: &'a File,
+    /// The input's files as one run ([`Container::byte_range`]'s offsets).
+    pub input: Joined<'a>,
     /// The output as the user named it, for messages.
     pub dst: &'a Path,
-    /// `None` to read and tag only (verify).
-    pub out: Option<&'a File>,
+    /// The output's files as one run, cut as the input is (a TF.js model: `model.json`,
+    /// then its weight files); `None` to read and tag only (verify).
+    pub out: Option<Joined<'a>>,
     pub container: &'a dyn Container,
     pub layout: &'a Layout,
     /// Each tensor's cipher, `None` to pass its bytes through.
@@ -246,7 +248,11 @@ impl Stream<'_> {
                 pos += segs[k].len;
                 k += 1;
             }
-            read_at(self.input, self.path, start, &mut buf[run_at..pos], fault)
+            let run = &mut buf[run_at..pos];
+            self.input
+                .each(start, run.len(), |p, off, r| {
+                    read_at(p.file, p.path, off, &mut run[r], fault)
+                })
                 .map_err(|e| self.read_error(&segs[first].source, e))?;
         }
         Ok(())
@@ -305,8 +311,8 @@ impl Stream<'_> {
 
     /// Writes `b`'s bytes from `buf` at its place in the output (nothing for verify).
     fn write(&self, b: &Batch, buf: &[u8], fault: Option<Fault>) -> Result<()> {
-        match self.out {
-            Some(out) => write_at(out, self.dst, b.out_at, buf, fault),
+        match &self.out {
+            Some(out) => write_joined(out, self.dst, b.out_at, buf, fault),
             None => Ok(()),
         }
     }
@@ -749,44 +755,38 @@ fn read_at(
     if let Some(f) = fault {
         f(Io::Read, path, at, buf.len() as u64)?;
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileExt;
-        file.read_exact_at(buf, at)
-    }
-    #[cfg(not(unix))]
-    {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = file;
-        f.seek(SeekFrom::Start(at))?;
-        f.read_exact(buf)
-    }
+    read_exact_at(file, at, buf)
 }
 
-/// Writes all of `buf` into `file` at `at`, without a shared position.
-pub(super) fn write_at(
-    file: &File,
+/// Writes all of `buf` into the run `out` at `at`, each piece into the file it lies in.
+pub(super) fn write_joined(
+    out: &Joined,
     dst: &Path,
     at: u64,
     buf: &[u8],
     fault: Option<Fault>,
 ) -> Result<()> {
+    let mut failed = None;
+    let r = out.each(at, buf.len(), |p, off, r| {
+        write_at(p.file, p.path, off, &buf[r], fault).map_err(|e| {
+            failed = Some(e);
+            std::io::Error::other("write failed")
+        })
+    });
+    match (failed, r) {
+        (Some(e), _) => Err(e),
+        (None, Err(e)) => Err(Error::io(dst, e)),
+        (None, Ok(())) => Ok(()),
+    }
+}
+
+/// Writes all of `buf` into `file` at `at`, without a shared position.
+fn write_at(file: &File, dst: &Path, at: u64, buf: &[u8], fault: Option<Fault>) -> Result<()> {
     let write = || -> std::io::Result<()> {
         if let Some(f) = fault {
             f(Io::Write, dst, at, buf.len() as u64)?;
         }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::FileExt;
-            file.write_all_at(buf, at)
-        }
-        #[cfg(not(unix))]
-        {
-            use std::io::{Seek, SeekFrom, Write};
-            let mut f = file;
-            f.seek(SeekFrom::Start(at))?;
-            f.write_all(buf)
-        }
+        write_all_at(file, at, buf)
     };
     write().map_err(|e| Error::io(dst, e))
 }

@@ -48,18 +48,19 @@ const WEIGHT_EXTENSIONS: [(&str, &str); 21] = [
 ];
 
 /// What the regular file at `path`, of `len` bytes, holds. Reads at most its first
-/// 128 bytes.
+/// 128 bytes, and the whole of a `.json` file that may be a TF.js `model.json`.
 pub fn classify(path: &Path, len: u64) -> Result<Kind> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    if let Some(format) = crate::format::detect(&mut file, path)? {
+        return Ok(Kind::Model(format));
+    }
     let mut head = Vec::with_capacity(Format::HEAD_LEN);
-    File::open(path)
-        .and_then(|f| f.take(Format::HEAD_LEN as u64).read_to_end(&mut head))
+    file.take(Format::HEAD_LEN as u64)
+        .read_to_end(&mut head)
         .map_err(|e| Error::io(path, e))?;
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
-    if let Some(format) = Format::detect(&head, len, ext.as_deref()) {
-        return Ok(Kind::Model(format));
-    }
     if len <= 128 && looks_like_key(&head) {
         return Ok(Kind::Key);
     }

@@ -11,14 +11,19 @@
 //! are and how its header changes.
 
 pub mod gguf;
+mod joined;
 pub mod onnx;
 pub mod safetensors;
+pub mod tfjs;
 pub mod tflite;
+
+pub(crate) use joined::{read_exact_at, write_all_at};
+pub use joined::{Joined, ModelFiles, Part};
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
@@ -68,6 +73,28 @@ pub trait Container: Send + Sync {
     fn left_clear(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+
+    /// The other files the model's bytes lie in, after the model file itself (a TF.js
+    /// model's weight files): [`Container::byte_range`] counts offsets over the model
+    /// file and these, one after another ([`Joined`]), and a lock or unlock writes each
+    /// of them beside its output, the same length. None for a model of one file.
+    fn data_files(&self) -> &[DataFile] {
+        &[]
+    }
+}
+
+/// A file a model's bytes lie in besides the model file ([`Container::data_files`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataFile {
+    /// Its name as the model gives it, relative to the model file's directory
+    /// (`/`-separated).
+    pub name: String,
+    /// Its path: the model file's directory joined with `name`.
+    pub path: PathBuf,
+    /// For the last file of a group of files that together hold a known number of the
+    /// model's bytes (a TF.js manifest group): the offset, over all the data files, at
+    /// which the group ends, which the files' lengths must meet exactly.
+    pub group_end: Option<u64>,
 }
 
 /// The pieces of an output file, in order, and the metadata it will carry.
@@ -137,11 +164,13 @@ pub fn open_regular(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-/// Opens the model file at `path` in its format: the file, and what it holds.
-pub fn open_path(path: &Path) -> Result<(File, Box<dyn Container>)> {
+/// Opens the model at `path` in its format: its files (the model file and the data
+/// files it names, each checked to be there with the length it needs), and what it
+/// holds.
+pub fn open_path(path: &Path) -> Result<(ModelFiles, Box<dyn Container>)> {
     let mut file = open_regular(path)?;
     let container = open(&mut file, path)?;
-    Ok((file, container))
+    Ok((ModelFiles::open(path, file, &*container)?, container))
 }
 
 /// A file format deeplock locks in place. Each has a module here implementing
@@ -157,6 +186,8 @@ pub enum Format {
     Onnx,
     /// GGUF (llama.cpp): the magic `GGUF`, key-values, tensor infos, the data section.
     Gguf,
+    /// TensorFlow.js: a `model.json` and the weight files its manifest names.
+    Tfjs,
 }
 
 impl Format {
@@ -196,13 +227,15 @@ impl Format {
             Format::Tflite => "TensorFlow Lite",
             Format::Onnx => "ONNX",
             Format::Gguf => "GGUF",
+            Format::Tfjs => "TensorFlow.js",
         }
     }
 }
 
 /// The format of the regular file `file` at `path`, as [`Format::detect`] tells it from
-/// its first bytes and its name; `None` for none deeplock locks. Leaves `file` where it
-/// was.
+/// its first bytes and its name, or a TF.js `model.json` ([`tfjs::is_model`], which
+/// reads a `.json` file beginning with `{`); `None` for none deeplock locks. Leaves
+/// `file` where it was.
 pub fn detect(file: &mut File, path: &Path) -> Result<Option<Format>> {
     use std::io::{Read, Seek, SeekFrom};
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
@@ -219,7 +252,10 @@ pub fn detect(file: &mut File, path: &Path) -> Result<Option<Format>> {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
-    Ok(Format::detect(&head, len, ext.as_deref()))
+    if let Some(f) = Format::detect(&head, len, ext.as_deref()) {
+        return Ok(Some(f));
+    }
+    Ok(tfjs::is_model(file, path, &head, len)?.then_some(Format::Tfjs))
 }
 
 /// Opens the model file at `path`, opened as `file` (a regular file), in its format.
@@ -231,5 +267,6 @@ pub fn open(file: &mut File, path: &Path) -> Result<Box<dyn Container>> {
         Format::Tflite => Ok(Box::new(tflite::Tflite::read(file, path)?)),
         Format::Onnx => Ok(Box::new(onnx::Onnx::read(file, path)?)),
         Format::Gguf => Ok(Box::new(gguf::Gguf::read(file, path)?)),
+        Format::Tfjs => Ok(Box::new(tfjs::Tfjs::read(file, path)?)),
     }
 }

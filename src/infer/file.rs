@@ -3,8 +3,6 @@
 //! both runtimes load from: the CPU unlocks the bytes in memory and decodes them, the
 //! GPU uploads them as they are.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::authenticate::Checker;
@@ -41,7 +39,7 @@ pub(crate) fn tensor_ciphers<'a>(
 /// A safetensors file opened for `arch`.
 pub(crate) struct ModelFile {
     path: PathBuf,
-    file: File,
+    file: crate::format::ModelFiles,
     /// Where each of the plan's tensors lies in the file: (offset, bytes).
     spans: Vec<(u64, u64)>,
     /// Each of the plan's tensors' position in the container.
@@ -128,10 +126,7 @@ impl ModelFile {
     pub(crate) fn read(&mut self, i: usize, out: &mut [u8]) -> Result<()> {
         let (offset, len) = self.spans[i];
         debug_assert_eq!(out.len() as u64, len);
-        self.file
-            .seek(SeekFrom::Start(offset))
-            .and_then(|_| self.file.read_exact(out))
-            .map_err(|e| Error::io(&self.path, e))?;
+        self.file.read_at(offset, out)?;
         match &self.checker {
             Some(c) => c.check_bytes(self.entries[i], out),
             None => Ok(()),
