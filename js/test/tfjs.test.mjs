@@ -59,7 +59,10 @@ function checkLayout(m) {
   const r = `,"deeplock":${JSON.stringify(record)}`;
   const p = j.trimEnd().length - 1;
   assert.equal(l, j.slice(0, p) + r + j.slice(p), "locked model.json = J[0..p] || ,\"deeplock\":R || J[p..]");
-  assert.deepEqual(readdirSync(m.locked).sort(), readdirSync(m.orig).sort());
+  // Same files, plus the directory's checkpoint record naming model.json by its T_H.
+  assert.deepEqual(readdirSync(m.locked).sort(), [...readdirSync(m.orig), "deeplock.checkpoint"].sort());
+  const checkpoint = JSON.parse(readFileSync(join(m.locked, "deeplock.checkpoint"), "utf8"));
+  assert.deepEqual(checkpoint.shards, { "model.json": record["deeplock.mac"] });
   for (const f of readdirSync(m.orig)) {
     if (f === "model.json") continue;
     assert.equal(readFileSync(join(m.locked, f)).length, readFileSync(join(m.orig, f)).length, `${f} keeps its length`);
