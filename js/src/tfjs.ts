@@ -274,10 +274,16 @@ async function unlockWith(
   const paths = m.groups.flatMap((g) => g.paths);
   const files: Uint8Array[] = new Array<Uint8Array>(paths.length);
   let next = 0;
+  let failed = false;
   const worker = async () => {
-    while (next < paths.length) {
+    while (next < paths.length && !failed) {
       const i = next++;
-      files[i] = await read(paths[i]!, onBytes);
+      try {
+        files[i] = await read(paths[i]!, onBytes);
+      } catch (e) {
+        failed = true;
+        throw e;
+      }
     }
   };
   await Promise.all(Array.from({ length: Math.min(FETCHES, paths.length) }, worker));
@@ -432,7 +438,11 @@ export function io(url: string, key: KeyInput, options: IoOptions = {}): IOHandl
       shown.search = "";
       shown.hash = "";
       const what = shown.href;
-      const modelJson = await get(doFetch, options.requestInit, base, what, "model.json", () => {});
+      let size = 0;
+      const modelJson = await get(doFetch, options.requestInit, base, what, "model.json", (n) => {
+        size += n;
+        if (size > MAX_MODEL_JSON) throw new BadFileError(what, `model.json is over the limit of ${MAX_MODEL_JSON} bytes`);
+      });
       const read: Reader = (path, onBytes) =>
         get(doFetch, options.requestInit, new URL(path, base), what, `weight file ${JSON.stringify(path)}`, onBytes);
       return unlockWith(modelJson, read, key, what, options.onProgress);
