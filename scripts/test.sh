@@ -85,12 +85,21 @@ DEEPLOCK_CLI="$PWD/target/debug/deeplock" KERAS_BACKEND=torch "$py_env/bin/pytho
 
 # The npm package (js/): its exact devDependencies from package-lock.json (npm's cache
 # kept under ~/.cache/deeplock/npm), compiled strict by tsc, then node --test against
-# the compiled dist and the CLI built above.
+# the compiled dist and the CLI built above, and in chromium.
 if ! command -v npm >/dev/null; then
     echo "scripts/test.sh: installing Node.js and npm for js/"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
 fi
+# Debian's chromium, for js/test/browser.test.mjs (driven by playwright-core); a missing
+# browser fails that test instead of skipping it.
+if [ ! -x "${DEEPLOCK_CHROMIUM:-/usr/bin/chromium}" ]; then
+    packages=(chromium)
+    echo "scripts/test.sh: installing chromium for js/test/browser.test.mjs"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+fi
+export DEEPLOCK_REQUIRE_BROWSER="${DEEPLOCK_REQUIRE_BROWSER:-1}"
 npm ci --prefix js --no-audit --no-fund --cache "$HOME/.cache/deeplock/npm"
 npx --prefix js tsc -p js
 DEEPLOCK_CLI="$PWD/target/debug/deeplock" node --test js/test/*.test.mjs

@@ -120,6 +120,66 @@ export function headerMessage(
 /** Progress of a verification and unlock: bytes done of bytes in all. */
 export type Progress = (done: number, total: number) => void;
 
+/** A container whose KCV2 and header tag passed: what its tensor checks need. */
+export interface VerifiedHeader {
+  master: CryptoKey;
+  what: string;
+  entries: readonly Entry[];
+  record: RecordV2;
+  /** `K_file` for GMAC. */
+  gcm: CryptoKey;
+  /** `order[t]` is the index in `entries` of the tensor at index `t`. */
+  order: number[];
+  locked: ReadonlySet<string>;
+}
+
+/**
+ * Steps 2 and 3 of verifying a v2 container, on its header alone: KCV2 (else
+ * {@link WrongKeyError}), then the header tag (else {@link TamperedError}). `metadata` is
+ * every metadata entry but the seven record keys; `what` names the file in messages.
+ */
+export async function verifyHeader(
+  master: CryptoKey,
+  what: string,
+  entries: readonly Entry[],
+  record: RecordV2,
+  metadata: readonly [string, string][],
+): Promise<VerifiedHeader> {
+  const keys = await fileKeys(master, record.salt);
+  if (!equalBytes(keys.kcv2, record.kcv)) throw new WrongKeyError(what);
+  const order = indexOrder(entries);
+  const mh = headerMessage(record, keys.kcv2, order.map((i) => entries[i]!), metadata);
+  const th = await gmac(keys.gcm, nonce(0xffffffff, 0xffffffffffffffffn), mh);
+  if (!equalBytes(th, record.mac)) throw new TamperedError("the header", what);
+  return { master, what, entries, record, gcm: keys.gcm, order, locked: new Set(record.locked) };
+}
+
+/**
+ * Step 4: every tensor's tag over `bytes(i)`, its stored bytes (else
+ * {@link TamperedError} naming it). `onTensor` is told each tensor's length once its tag
+ * passed.
+ */
+export async function verifyTensors(
+  h: VerifiedHeader,
+  bytes: (i: number) => Uint8Array,
+  onTensor?: (length: number) => void,
+): Promise<void> {
+  await Promise.all(
+    h.order.map(async (i, t) => {
+      const e = h.entries[i]!;
+      const tag = await tensorTag(h.gcm, t, e, h.locked.has(e.name), bytes(i));
+      if (!equalBytes(tag, h.record.tags[t]!)) throw new TamperedError(`tensor ${JSON.stringify(e.name)}`, h.what);
+      onTensor?.(e.end - e.start);
+    }),
+  );
+}
+
+/** Unlocks in place `data`, the stored bytes of entry `i` of a verified container (a no-op for a tensor left clear). */
+export async function unlockEntry(h: VerifiedHeader, i: number, data: Uint8Array): Promise<void> {
+  const e = h.entries[i]!;
+  if (h.locked.has(e.name)) await unlockInPlace(h.master, await tensorNonce(h.record.salt, e.name), 0, data);
+}
+
 /**
  * Checks a v2 container and unlocks it: KCV2 (else {@link WrongKeyError}), the header
  * tag, then each tensor's tag (else {@link TamperedError}); then returns every entry's
@@ -136,34 +196,20 @@ export async function verifyAndUnlock(
   bytes: (i: number) => Uint8Array,
   onProgress?: Progress,
 ): Promise<Uint8Array[]> {
-  const keys = await fileKeys(master, record.salt);
-  if (!equalBytes(keys.kcv2, record.kcv)) throw new WrongKeyError(what);
-  const order = indexOrder(entries);
-  const ordered = order.map((i) => entries[i]!);
-  const mh = headerMessage(record, keys.kcv2, ordered, metadata);
-  const th = await gmac(keys.gcm, nonce(0xffffffff, 0xffffffffffffffffn), mh);
-  if (!equalBytes(th, record.mac)) throw new TamperedError("the header", what);
-  const locked = new Set(record.locked);
+  const h = await verifyHeader(master, what, entries, record, metadata);
   const total = entries.reduce((s, e) => s + (e.end - e.start), 0);
   let done = 0;
+  const step = (length: number) => {
+    done += length / 2;
+    onProgress?.(done, total);
+  };
   // Tags first, every one, before a single byte is unlocked.
-  await Promise.all(
-    order.map(async (i, t) => {
-      const e = entries[i]!;
-      const tag = await tensorTag(keys.gcm, t, e, locked.has(e.name), bytes(i));
-      if (!equalBytes(tag, record.tags[t]!)) throw new TamperedError(`tensor ${JSON.stringify(e.name)}`, what);
-      done += (e.end - e.start) / 2;
-      onProgress?.(done, total);
-    }),
-  );
+  await verifyTensors(h, bytes, step);
   return Promise.all(
     entries.map(async (e, i) => {
       const out = bytes(i).slice();
-      if (locked.has(e.name)) {
-        await unlockInPlace(master, await tensorNonce(record.salt, e.name), 0, out);
-      }
-      done += (e.end - e.start) / 2;
-      onProgress?.(done, total);
+      await unlockEntry(h, i, out);
+      step(e.end - e.start);
       return out;
     }),
   );

@@ -62,3 +62,16 @@ export class BadKeyError extends DeeplockError {
     super("bad-key", `bad key: ${reason}; create one with \`deeplock keygen -o KEYFILE\``);
   }
 }
+
+/** A file of the model could not be read: missing, not served, or the network failed. */
+export class MissingFileError extends DeeplockError {
+  /** The file, as the model names it (`model.json`, a weight file's path). */
+  readonly file: string;
+  constructor(what: string, file: string, detail: string) {
+    super(
+      "missing-file",
+      `${what}: cannot read ${file} (${detail}); copy or serve every file of the locked model (model.json and every weight file its weightsManifest names), or get it again from where it came from`,
+    );
+    this.file = file;
+  }
+}

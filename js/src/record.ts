@@ -1,6 +1,6 @@
 /** The lock record's fields (docs/SPEC.md), read from a format's string map. */
 
-import { SCHEME_V1, SCHEME_V2, type RecordV2 } from "./auth.js";
+import { type Entry, SCHEME_V1, SCHEME_V2, type RecordV2 } from "./auth.js";
 import { fromHex } from "./crypto.js";
 import { BadFileError, NotLockedError, UnauthenticatedError } from "./errors.js";
 import { JsonError, parseJson } from "./json.js";
@@ -73,6 +73,20 @@ export function readRecord(meta: Map<string, string>, tensors: number, what: str
     throw new BadFileError(what, `damaged lock record: deeplock.tags must hold one 32-hex-character tag per tensor (${tensors})`);
   }
   return { version, scheme, salt, kcv, locked, tags: tagText.map(fromHex), mac };
+}
+
+/**
+ * Refuses a record whose `deeplock.locked` names a tensor `entries` lacks or a `BOOL`
+ * one (booleans stay in the clear).
+ */
+export function checkLocked(record: RecordV2, entries: readonly Entry[], what: string): void {
+  const names = new Map(entries.map((e) => [e.name, e]));
+  for (const l of record.locked) {
+    const e = names.get(l);
+    if (e === undefined || e.dtype === "BOOL") {
+      throw new BadFileError(what, `damaged lock record: deeplock.locked names ${JSON.stringify(l)}, which is not a lockable tensor`);
+    }
+  }
 }
 
 const enc = new TextEncoder();

@@ -7,7 +7,7 @@ import { type Entry, type Progress, verifyAndUnlock } from "./auth.js";
 import { masterKey, type KeyInput } from "./crypto.js";
 import { BadFileError } from "./errors.js";
 import { asIndex, type Json, JsonError, parseJson } from "./json.js";
-import { METADATA_KEY, readRecord, RECORD_KEYS } from "./record.js";
+import { checkLocked, METADATA_KEY, readRecord, RECORD_KEYS } from "./record.js";
 
 /** Bits per element of every dtype safetensors names. */
 export const DTYPE_BITS: Readonly<Record<string, number>> = {
@@ -155,13 +155,7 @@ export async function load(bytes: Uint8Array, key: KeyInput, options: LoadOption
   const master = await masterKey(key);
   const h = parseHeader(bytes, what);
   const record = readRecord(h.metadata, h.entries.length, what);
-  const names = new Map(h.entries.map((e) => [e.name, e]));
-  for (const l of record.locked) {
-    const e = names.get(l);
-    if (e === undefined || e.dtype === "BOOL") {
-      throw new BadFileError(what, `damaged lock record: deeplock.locked names ${JSON.stringify(l)}, which is not a lockable tensor`);
-    }
-  }
+  checkLocked(record, h.entries, what);
   const others: [string, string][] = [...h.metadata].filter(([k]) => !(RECORD_KEYS as readonly string[]).includes(k));
   const clear = await verifyAndUnlock(
     master,
