@@ -581,18 +581,22 @@ fn run(
         for d in p.input.data_files() {
             let to = out_dir.join(&d.name);
             output::check(&d.path, &to, opts.force, &protected)?;
-            if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-            }
             paths.push(to);
         }
-        output::write_files(&paths, opts.force, &like(input), |files| {
+        // Subdirectories the data files need below the output's directory, made for
+        // them and removed again if the lock or unlock fails.
+        let made = output::make_parents(out_dir, &paths[1..])?;
+        let written = output::write_files(&paths, opts.force, &like(input), |files| {
             count(input, &p, &mut report);
             let (out, data) = files.split_first_mut().expect("the model file is first");
             let data_out = paths[1..].iter().cloned().zip(data.iter()).collect();
             let mut shards = [Shard::open(input, output, out, data_out, p)?];
             stream_all(&mut shards, &[], dir, key, engine, opts)
-        })?;
+        });
+        if written.is_err() {
+            output::remove_made(&made);
+        }
+        written?;
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }

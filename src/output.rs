@@ -481,6 +481,46 @@ pub fn write_file<T>(
     })
 }
 
+/// Makes the missing directories that `paths` (below `base`, an existing directory)
+/// need, owner-only, and returns them, deepest last, for [`remove_made`]. Nothing above
+/// `base` is made: an output's own directory must exist, as for any output.
+pub fn make_parents(base: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut made = Vec::new();
+    for p in paths {
+        let mut missing = Vec::new();
+        let mut at = p.parent();
+        while let Some(d) = at {
+            if d.as_os_str().is_empty() || d == base || d.exists() {
+                break;
+            }
+            missing.push(d.to_path_buf());
+            at = d.parent();
+        }
+        for d in missing.into_iter().rev() {
+            if !d.starts_with(base) && !base.as_os_str().is_empty() {
+                break;
+            }
+            match fs::create_dir(&d) {
+                Ok(()) => made.push(d),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    remove_made(&made);
+                    return Err(Error::io(&d, e));
+                }
+            }
+        }
+    }
+    Ok(made)
+}
+
+/// Removes the directories [`make_parents`] made, deepest first, where they are still
+/// empty.
+pub fn remove_made(made: &[PathBuf]) {
+    for d in made.iter().rev() {
+        let _ = fs::remove_dir(d);
+    }
+}
+
 /// Writes the files `paths` through `write` as [`write_file`] writes one (a model of
 /// several files: a TF.js `model.json` and its weight files): each into a temporary
 /// beside it, and all renamed into place only once `write` succeeded and every one was

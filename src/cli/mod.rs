@@ -149,9 +149,10 @@ enum Command {
         #[arg(short, long, value_name = "KEYFILE")]
         output: PathBuf,
     },
-    /// Lock a safetensors file or a sharded checkpoint directory.
+    /// Lock a model (safetensors, ONNX, TFLite, GGUF, TF.js) or a checkpoint directory.
     Lock {
-        /// The model: a .safetensors file or a directory of shards.
+        /// The model: a model file (a TF.js model by its model.json, its weight files
+        /// written beside the output) or a directory of them.
         input: PathBuf,
         /// Where to write the locked model.
         #[arg(short, long)]
@@ -166,7 +167,7 @@ enum Command {
         only: Vec<String>,
         #[command(flatten)]
         dir: DirArgs,
-        /// Copy weight files deeplock cannot lock (PyTorch .bin, ONNX, ...) that match
+        /// Copy weight files deeplock cannot lock (PyTorch .bin, Keras .h5, ...) that match
         /// this glob into a directory output as they are, in the clear (repeatable).
         #[arg(long, value_name = "GLOB")]
         allow_plaintext: Vec<String>,
@@ -198,7 +199,7 @@ enum Command {
     },
     /// Show whether a file is locked, its scheme and salt, and its tensors.
     Inspect {
-        /// A .safetensors file or a directory of shards.
+        /// A model file or a directory of them.
         file: PathBuf,
         /// Machine-readable output.
         #[arg(long)]

@@ -121,7 +121,8 @@ impl ModelFiles {
                     return Err(Error::format(
                         path,
                         format!(
-                            "the weight files of its manifest group {group} (the last {:?}) hold {} bytes where its weights take {}; a file was cut short, replaced or is missing its neighbours",
+                            "the weight files of its manifest group {} (the last {:?}) hold {} bytes where its weights take {}; a file was cut short, replaced or is missing its neighbours",
+                            group + 1,
                             d.name,
                             total - group_start,
                             end.saturating_sub(group_start)
