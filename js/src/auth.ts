@@ -121,9 +121,27 @@ export function headerMessage(
 export type Progress = (done: number, total: number) => void;
 
 /**
+ * Unlocks in place `data`, every byte of a locked tensor whose nonce is `nonce`
+ * (`P[j] = INV_SBOX[L[j]] XOR KS[j]`): WebCrypto by default, or a GPU.
+ */
+export type Unlocker = (nonce: Uint8Array, data: Uint8Array) => Promise<void>;
+
+/** How {@link verifyAndUnlock} delivers the clear bytes. */
+export interface UnlockTarget {
+  /**
+   * Where entry `i`'s clear bytes go (its length; default a fresh array): written only
+   * after every tag has passed.
+   */
+  target?: (i: number) => Uint8Array;
+  /** The unlock of a locked tensor's bytes (default {@link unlockInPlace} with WebCrypto). */
+  unlocker?: Unlocker;
+}
+
+/**
  * Checks a v2 container and unlocks it: KCV2 (else {@link WrongKeyError}), the header
  * tag, then each tensor's tag (else {@link TamperedError}); then returns every entry's
- * bytes in the clear, in the order of `entries` (fresh copies; `bytes` is not changed).
+ * bytes in the clear, in the order of `entries` (fresh copies, or `into.target`'s;
+ * `bytes` is not changed).
  * `metadata` is every metadata entry but the seven record keys; `what` names the file
  * in messages.
  */
@@ -135,6 +153,7 @@ export async function verifyAndUnlock(
   metadata: readonly [string, string][],
   bytes: (i: number) => Uint8Array,
   onProgress?: Progress,
+  into: UnlockTarget = {},
 ): Promise<Uint8Array[]> {
   const keys = await fileKeys(master, record.salt);
   if (!equalBytes(keys.kcv2, record.kcv)) throw new WrongKeyError(what);
@@ -158,9 +177,12 @@ export async function verifyAndUnlock(
   );
   return Promise.all(
     entries.map(async (e, i) => {
-      const out = bytes(i).slice();
+      const stored = bytes(i);
+      const out = into.target?.(i) ?? new Uint8Array(stored.length);
+      out.set(stored);
       if (locked.has(e.name)) {
-        await unlockInPlace(master, await tensorNonce(record.salt, e.name), 0, out);
+        const n = await tensorNonce(record.salt, e.name);
+        await (into.unlocker ? into.unlocker(n, out) : unlockInPlace(master, n, 0, out));
       }
       done += (e.end - e.start) / 2;
       onProgress?.(done, total);
