@@ -153,6 +153,9 @@ export class WebGpuUnlocker {
     private readonly workgroupSize: number,
     private readonly piece: number,
     adapter: string,
+    // The entry point, held: a Node binding (dawn.node) stops serving its devices once
+    // the object `create()` returned is collected.
+    readonly gpu: GpuLike,
   ) {
     this.adapter = adapter;
     device.lost.then((info) => {
@@ -168,7 +171,13 @@ export class WebGpuUnlocker {
   static async create(gpu: GpuLike | "auto" = "auto"): Promise<WebGpuUnlocker | undefined> {
     const entry = gpu === "auto" ? (globalThis as { navigator?: { gpu?: GpuLike } }).navigator?.gpu : gpu;
     if (entry === undefined) return undefined;
-    const adapter = ((await entry.requestAdapter()) ?? (await entry.requestAdapter({ featureLevel: "compatibility" }))) as Adapter | null;
+    // Core WebGPU, else compatibility mode (OpenGL ES backends): the kernel needs neither's extras.
+    let compat = false;
+    let adapter = (await entry.requestAdapter()) as Adapter | null | undefined;
+    if (adapter === null || adapter === undefined) {
+      compat = true;
+      adapter = (await entry.requestAdapter({ featureLevel: "compatibility" })) as Adapter | null | undefined;
+    }
     if (adapter === null || adapter === undefined) return undefined;
     const want = ["maxComputeWorkgroupStorageSize", "maxComputeInvocationsPerWorkgroup", "maxComputeWorkgroupSizeX", "maxStorageBufferBindingSize", "maxBufferSize"];
     const requiredLimits: Record<string, number> = {};
@@ -209,8 +218,8 @@ export class WebGpuUnlocker {
     device.queue.writeBuffer(tables, 0, words);
     const i = adapter.info ?? {};
     const name = [i.vendor, i.architecture, i.device, i.description].filter((s) => s !== undefined && s !== "").join(" / ");
-    const level = adapter.featureLevel === "compatibility" ? " (compatibility)" : "";
-    return new WebGpuUnlocker(device, pipeline, tables, workgroupSize, piece, `${name || "unnamed adapter"}${level}`);
+    const level = compat || adapter.featureLevel === "compatibility" ? " (compatibility mode)" : "";
+    return new WebGpuUnlocker(device, pipeline, tables, workgroupSize, piece, `${name || "unnamed adapter"}${level}`, entry);
   }
 
   /**
@@ -276,12 +285,9 @@ export class WebGpuUnlocker {
         d.queue.writeBuffer(buf, 0, staged);
       }
       const block = BigInt((at - lead) / 16);
-      const p = new DataView(new ArrayBuffer(PARAMS_UNIFORM));
-      p.setUint32(0, Number(block & 0xffffffffn), true);
-      p.setUint32(4, Number(block >> 32n), true);
-      p.setUint32(8, 0, true); // shift
-      p.setUint32(12, lead, true); // byte_lo
-      p.setUint32(16, lead + part.length, true); // byte_hi
+      // LockParams: first_block (low, high), shift, byte_lo, byte_hi.
+      const p = new Uint32Array(PARAMS_UNIFORM / 4);
+      p.set([Number(block & 0xffffffffn), Number(block >> 32n), 0, lead, lead + part.length]);
       d.queue.writeBuffer(params, 0, p);
       const group1 = d.createBindGroup({
         layout: (this.pipeline as { getBindGroupLayout(i: number): unknown }).getBindGroupLayout(1),
