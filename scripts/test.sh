@@ -32,6 +32,9 @@ packages=()
 ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1' || packages+=(libvulkan1)
 has_icd /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/share/vulkan/icd.d ||
     packages+=(mesa-vulkan-drivers)
+# EGL and OpenGL ES with Mesa's llvmpipe, so the JS WebGPU tests (dawn.node, npm package
+# webgpu) have an adapter without a GPU: Dawn refuses Mesa 22's lavapipe for Vulkan.
+ldconfig -p 2>/dev/null | grep -q 'libEGL_mesa\.so\.0' || packages+=(libegl1 libegl-mesa0 libgles2 libgl1-mesa-dri)
 # Python's `cryptography`, for docs/kat.py: the independent implementation of the spec
 # that checks files the crate locks.
 python3 -c 'import cryptography' 2>/dev/null || packages+=(python3-cryptography)
@@ -101,5 +104,6 @@ if [ ! -x "${DEEPLOCK_CHROMIUM:-/usr/bin/chromium}" ]; then
 fi
 export DEEPLOCK_REQUIRE_BROWSER="${DEEPLOCK_REQUIRE_BROWSER:-1}"
 npm ci --prefix js --no-audit --no-fund --cache "$HOME/.cache/deeplock/npm"
+node js/scripts/embed-shaders.mjs
 npx --prefix js tsc -p js
 DEEPLOCK_CLI="$PWD/target/debug/deeplock" node --test js/test/*.test.mjs

@@ -174,16 +174,39 @@ export async function verifyTensors(
   );
 }
 
-/** Unlocks in place `data`, the stored bytes of entry `i` of a verified container (a no-op for a tensor left clear). */
-export async function unlockEntry(h: VerifiedHeader, i: number, data: Uint8Array): Promise<void> {
+/**
+ * Unlocks in place `data`, the stored bytes of entry `i` of a verified container (a no-op
+ * for a tensor left clear), with `unlocker` (default WebCrypto's {@link unlockInPlace}).
+ */
+export async function unlockEntry(h: VerifiedHeader, i: number, data: Uint8Array, unlocker?: Unlocker): Promise<void> {
   const e = h.entries[i]!;
-  if (h.locked.has(e.name)) await unlockInPlace(h.master, await tensorNonce(h.record.salt, e.name), 0, data);
+  if (!h.locked.has(e.name)) return;
+  const n = await tensorNonce(h.record.salt, e.name);
+  await (unlocker ? unlocker(n, data) : unlockInPlace(h.master, n, 0, data));
+}
+
+/**
+ * Unlocks in place `data`, every byte of a locked tensor whose nonce is `nonce`
+ * (`P[j] = INV_SBOX[L[j]] XOR KS[j]`): WebCrypto by default, or a GPU.
+ */
+export type Unlocker = (nonce: Uint8Array, data: Uint8Array) => Promise<void>;
+
+/** How {@link verifyAndUnlock} delivers the clear bytes. */
+export interface UnlockTarget {
+  /**
+   * Where entry `i`'s clear bytes go (its length; default a fresh array): written only
+   * after every tag has passed.
+   */
+  target?: (i: number) => Uint8Array;
+  /** The unlock of a locked tensor's bytes (default {@link unlockInPlace} with WebCrypto). */
+  unlocker?: Unlocker;
 }
 
 /**
  * Checks a v2 container and unlocks it: KCV2 (else {@link WrongKeyError}), the header
  * tag, then each tensor's tag (else {@link TamperedError}); then returns every entry's
- * bytes in the clear, in the order of `entries` (fresh copies; `bytes` is not changed).
+ * bytes in the clear, in the order of `entries` (fresh copies, or `into.target`'s;
+ * `bytes` is not changed).
  * `metadata` is every metadata entry but the seven record keys; `what` names the file
  * in messages.
  */
@@ -195,6 +218,7 @@ export async function verifyAndUnlock(
   metadata: readonly [string, string][],
   bytes: (i: number) => Uint8Array,
   onProgress?: Progress,
+  into: UnlockTarget = {},
 ): Promise<Uint8Array[]> {
   const h = await verifyHeader(master, what, entries, record, metadata);
   const total = entries.reduce((s, e) => s + (e.end - e.start), 0);
@@ -207,8 +231,10 @@ export async function verifyAndUnlock(
   await verifyTensors(h, bytes, step);
   return Promise.all(
     entries.map(async (e, i) => {
-      const out = bytes(i).slice();
-      await unlockEntry(h, i, out);
+      const stored = bytes(i);
+      const out = into.target?.(i) ?? new Uint8Array(stored.length);
+      out.set(stored);
+      await unlockEntry(h, i, out, into.unlocker);
       step(e.end - e.start);
       return out;
     }),

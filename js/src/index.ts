@@ -8,5 +8,7 @@ export { importKey, keyFromHex, type KeyInput } from "./crypto.js";
 export type { Progress } from "./auth.js";
 export * as safetensors from "./safetensors.js";
 export * as tfjs from "./tfjs.js";
+export * as onnx from "./onnx.js";
+export { WebGpuUnlocker, webGpuUnlocker, type Backend, type GpuLike, type GpuOption } from "./webgpu.js";
 /** The primitives, for tests and other front ends. */
 export * as scheme from "./scheme.js";

@@ -8,6 +8,7 @@ import { masterKey, type KeyInput } from "./crypto.js";
 import { BadFileError } from "./errors.js";
 import { asIndex, type Json, JsonError, parseJson } from "./json.js";
 import { checkLocked, METADATA_KEY, readRecord, RECORD_KEYS } from "./record.js";
+import { type Backend, type GpuOption, gpuUnlockerFor } from "./webgpu.js";
 
 /** Bits per element of every dtype safetensors names. */
 export const DTYPE_BITS: Readonly<Record<string, number>> = {
@@ -48,6 +49,14 @@ export interface LoadOptions {
   /** The name messages give the file (default `"the model"`). */
   name?: string;
   onProgress?: Progress;
+  /**
+   * Unlock the tensors' bytes on a WebGPU device (`"auto"`: `navigator.gpu`, where it
+   * has an adapter) with the project's WGSL; tags are checked with WebCrypto either way.
+   * Falls back to WebCrypto where no adapter is found or the key is a `CryptoKey`.
+   */
+  gpu?: GpuOption;
+  /** Told which path unlocks the bytes (WebGPU and its adapter, or WebCrypto and why). */
+  onBackend?: (b: Backend) => void;
 }
 
 function typed(dtype: string, b: Uint8Array): TensorData {
@@ -157,6 +166,7 @@ export async function load(bytes: Uint8Array, key: KeyInput, options: LoadOption
   const record = readRecord(h.metadata, h.entries.length, what);
   checkLocked(record, h.entries, what);
   const others: [string, string][] = [...h.metadata].filter(([k]) => !(RECORD_KEYS as readonly string[]).includes(k));
+  const unlocker = await gpuUnlockerFor(options.gpu, key, options.onBackend);
   const clear = await verifyAndUnlock(
     master,
     what,
@@ -165,6 +175,7 @@ export async function load(bytes: Uint8Array, key: KeyInput, options: LoadOption
     others,
     (i) => bytes.subarray(h.dataStart + h.entries[i]!.start, h.dataStart + h.entries[i]!.end),
     options.onProgress,
+    unlocker ? { unlocker } : {},
   );
   const metadata: Record<string, string> = {};
   for (const [k, v] of others) if (k !== METADATA_KEY) metadata[k] = v;
