@@ -184,7 +184,10 @@ fn list_dir(dir: &Path, protected: &[PathBuf], exclude: Option<&GlobSet>) -> Res
     // A model's data files (a TF.js model's weight files) go with it, not on their own.
     let mut owned = std::collections::HashSet::new();
     for e in &listing.files {
-        if e.kind == Kind::Model(format::Format::Tfjs) {
+        if matches!(
+            e.kind,
+            Kind::Model(format::Format::Tfjs | format::Format::Onnx)
+        ) {
             let dir_rel = e.rel.parent().unwrap_or(Path::new(""));
             for d in open_container(&dir.join(&e.rel))?.data_files() {
                 owned.insert(dir_rel.join(&d.name));
@@ -429,7 +432,12 @@ impl<'o> Shard<'o> {
             Auth::Check(checker) => check_tags(&checker, plan.input.tensors().len(), tags)?,
             Auth::Unauthenticated => {}
         }
-        check_written(self.out, &self.dst, &self.plan, key)
+        // The data files are still temporaries: the model file is read back with the
+        // lengths they were written with (those of the input's).
+        let lens = self.input.lens();
+        let data = self.plan.input.data_files().iter().zip(&lens[1..]);
+        let lens = data.map(|(d, &n)| (d.name.clone(), n)).collect();
+        check_written(self.out, &self.dst, &self.plan, key, &lens)
     }
 }
 
@@ -501,8 +509,14 @@ fn patch_bytes(
 /// the patching of the record would get wrong (it caught one), and parsing it checks the
 /// file's length against its tensors' offsets; the data were tagged from the very
 /// buffers that were written, so re-reading them would only cost a second pass.
-fn check_written(out: &mut File, dst: &Path, plan: &FilePlan, key: &MasterKey) -> Result<()> {
-    let written = format::open(out, dst)?;
+fn check_written(
+    out: &mut File,
+    dst: &Path,
+    plan: &FilePlan,
+    key: &MasterKey,
+    data_lens: &std::collections::BTreeMap<String, u64>,
+) -> Result<()> {
+    let written = format::open_with_data(out, dst, data_lens)?;
     let lock = written.lock_record()?;
     let same_tensors = written.tensors() == plan.input.tensors();
     let header_ok = match &lock {

@@ -11,12 +11,17 @@ use rayon::prelude::*;
 use crate::auth::{Tag, CHUNK_LEN};
 use crate::authenticate::{Checker, Sealer};
 use crate::error::{Error, Result};
-use crate::format::{self, safetensors::Safetensors, Container, Layout, Piece, TensorView};
+use crate::format::{
+    self, safetensors::Safetensors, Container, DataFile, Layout, Piece, TensorView,
+};
 use crate::header::TensorEntry;
 use crate::key::MasterKey;
 use crate::output::{self, Access};
 use crate::scheme::{Direction, Salt, TensorCipher};
 use crate::CpuLocker;
+
+/// A file's bytes, by the name its model gives it.
+pub type NamedBytes = (String, Vec<u8>);
 
 /// A locked v2 model file opened for reading under its key: the key and the header tag
 /// are checked when it is opened, each tensor's tag when it is read.
@@ -121,8 +126,30 @@ impl Reader {
         self.checker.finish(i, tagger)
     }
 
-    /// The layout of the unlocked file and its length in bytes.
+    /// The files the model's weights lie in besides its own (ONNX external data, TF.js
+    /// weight files); none for a model of one file.
+    pub fn data_files(&self) -> &[DataFile] {
+        self.container.data_files()
+    }
+
+    /// The layout of the unlocked file and its length in bytes; refused for a model
+    /// whose weights lie in other files too (see [`Reader::unlocked_files`]).
     pub fn unlocked_layout(&self) -> Result<(Layout, usize)> {
+        if let Some(d) = self.container.data_files().first() {
+            return Err(Error::format(
+                &self.path,
+                format!(
+                    "it keeps weights in {} other file(s) beside it ({:?}, ...); unlock it together with them",
+                    self.container.data_files().len(),
+                    d.name
+                ),
+            ));
+        }
+        self.whole_layout()
+    }
+
+    /// The layout of the unlocked model, all its files one after another, and its length.
+    fn whole_layout(&self) -> Result<(Layout, usize)> {
         let layout = self.container.layout(None)?;
         let len = layout.len(&*self.container);
         let len = usize::try_from(len).map_err(|_| too_large(&self.path))?;
@@ -130,12 +157,33 @@ impl Reader {
     }
 
     /// The whole unlocked file, as `deeplock unlock` would write it, in memory: for
-    /// runtimes that load a model from bytes (ONNX Runtime, LiteRT, a GGUF reader).
+    /// runtimes that load a model from bytes (ONNX Runtime, LiteRT, a GGUF reader). A
+    /// model whose weights lie in other files too is refused: see
+    /// [`Reader::unlocked_files`].
     pub fn unlocked(&self) -> Result<Vec<u8>> {
         let (layout, len) = self.unlocked_layout()?;
         let mut out = vec![0u8; len];
         self.unlocked_into(&layout, &mut out)?;
         Ok(out)
+    }
+
+    /// Every file of the unlocked model, in memory, as `deeplock unlock` would write
+    /// them: the model file, then each file its weights lie in besides it (ONNX external
+    /// data, TF.js weight files) by the name the model gives it; for runtimes that take
+    /// a model's files from memory (ONNX Runtime's external initializers from files in
+    /// memory).
+    pub fn unlocked_files(&self) -> Result<(Vec<u8>, Vec<NamedBytes>)> {
+        let (layout, len) = self.whole_layout()?;
+        let mut whole = vec![0u8; len];
+        self.unlocked_into(&layout, &mut whole)?;
+        let lens = self.file.lens();
+        let mut data = Vec::with_capacity(lens.len() - 1);
+        for (d, n) in self.container.data_files().iter().zip(&lens[1..]).rev() {
+            let at = whole.len() - *n as usize;
+            data.push((d.name.clone(), whole.split_off(at)));
+        }
+        data.reverse();
+        Ok((whole, data))
     }
 
     /// Writes the unlocked file of `layout` (from [`Reader::unlocked_layout`]) into

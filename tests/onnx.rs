@@ -528,3 +528,189 @@ fn a_directory_of_onnx_models_locks_verifies_and_unlocks_on_either_device() {
         );
     }
 }
+
+/// A `TensorProto` whose data lie in an external file: `external_data` entries
+/// (`location`, and `offset` / `length` where given) and `data_location` EXTERNAL.
+fn external(name: &str, dims: &[u64], entries: &[(&str, &str)]) -> Vec<u8> {
+    let mut t = Vec::new();
+    for &d in dims {
+        int(&mut t, 1, d);
+    }
+    int(&mut t, 2, 1);
+    bytes(&mut t, 8, name.as_bytes());
+    for (k, v) in entries {
+        let mut e = Vec::new();
+        bytes(&mut e, 1, k.as_bytes());
+        bytes(&mut e, 2, v.as_bytes());
+        bytes(&mut t, 13, &e);
+    }
+    int(&mut t, 14, 1);
+    t
+}
+
+/// A model of three external F32 initializers: `a` and `b` in `w.data` (a gap before
+/// `b`, bytes after it), `c` in `sub/c.bin` (no offset given), and `w1` inside.
+fn external_model(dir: &Path, rng: &mut impl RngCore, inits: &[Vec<u8>]) -> Vec<u8> {
+    let data = random(rng, 16 + 7 + 24 + 5);
+    std::fs::write(dir.join("w.data"), &data).unwrap();
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/c.bin"), random(rng, 8)).unwrap();
+    let mut m = Vec::new();
+    int(&mut m, 1, 8);
+    bytes(&mut m, 7, &graph("g", &[], inits));
+    m
+}
+
+#[test]
+fn external_data_is_locked_in_place_across_its_files_and_tampers_are_refused() {
+    let mut rng = seeded_rng("onnx external data");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("m")).unwrap();
+    write_key_file(&d.join("key"));
+    let w1 = random(&mut rng, 16);
+    let inits = vec![
+        tensor("w1", 1, &[4], Data::Raw(&w1)),
+        external("a", &[4], &[("location", "w.data"), ("length", "16")]),
+        external("b", &[2, 3], &[("location", "w.data"), ("offset", "23")]),
+        external("c", &[2], &[("location", "sub/c.bin")]),
+    ];
+    let model = external_model(&d.join("m"), &mut rng, &inits);
+    std::fs::write(d.join("m/model.onnx"), &model).unwrap();
+    let read = |p: &str| std::fs::read(d.join(p)).unwrap();
+    let originals = ["model.onnx", "w.data", "sub/c.bin"].map(|n| read(&format!("m/{n}")));
+    let shown = ok(d, &["inspect", "m/model.onnx"]);
+    assert!(!shown.contains("left in the clear"), "{shown}");
+    // As a directory (the data files go with their model, not copied on their own),
+    // and as a file (the data files written beside the output).
+    std::fs::create_dir(d.join("one")).unwrap();
+    ok(d, &["lock", "m", "-o", "l", "--key-file", "key"]);
+    ok(
+        d,
+        &[
+            "lock",
+            "m/model.onnx",
+            "-o",
+            "one/model.onnx",
+            "--key-file",
+            "key",
+        ],
+    );
+    for out in ["l", "one"] {
+        let w = read(&format!("{out}/w.data"));
+        let orig = &originals[1];
+        assert_eq!(w.len(), orig.len());
+        // The gap and the tail are copied; the tensors' bytes are locked.
+        assert_eq!(w[16..23], orig[16..23]);
+        assert_eq!(w[47..], orig[47..]);
+        assert_ne!(w[..16], orig[..16]);
+        assert_ne!(w[23..47], orig[23..47]);
+        assert_ne!(read(&format!("{out}/sub/c.bin")), originals[2]);
+        ok(
+            d,
+            &["verify", &format!("{out}/model.onnx"), "--key-file", "key"],
+        );
+    }
+    ok(d, &["verify", "l", "--key-file", "key"]);
+    ok(d, &["unlock", "l", "-o", "u", "--key-file", "key"]);
+    for (n, o) in ["model.onnx", "w.data", "sub/c.bin"].iter().zip(&originals) {
+        assert!(&read(&format!("u/{n}")) == o, "{n} differs after unlock");
+    }
+    // Tampers with the data files: refused by unlock and verify, nothing written.
+    let refused = |what: &str, want: &str, edit: &dyn Fn()| {
+        edit();
+        for args in [
+            &[
+                "unlock",
+                "one/model.onnx",
+                "-o",
+                "x.onnx",
+                "--key-file",
+                "key",
+            ][..],
+            &["verify", "one/model.onnx", "--key-file", "key"][..],
+        ] {
+            let o = deeplock(d, args, None);
+            let e = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "{what}: {args:?} succeeded");
+            assert!(e.contains(want), "{what}: {e}");
+            assert_eq!(e.trim_end().lines().count(), 1, "{what}: {e}");
+            assert!(
+                !d.join("x.onnx").exists() && !d.join("w.data").exists(),
+                "{what}"
+            );
+        }
+        std::fs::remove_dir_all(d.join("one")).unwrap();
+        std::fs::create_dir(d.join("one")).unwrap();
+        ok(
+            d,
+            &[
+                "lock",
+                "m/model.onnx",
+                "-o",
+                "one/model.onnx",
+                "--key-file",
+                "key",
+            ],
+        );
+    };
+    let flip = |at: usize| {
+        let mut b = read("one/w.data");
+        b[at] ^= 4;
+        std::fs::write(d.join("one/w.data"), b).unwrap();
+    };
+    refused("a bit of a", "\"a\"", &|| flip(3));
+    refused("a bit of b", "\"b\"", &|| flip(30));
+    refused("the data file cut short", "", &|| {
+        std::fs::write(d.join("one/w.data"), &read("one/w.data")[..46]).unwrap()
+    });
+    refused("the data file grown", "", &|| {
+        std::fs::write(
+            d.join("one/w.data"),
+            [&read("one/w.data")[..], b"x"].concat(),
+        )
+        .unwrap()
+    });
+    refused("a data file missing", "is missing", &|| {
+        std::fs::remove_file(d.join("one/sub/c.bin")).unwrap()
+    });
+    // Bad external data at lock: refused with what is wrong, nothing written.
+    for (bad, want) in [
+        (
+            external("z", &[4], &[("location", "../w.data")]),
+            "not a plain relative path",
+        ),
+        (
+            external("z", &[4], &[("location", "w.data"), ("length", "12")]),
+            "need 16",
+        ),
+        (
+            external("z", &[4], &[("location", "w.data"), ("offset", "40")]),
+            "cut short",
+        ),
+        (
+            external("z", &[4], &[("location", "w.data"), ("offset", "8")]),
+            "overlaps",
+        ),
+        (external("z", &[4], &[("offset", "0")]), "names none"),
+        (
+            external("z", &[4], &[("location", "nope.bin")]),
+            "is missing",
+        ),
+    ] {
+        let mut inits = inits.clone();
+        inits.push(bad);
+        let mut m = Vec::new();
+        int(&mut m, 1, 8);
+        bytes(&mut m, 7, &graph("g", &[], &inits));
+        std::fs::write(d.join("m/bad.onnx"), &m).unwrap();
+        let o = deeplock(
+            d,
+            &["lock", "m/bad.onnx", "-o", "bad.onnx", "--key-file", "key"],
+            None,
+        );
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains(want), "{want}: {e}");
+        assert!(!d.join("bad.onnx").exists() && !d.join("w.data").exists());
+    }
+}

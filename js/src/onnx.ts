@@ -214,7 +214,7 @@ class Walk {
     const want = (totalBits + 7n) / 8n;
     if (location === 1n) {
       this.external++;
-      this.clear.push({ name, why: "external data (data_location EXTERNAL), which deeplock does not lock yet" });
+      this.clear.push({ name, why: "external data (data_location EXTERNAL), which this package does not read" });
       return;
     }
     const typed = floatRuns.length > 0 || doubleRuns.length > 0 || unpacked || varints || strings;
@@ -366,6 +366,12 @@ export async function unlock(bytes: Uint8Array, key: KeyInput, options: UnlockOp
   const what = options.name ?? "the model";
   const master = await masterKey(key);
   const m = await parse(bytes, what);
+  if (m.external > 0) {
+    throw new BadFileError(
+      what,
+      `it keeps ${m.external} initializer(s) in external data files, which this package does not read; unlock it with the deeplock CLI or Python package, or save the model with its weights inside`,
+    );
+  }
   const rec = readRecord(m.record, m.tensors.length, what);
   const names = new Set(m.tensors.map((t) => t.name));
   for (const l of rec.locked) {

@@ -3,7 +3,7 @@
 // CLI sees (`inspect --json`); onnxruntime-web runs the unlocked bytes as it runs the
 // original. Wrong keys, every tamper and bad files are refused with the CLI's messages.
 import assert from "node:assert/strict";
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import * as ort from "onnxruntime-web";
@@ -282,4 +282,21 @@ test("a tensor field twice, a length past its message, a bad varint: refused, as
     assert.notEqual(o.status, 0);
     assert.ok(o.stderr.includes(text), `${text}: ${o.stderr}`);
   }
+});
+
+test("a model with external data, locked by the CLI, is refused with a message that says where to unlock it", async (t) => {
+  const dir = tempDir(t);
+  const key = keygen(dir);
+  const external = M.message(
+    M.int(1, 4), M.int(2, M.FLOAT), M.bytes(8, "w"),
+    M.bytes(13, M.message(M.bytes(1, "location"), M.bytes(2, "w.data"))), M.int(14, 1),
+  );
+  writeFileSync(join(dir, "w.data"), new Uint8Array(16).fill(7));
+  writeFileSync(join(dir, "m.onnx"), M.model(M.graph({ inits: [external] })));
+  mkdirSync(join(dir, "l"));
+  cliOk(["lock", join(dir, "m.onnx"), "-o", join(dir, "l", "m.onnx"), "--key-file", key.path]);
+  await assert.rejects(
+    onnx.unlock(readFileSync(join(dir, "l", "m.onnx")), key.bytes),
+    (e) => e instanceof BadFileError && /external data files, which this package does not read/.test(e.message),
+  );
 });

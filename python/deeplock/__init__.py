@@ -24,6 +24,7 @@ from ._native import (
     lock_file,
     unlock_file,
     unlock_to_bytes,
+    unlock_with_data,
     verify,
 )
 from ._open import safe_open
@@ -44,5 +45,6 @@ __all__ = [
     "safe_open",
     "unlock_file",
     "unlock_to_bytes",
+    "unlock_with_data",
     "verify",
 ]

@@ -13,7 +13,7 @@ use deeplock::{checkpoint, key_file, output, CpuLocker, Dtype, Error, MasterKey}
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
 create_exception!(
     deeplock,
@@ -307,16 +307,41 @@ impl NativeReader {
 #[pyfunction]
 fn unlock_to_bytes<'py>(py: Python<'py>, path: PathBuf, key: &Key) -> PyResult<Bound<'py, PyAny>> {
     let k = key.key.clone();
-    let (reader, layout, len) = py
+    let (layout, reader) = py
         .detach(move || {
             let reader = Reader::open(&path, &k)?;
-            let (layout, len) = reader.unlocked_layout()?;
-            Ok((reader, layout, len))
+            Ok((reader.unlocked_layout(), reader))
         })
         .map_err(py_err)?;
+    let (layout, len) = layout.map_err(|e| match reader.data_files().is_empty() {
+        true => py_err(e),
+        false => FormatError::new_err(format!(
+            "{e}; deeplock.unlock_with_data unlocks such a model with its data files"
+        )),
+    })?;
     new_buffer(py, Buffer::Bytes, len, |buf| {
         reader.unlocked_into(&layout, buf)
     })
+}
+
+/// The locked model at `path` with the files its weights lie in besides it (ONNX
+/// external data), checked and unlocked in memory: the model file's bytes, and each
+/// data file's bytes by the name the model gives it.
+#[pyfunction]
+fn unlock_with_data<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    key: &Key,
+) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyDict>)> {
+    let k = key.key.clone();
+    let (model, data) = py
+        .detach(move || Reader::open(&path, &k)?.unlocked_files())
+        .map_err(py_err)?;
+    let files = PyDict::new(py);
+    for (name, bytes) in &data {
+        files.set_item(name, PyBytes::new(py, bytes))?;
+    }
+    Ok((PyBytes::new(py, &model), files))
 }
 
 /// Writes `tensors` (`(name, dtype, shape, data)` each) as a locked safetensors file.
@@ -597,6 +622,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Key>()?;
     m.add_class::<NativeReader>()?;
     m.add_function(wrap_pyfunction!(unlock_to_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(unlock_with_data, m)?)?;
     m.add_function(wrap_pyfunction!(save_file, m)?)?;
     m.add_function(wrap_pyfunction!(lock_file, m)?)?;
     m.add_function(wrap_pyfunction!(unlock_file, m)?)?;

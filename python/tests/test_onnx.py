@@ -152,25 +152,77 @@ def test_tampered_locked_model_is_refused_in_memory(tmp_path, key_file, key, see
         deeplock.unlock_to_bytes(locked, deeplock.Key.generate())
 
 
-def test_external_data_is_refused_with_nothing_written(tmp_path, key_file, seed):
-    model, _ = cnn(np.random.default_rng(seed))
-    path = tmp_path / "model.onnx"
+@pytest.mark.parametrize("one_file", [True, False], ids=["one-data-file", "file-per-tensor"])
+def test_external_data_is_locked_in_place_and_loads_from_memory(
+    tmp_path, key_file, key, seed, one_file
+):
+    model, feeds = cnn(np.random.default_rng(seed))
+    src = tmp_path / "m"
+    src.mkdir()
+    path = src / "model.onnx"
     onnx.save_model(
         model,
         path,
         save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location="model.onnx.data",
+        all_tensors_to_one_file=one_file,
+        location="model.onnx.data" if one_file else None,
         size_threshold=0,
     )
-    shown = run("inspect", path).stdout
-    assert "left in the clear: conv_w (external data" in shown
-    out = tmp_path / "locked.onnx"
-    proc = run("lock", path, "-o", out, "--key-file", key_file, check=False)
-    assert proc.returncode == 1
-    assert "external file" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "model.key",
-        "model.onnx",
-        "model.onnx.data",
-    ]
+    original = {p.name: p.read_bytes() for p in src.iterdir()}
+    assert len(original) == (2 if one_file else 5), sorted(original)
+    expect = ort.InferenceSession(str(path)).run(None, feeds)
+    assert "left in the clear" not in run("inspect", path).stdout
+    out = tmp_path / "l"
+    out.mkdir()
+    run("lock", path, "-o", out / "model.onnx", "--key-file", key_file)
+    locked = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(locked) == sorted(original)
+    for name, data in original.items():
+        if name != "model.onnx":
+            assert len(locked[name]) == len(data) and locked[name] != data, name
+    # Still a valid model with its data files, which ONNX Runtime runs: garbage.
+    onnx.checker.check_model(str(out / "model.onnx"))
+    got = ort.InferenceSession(str(out / "model.onnx")).run(None, feeds)
+    assert not any(np.allclose(g, e) for g, e in zip(got, expect))
+    run("verify", out / "model.onnx", "--key-file", key_file)
+    # In memory: the model's bytes, and its data files for ONNX Runtime's in-memory
+    # external data; no plaintext file.
+    model_bytes, data = deeplock.unlock_with_data(out / "model.onnx", key)
+    assert model_bytes == original["model.onnx"]
+    assert data == {n: b for n, b in original.items() if n != "model.onnx"}
+    options = ort.SessionOptions()
+    names = list(data)
+    options.add_external_initializers_from_files_in_memory(
+        names, [data[n] for n in names], [len(data[n]) for n in names]
+    )
+    session = ort.InferenceSession(model_bytes, options)
+    for g, e in zip(session.run(None, feeds), expect):
+        assert np.array_equal(g, e)
+    with pytest.raises(deeplock.FormatError, match="unlock_with_data"):
+        deeplock.unlock_to_bytes(out / "model.onnx", key)
+    # To files: every one byte for byte.
+    back = tmp_path / "u"
+    back.mkdir()
+    run("unlock", out / "model.onnx", "-o", back / "model.onnx", "--key-file", key_file)
+    assert {p.name: p.read_bytes() for p in back.iterdir()} == original
+    # A data file's bit flipped, or the file cut short: refused, nothing written.
+    name = sorted(n for n in original if n != "model.onnx")[0]
+    for bad in (
+        locked[name][:5] + bytes([locked[name][5] ^ 1]) + locked[name][6:],
+        locked[name][:-1],
+    ):
+        (out / name).write_bytes(bad)
+        with pytest.raises((deeplock.AuthenticationError, deeplock.FormatError)):
+            deeplock.unlock_with_data(out / "model.onnx", key)
+        proc = run(
+            "unlock",
+            out / "model.onnx",
+            "-o",
+            tmp_path / "x.onnx",
+            "--key-file",
+            key_file,
+            check=False,
+        )
+        assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "x.onnx").exists()
+    (out / name).write_bytes(locked[name])

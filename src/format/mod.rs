@@ -144,6 +144,19 @@ impl Layout {
     }
 }
 
+/// Whether `rel` is a plain relative path to a file beside a model (a TF.js weight file,
+/// an ONNX external data file): `/`-separated, not empty, not starting with `/`, with no
+/// empty, `.` or `..` component and no NUL, so that it names a file in the model's
+/// directory or below it and nothing else.
+pub fn plain_relative_path(rel: &str) -> bool {
+    !rel.is_empty()
+        && !rel.starts_with('/')
+        && !rel.contains('\0')
+        && rel
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
 /// Opens `path` for reading if it is a regular file (after following links), refusing
 /// FIFOs, devices and directories with a clear message without waiting on them.
 pub fn open_regular(path: &Path) -> Result<File> {
@@ -256,6 +269,28 @@ pub fn detect(file: &mut File, path: &Path) -> Result<Option<Format>> {
         return Ok(Some(f));
     }
     Ok(tfjs::is_model(file, path, &head, len)?.then_some(Format::Tfjs))
+}
+
+/// Opens the model file `file` at `path` as [`open`] does, but for the lengths of its
+/// data files ([`Container::data_files`]), taken from `lens` by name instead of from the
+/// files beside it: to read back an output whose data files are still temporaries.
+pub fn open_with_data(
+    file: &mut File,
+    path: &Path,
+    lens: &BTreeMap<String, u64>,
+) -> Result<Box<dyn Container>> {
+    if detect(file, path)? == Some(Format::Onnx) {
+        let mut len = |location: &str| {
+            lens.get(location).copied().ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("names the external data file {location:?}, which was not written"),
+                )
+            })
+        };
+        return Ok(Box::new(onnx::Onnx::read_with(file, path, &mut len)?));
+    }
+    open(file, path)
 }
 
 /// Opens the model file at `path`, opened as `file` (a regular file), in its format.

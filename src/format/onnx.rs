@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use self::wire::{Reader, Source, Value};
-use super::{Container, Layout, Piece};
+use super::{Container, DataFile, Layout, Piece};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::header::TensorEntry;
@@ -80,8 +80,12 @@ pub struct Onnx {
     /// Where the lock record's entries begin: the file's length if it has none.
     record_start: u64,
     skeleton: String,
-    /// Initializers whose data lie in an external file: lock refuses the model.
-    external: usize,
+    /// The model file's length as read (with its record, if locked).
+    file_len: u64,
+    /// The external data files, in order (see [`Container::data_files`]).
+    data: Vec<DataFile>,
+    /// Each data file's length.
+    data_lens: Vec<u64>,
 }
 
 /// What a walk over a model collects.
@@ -90,22 +94,71 @@ struct Walk {
     clear: Vec<Clear>,
     names: HashSet<String>,
     /// Initializers whose data lie in an external file.
-    external: usize,
+    external: Vec<External>,
+}
+
+/// An initializer whose bytes lie in an external data file.
+struct External {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// The file, as `location` names it (relative to the model's directory).
+    location: String,
+    offset: u64,
+    len: u64,
 }
 
 impl Onnx {
-    /// Reads and validates the ONNX model in `file` (at `path`).
+    /// Reads and validates the ONNX model in `file` (at `path`), and the lengths of the
+    /// external data files it names, beside it.
     pub fn read(file: &File, path: &Path) -> Result<Self> {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let mut lens = |location: &str| -> Result<u64> {
+            let p = dir.join(location);
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_file() => Ok(m.len()),
+                Ok(_) => Err(Error::format(
+                    path,
+                    format!("its external data {location:?} is not a regular file"),
+                )),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::format(
+                    path,
+                    format!("its external data file {location:?} is missing (looked for {}); copy the model with its data files", p.display()),
+                )),
+                Err(e) => Err(Error::io(&p, e)),
+            }
+        };
+        Self::read_with(file, path, &mut lens)
+    }
+
+    /// Reads and validates the ONNX model in `file` (at `path`), the length of each
+    /// external data file it names given by `lens`.
+    pub fn read_with(
+        file: &File,
+        path: &Path,
+        lens: &mut dyn FnMut(&str) -> Result<u64>,
+    ) -> Result<Self> {
         let mut src = wire::FileWindow::new(file, path)?;
-        Self::from_source(&mut src, path)
+        Self::from_source(&mut src, path, lens)
     }
 
-    /// Parses a whole ONNX model held in memory.
+    /// Parses a whole ONNX model held in memory (one that keeps no data in external
+    /// files: those are found beside a model read with [`Onnx::read`]).
     pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
-        Self::from_source(&mut wire::Slice(bytes), path)
+        let mut lens = |location: &str| -> Result<u64> {
+            Err(Error::format(
+                path,
+                format!("it keeps data in the external file {location:?}; read it from its file"),
+            ))
+        };
+        Self::from_source(&mut wire::Slice(bytes), path, &mut lens)
     }
 
-    fn from_source(src: &mut dyn Source, path: &Path) -> Result<Self> {
+    fn from_source(
+        src: &mut dyn Source,
+        path: &Path,
+        lens: &mut dyn FnMut(&str) -> Result<u64>,
+    ) -> Result<Self> {
         let mut r = Reader::new(src, path);
         let len = r.len();
         let fields = r.fields(0, len)?;
@@ -113,7 +166,7 @@ impl Onnx {
             tensors: Vec::new(),
             clear: Vec::new(),
             names: HashSet::new(),
-            external: 0,
+            external: Vec::new(),
         };
         let mut ir_version = false;
         let mut graph = false;
@@ -197,17 +250,36 @@ impl Onnx {
             r.each_window(at, t.start, |b| hash.update(b))?;
             at = t.end;
         }
+        let (data, data_lens) =
+            external_files(walk.external, record_start, lens, &mut tensors, path)?;
+        for (d, len) in data.iter().zip(&data_lens) {
+            hash.update(len.to_le_bytes());
+            hash.update((d.name.len() as u64).to_le_bytes());
+            hash.update(d.name.as_bytes());
+        }
         user.sort();
         Ok(Onnx {
             path: path.to_path_buf(),
             tensors,
             clear: walk.clear,
-            external: walk.external,
             user,
             record,
             record_start,
             skeleton: crate::hex::encode(&hash.finalize()),
+            file_len: len,
+            data,
+            data_lens,
         })
+    }
+
+    /// Where the byte at `offset` of the unlocked model and its data files (a
+    /// [`TensorEntry`]'s offsets) lies in the run of the model file as read (its record
+    /// included) and its data files.
+    fn run_offset(&self, offset: u64) -> u64 {
+        match offset < self.record_start {
+            true => offset,
+            false => offset - self.record_start + self.file_len,
+        }
     }
 
     /// The initializers left in the clear, and why.
@@ -220,6 +292,66 @@ impl Onnx {
         m.insert(SKELETON_KEY.into(), self.skeleton.clone());
         m
     }
+}
+
+/// The external data files of `external` (sorted by name), each file's length from
+/// `lens`, and their tensors added to `tensors` at their offsets over the unlocked model
+/// (`model_len` bytes) and the files before theirs, each checked to lie in its file and
+/// overlap no other.
+fn external_files(
+    mut external: Vec<External>,
+    model_len: u64,
+    lens: &mut dyn FnMut(&str) -> Result<u64>,
+    tensors: &mut Vec<TensorEntry>,
+    path: &Path,
+) -> Result<(Vec<DataFile>, Vec<u64>)> {
+    let bad = |why: String| Error::format(path, why);
+    external.sort_by(|a, b| (&a.location, a.offset, a.len).cmp(&(&b.location, b.offset, b.len)));
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let (mut data, mut data_lens) = (Vec::<DataFile>::new(), Vec::new());
+    let mut base = 0u64;
+    let mut file_end = 0u64;
+    for x in external {
+        if data.last().is_none_or(|d| d.name != x.location) {
+            base = base
+                .checked_add(data_lens.last().copied().unwrap_or(0))
+                .ok_or_else(|| bad("its external data files are too large".into()))?;
+            let len = lens(&x.location)?;
+            data.push(DataFile {
+                name: x.location.clone(),
+                path: dir.join(&x.location),
+                group_end: Some(base + len),
+            });
+            data_lens.push(len);
+            file_end = 0;
+        }
+        let len = *data_lens.last().expect("a file was pushed");
+        let end = x.offset.checked_add(x.len).filter(|&e| e <= len).ok_or_else(|| {
+            bad(format!(
+                "initializer {:?} lies at bytes {}..{} of {:?}, which holds {len}; the data file was cut short or is not this model's",
+                x.name,
+                x.offset,
+                x.offset.saturating_add(x.len),
+                x.location
+            ))
+        })?;
+        if x.offset < file_end {
+            return Err(bad(format!(
+                "initializer {:?} overlaps another in {:?}",
+                x.name, x.location
+            )));
+        }
+        file_end = end;
+        let at = model_len + base;
+        tensors.push(TensorEntry {
+            name: x.name,
+            dtype: x.dtype,
+            shape: x.shape,
+            start: at + x.offset,
+            end: at + end,
+        });
+    }
+    Ok((data, data_lens))
 }
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> Error {
@@ -433,6 +565,7 @@ fn tensor(r: &mut Reader, walk: &mut Walk, s: u64, e: u64, prefix: &str) -> Resu
     let (mut dtype, mut name, mut raw, mut location) = (None, None, None, None);
     let (mut float_runs, mut double_runs) = (Vec::new(), Vec::new());
     let (mut unpacked, mut varints, mut strings) = (false, false, false);
+    let mut external_data = Vec::new();
     let twice =
         |r: &Reader, what: &str| r.bad(format!("the tensor at byte {s} holds {what} twice"));
     for f in r.fields(s, e)? {
@@ -468,11 +601,12 @@ fn tensor(r: &mut Reader, walk: &mut Walk, s: u64, e: u64, prefix: &str) -> Resu
                 let new = a..b;
                 once(&mut raw, new, || twice(r, "raw_data"))?
             }
+            (13, Value::Len(a, b)) => external_data.push(entry(r, a, b)?),
             (14, Value::Varint(v)) => {
                 let new = v;
                 once(&mut location, new, || twice(r, "data_location"))?
             }
-            (1..=11 | 14, v) => {
+            (1..=11 | 13 | 14, v) => {
                 return Err(r.bad(format!(
                     "TensorProto field {} at byte {} holds {v:?}, not its type",
                     f.number, f.start
@@ -507,15 +641,25 @@ fn tensor(r: &mut Reader, walk: &mut Walk, s: u64, e: u64, prefix: &str) -> Resu
         .checked_mul(bits)
         .map(|b| b.div_ceil(8))
         .ok_or_else(|| r.bad(format!("initializer {name:?} is too large")))?;
+    let typed = !float_runs.is_empty() || !double_runs.is_empty() || unpacked || varints || strings;
     if location == Some(1) {
-        walk.external += 1;
-        walk.clear.push(Clear {
+        if raw.is_some() || typed {
+            return Err(r.bad(format!(
+                "initializer {name:?} keeps its data in an external file and holds data too"
+            )));
+        }
+        let x = external(r, &name, &external_data, want)?;
+        let (dtype, shape) = dtype_shape(r, &name, known, dims, want)?;
+        walk.external.push(External {
             name,
-            why: "external data (data_location EXTERNAL), which deeplock does not lock yet",
+            dtype,
+            shape,
+            location: x.0,
+            offset: x.1,
+            len: want,
         });
         return Ok(());
     }
-    let typed = !float_runs.is_empty() || !double_runs.is_empty() || unpacked || varints || strings;
     let range = match raw {
         Some(_) if typed => {
             return Err(r.bad(format!(
@@ -563,6 +707,26 @@ fn tensor(r: &mut Reader, walk: &mut Walk, s: u64, e: u64, prefix: &str) -> Resu
             range.end - range.start
         )));
     }
+    let (dtype, shape) = dtype_shape(r, &name, known, dims, want)?;
+    walk.tensors.push(TensorEntry {
+        name,
+        dtype,
+        shape,
+        start: range.start,
+        end: range.end,
+    });
+    Ok(())
+}
+
+/// A tensor's dtype and shape in v2's descriptors: its own where deeplock names its
+/// type, else `U8` of its `want` bytes.
+fn dtype_shape(
+    r: &Reader,
+    name: &str,
+    known: Option<Dtype>,
+    dims: Vec<u64>,
+    want: u64,
+) -> Result<(Dtype, Vec<usize>)> {
     let (dtype, shape) = match known {
         Some(d) => (d, dims),
         None => (Dtype::U8, vec![want]),
@@ -576,14 +740,56 @@ fn tensor(r: &mut Reader, walk: &mut Walk, s: u64, e: u64, prefix: &str) -> Resu
                 "initializer {name:?} is too large for this machine"
             ))
         })?;
-    walk.tensors.push(TensorEntry {
-        name,
-        dtype,
-        shape,
-        start: range.start,
-        end: range.end,
-    });
-    Ok(())
+    Ok((dtype, shape))
+}
+
+/// The `location` and `offset` of an external initializer's `external_data` entries,
+/// its `length` (if given) checked against the `want` bytes its shape and type need.
+fn external(
+    r: &Reader,
+    name: &str,
+    entries: &[(String, String)],
+    want: u64,
+) -> Result<(String, u64)> {
+    let get = |key: &str| -> Result<Option<&str>> {
+        let mut found = entries.iter().filter(|(k, _)| k == key);
+        let first = found.next().map(|(_, v)| v.as_str());
+        if found.next().is_some() {
+            return Err(r.bad(format!(
+                "initializer {name:?} gives its external {key} twice"
+            )));
+        }
+        Ok(first)
+    };
+    let number = |key: &str| -> Result<Option<u64>> {
+        get(key)?
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    r.bad(format!(
+                        "initializer {name:?} has the external {key} {v:?}, not a number"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let Some(location) = get("location")? else {
+        return Err(r.bad(format!(
+            "initializer {name:?} keeps its data in an external file but names none (no location)"
+        )));
+    };
+    if !super::plain_relative_path(location) || location.contains('\\') {
+        return Err(r.bad(format!(
+            "initializer {name:?} names the external file {location:?}, not a plain relative path (no '..', '\\', or empty parts); save the model with its data beside it"
+        )));
+    }
+    if let Some(len) = number("length")? {
+        if len != want {
+            return Err(r.bad(format!(
+                "initializer {name:?} gives an external length of {len} bytes, but its shape and type need {want}"
+            )));
+        }
+    }
+    Ok((location.to_owned(), number("offset")?.unwrap_or(0)))
 }
 
 /// `metadata_props` entries (field 14 of `ModelProto`) holding `entries`, in order.
@@ -605,7 +811,7 @@ impl Container for Onnx {
 
     fn byte_range(&self, i: usize) -> Range<u64> {
         let t = &self.tensors[i];
-        t.start..t.end
+        self.run_offset(t.start)..self.run_offset(t.end)
     }
 
     fn lock_record(&self) -> Result<Option<LockInfo>> {
@@ -632,18 +838,10 @@ impl Container for Onnx {
     }
 
     fn layout(&self, record: Option<&LockInfo>) -> Result<Layout> {
-        if record.is_some() && self.external > 0 {
-            return Err(Error::format(
-                &self.path,
-                format!(
-                    "{} initializer(s) keep their data in an external file, which deeplock does not lock yet; save the model with its weights inside (onnx.save_model(model, path, save_as_external_data=False), under 2 GB)",
-                    self.external
-                ),
-            ));
-        }
         let mut pieces = Vec::new();
         let mut at = 0;
-        for (i, t) in self.tensors.iter().enumerate() {
+        let mut tensors = self.tensors.iter().enumerate().peekable();
+        while let Some((i, t)) = tensors.next_if(|(_, t)| t.start < self.record_start) {
             if t.start > at {
                 pieces.push(Piece::Copy(at..t.start));
             }
@@ -659,10 +857,31 @@ impl Container for Onnx {
             pieces.push(Piece::Bytes(encode_record(&list)));
             entries = list.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         }
+        // Each external data file as it is, its tensors locked or unlocked in place.
+        let mut file_start = self.file_len;
+        for len in &self.data_lens {
+            let (mut at, end) = (file_start, file_start + len);
+            while let Some((i, _)) = tensors.next_if(|(i, _)| self.byte_range(*i).start < end) {
+                let r = self.byte_range(i);
+                if r.start > at {
+                    pieces.push(Piece::Copy(at..r.start));
+                }
+                pieces.push(Piece::Tensor(i));
+                at = r.end;
+            }
+            if end > at {
+                pieces.push(Piece::Copy(at..end));
+            }
+            file_start = end;
+        }
         Ok(Layout {
             pieces,
             metadata: self.metadata_with(&entries),
         })
+    }
+
+    fn data_files(&self) -> &[DataFile] {
+        &self.data
     }
 }
 

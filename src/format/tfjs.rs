@@ -256,15 +256,10 @@ fn stored_dtype(w: &serde_json::Map<String, Value>, name: &str, path: &Path) -> 
     }
 }
 
-/// Whether `rel` is a weight path deeplock accepts (see SPEC): relative, `/`-separated,
-/// no empty, `.` or `..` component, nothing a URL would read otherwise.
+/// Whether `rel` is a weight path deeplock accepts (see SPEC): a plain relative path
+/// with nothing a URL would read otherwise.
 fn valid_path(rel: &str) -> bool {
-    !rel.is_empty()
-        && !rel.starts_with('/')
-        && !rel.contains(['\\', '?', '#', '%', '\0'])
-        && rel
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != "..")
+    super::plain_relative_path(rel) && !rel.contains(['\\', '?', '#', '%'])
 }
 
 /// The tensors and weight files of the (unlocked) `model.json` object `top`.
