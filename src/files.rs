@@ -6,8 +6,6 @@
 //! drop-in file. Unlocking removes that metadata and restores the data.
 
 mod pipeline;
-mod sniff;
-mod walk;
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -15,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::GlobSet;
 
 use crate::authenticate::{Checker, Sealer};
-use crate::checkpoint;
+use crate::checkpoint::{self, directory};
 use crate::dtype::Dtype;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -29,11 +27,10 @@ use crate::lock_info::LockInfo;
 use crate::output;
 use crate::scheme::{Direction, Salt, TensorCipher};
 
+pub use crate::checkpoint::{Entry, Kind, Listing, Skip};
 pub use pipeline::DEFAULT_MAX_IN_FLIGHT;
 #[doc(hidden)]
 pub use pipeline::{Fault, Io};
-pub use sniff::Kind;
-pub use walk::{Entry, Listing, Skip};
 
 /// Default bytes per chunk handed to an engine. Memory in use is a small multiple.
 pub const DEFAULT_CHUNK: usize = 16 << 20;
@@ -131,85 +128,6 @@ pub fn read_header(path: &Path) -> Result<Header> {
     Header::read(&mut open(path)?, path)
 }
 
-fn globs(patterns: &[String], what: &str) -> Result<Option<GlobSet>> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut b = GlobSetBuilder::new();
-    for p in patterns {
-        b.add(Glob::new(p).map_err(|e| {
-            Error::Invalid(format!(
-                "bad {what} pattern {p:?}: {e}; use globs like 'encoder.*.weight'"
-            ))
-        })?);
-    }
-    b.build()
-        .map(Some)
-        .map_err(|e| Error::Invalid(format!("bad {what} patterns: {e}")))
-}
-
-/// The safetensors files of a model: the file itself, or every shard under a directory
-/// (an error if it holds none).
-fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
-    if !path.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    shards(path, &walk::list(path, &[], None)?)
-}
-
-/// The safetensors files of the directory `dir`, listed as `listing` (an error if it
-/// holds none).
-fn shards(dir: &Path, listing: &walk::Listing) -> Result<Vec<PathBuf>> {
-    let files: Vec<PathBuf> = listing
-        .files
-        .iter()
-        .filter(|e| matches!(e.kind, Kind::Model(_)))
-        .map(|e| dir.join(&e.rel))
-        .collect();
-    if files.is_empty() {
-        return Err(no_model(dir));
-    }
-    Ok(files)
-}
-
-/// Lists the directory input `dir` as [`walk::list`] does, leaving out its checkpoint
-/// record (it is never copied: lock and upgrade write a new one, unlock none, and
-/// checking and joining read it on its own) and the data files of its models (a TF.js
-/// model's weight files), which are read and written with their model.
-fn list_dir(dir: &Path, protected: &[PathBuf], exclude: Option<&GlobSet>) -> Result<walk::Listing> {
-    let mut listing = walk::list(dir, protected, exclude)?;
-    listing
-        .files
-        .retain(|e| e.rel != Path::new(checkpoint::RECORD_NAME));
-    // A model's data files (a TF.js model's weight files) go with it, not on their own.
-    let mut owned = std::collections::HashSet::new();
-    for e in &listing.files {
-        if matches!(
-            e.kind,
-            Kind::Model(format::Format::Tfjs | format::Format::Onnx)
-        ) {
-            let dir_rel = e.rel.parent().unwrap_or(Path::new(""));
-            for d in open_container(&dir.join(&e.rel))?.data_files() {
-                owned.insert(dir_rel.join(&d.name));
-            }
-        }
-    }
-    listing.files.retain(|e| !owned.contains(&e.rel));
-    Ok(listing)
-}
-
-fn no_model(dir: &Path) -> Error {
-    Error::Invalid(format!(
-        "{} holds no model file deeplock locks (safetensors, ONNX, TensorFlow Lite, GGUF); pass a model file or a checkpoint directory",
-        dir.display()
-    ))
-}
-
-/// Opens the model file at `path` in its format.
-fn open_container(path: &Path) -> Result<Box<dyn Container>> {
-    Ok(format::open_path(path)?.1)
-}
-
 /// One model file's plan: its input, the output's layout, the lock record the output
 /// must carry (`None` for an unlocked output), each tensor's cipher (`None` to copy its
 /// bytes unchanged), and what authenticates it.
@@ -239,7 +157,7 @@ enum Auth {
 const CLEAR_DTYPE: Dtype = Dtype::BOOL;
 
 fn plan_lock(path: &Path, key: &MasterKey, only: Option<&GlobSet>) -> Result<FilePlan> {
-    let input = open_container(path)?;
+    let input = directory::open_container(path)?;
     if input.lock_record()?.is_some() {
         return Err(Error::AlreadyLocked {
             path: path.to_path_buf(),
@@ -279,7 +197,7 @@ fn plan_lock(path: &Path, key: &MasterKey, only: Option<&GlobSet>) -> Result<Fil
 /// The plan of `upgrade`: the v1 file at `path`, locked under `key`, written as v2 with
 /// the same salt and locked bytes (every tensor passed through), tagged as it is.
 fn plan_upgrade(path: &Path, key: &MasterKey) -> Result<FilePlan> {
-    let input = open_container(path)?;
+    let input = directory::open_container(path)?;
     let info = input.lock_record()?.ok_or_else(|| Error::NotLocked {
         path: path.to_path_buf(),
     })?;
@@ -303,7 +221,7 @@ fn plan_upgrade(path: &Path, key: &MasterKey) -> Result<FilePlan> {
 }
 
 fn plan_unlock(path: &Path, key: &MasterKey) -> Result<FilePlan> {
-    let input = open_container(path)?;
+    let input = directory::open_container(path)?;
     let info = input.lock_record()?.ok_or_else(|| Error::NotLocked {
         path: path.to_path_buf(),
     })?;
@@ -617,9 +535,9 @@ fn run(
     let listing = match dir {
         Direction::Lock => lock_listing(input, opts)?,
         Direction::Unlock => {
-            let exclude = globs(&opts.exclude, "exclude")?;
-            let listing = list_dir(input, &protected, exclude.as_ref())?;
-            check_checkpoint(input, &listing.files, key)?;
+            let exclude = directory::globs(&opts.exclude, "exclude")?;
+            let listing = directory::list(input, &protected, exclude.as_ref())?;
+            directory::check(input, &listing.files, key)?;
             listing
         }
     };
@@ -639,7 +557,7 @@ fn run(
         }
     }
     if plans.is_empty() {
-        return Err(no_model(input));
+        return Err(directory::no_model(input));
     }
     output::check_space(output, need)?;
     output::write_dir(output, opts.force, &like(input), |tmp| {
@@ -726,7 +644,8 @@ fn run(
         }
         if dir == Direction::Lock {
             // The shards as written, joined by the checkpoint record.
-            let record = checkpoint::seal(output, &gather(tmp, &listing.files, key)?, key)?;
+            let record =
+                checkpoint::seal(output, &directory::gather(tmp, &listing.files, key)?, key)?;
             let path = tmp.join(checkpoint::RECORD_NAME);
             let mut f = output::create_private_file(&path)?;
             f.write_all(&record)
@@ -745,79 +664,14 @@ fn run(
     Ok(report)
 }
 
-/// The path of `rel` (relative to a checkpoint directory) as the record names it:
-/// UTF-8, `/`-separated.
-fn record_path(dir: &Path, rel: &Path) -> Result<String> {
-    let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
-    parts.map(|p| p.join("/")).ok_or_else(|| Error::Checkpoint {
-        dir: dir.to_path_buf(),
-        reason: format!(
-            "the file name {:?} is not UTF-8, which a checkpoint record cannot name; rename it",
-            rel
-        ),
-    })
-}
-
-/// The checkpoint contents of the directory `dir`, listed as `files`: every shard
-/// locked with v2, its key and header tag checked under `key`, and every index file.
-fn gather(dir: &Path, files: &[walk::Entry], key: &MasterKey) -> Result<checkpoint::Contents> {
-    let mut contents = checkpoint::Contents::default();
-    for e in files {
-        let path = dir.join(&e.rel);
-        let rel = record_path(dir, &e.rel)?;
-        if matches!(e.kind, Kind::Model(_)) {
-            let c = open_container(&path)?;
-            let Some(info) = c.lock_record()? else {
-                continue;
-            };
-            let Some(tags) = &info.tags else { continue };
-            Checker::new(&*c, &info, key, &path)?;
-            let names = c.tensors().iter().map(|t| t.name.clone()).collect();
-            contents.shards.insert(rel, (tags.header, names));
-        } else if checkpoint::is_index(&rel) {
-            let bytes = fs::read(&path).map_err(|err| Error::io(&path, err))?;
-            contents.indexes.insert(rel, bytes);
-        }
-    }
-    Ok(contents)
-}
-
-/// Checks the checkpoint directory `dir` (listed as `files`, the record left out) under
-/// `key` against its record: required as soon as it holds a shard locked with v2, so
-/// that deleting the record does not turn a checkpoint into loose files. Returns
-/// whether there was a record to check (none without v2 shards).
-fn check_checkpoint(dir: &Path, files: &[walk::Entry], key: &MasterKey) -> Result<bool> {
-    let contents = gather(dir, files, key)?;
-    if contents.shards.is_empty() {
-        return Ok(false);
-    }
-    let path = dir.join(checkpoint::RECORD_NAME);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::Checkpoint {
-                dir: dir.to_path_buf(),
-                reason: format!(
-                    "its shards are locked with scheme v2 but it holds no {} binding them together (deleted?); if you locked the shards one by one, join them with `deeplock join {}`",
-                    checkpoint::RECORD_NAME,
-                    dir.display()
-                ),
-            })
-        }
-        Err(e) => return Err(Error::io(&path, e)),
-    };
-    checkpoint::check(dir, &bytes, &contents, key)?;
-    Ok(true)
-}
-
 /// The model files of the checkpoint directory `dir`, its record checked under `key`
 /// first (shards missing, added, renamed or swapped are refused; each shard's own tags
 /// are left to whoever reads it), and whether there was a record to check (none
 /// without v2 shards): what a loader of a sharded checkpoint starts from.
 pub fn checked_shards(dir: &Path, key: &MasterKey) -> Result<(Vec<PathBuf>, bool)> {
-    let listing = list_dir(dir, &[], None)?;
-    let checked = check_checkpoint(dir, &listing.files, key)?;
-    Ok((shards(dir, &listing)?, checked))
+    let listing = directory::list(dir, &[], None)?;
+    let checked = directory::check(dir, &listing.files, key)?;
+    Ok((directory::shards(dir, &listing)?, checked))
 }
 
 /// Joins the shards of the checkpoint directory `dir`, each locked with v2 under `key`
@@ -832,9 +686,9 @@ pub fn join(dir: &Path, key: &MasterKey, opts: &Options) -> Result<usize> {
             dir.display()
         )));
     }
-    let exclude = globs(&opts.exclude, "exclude")?;
-    let listing = list_dir(dir, &protected, exclude.as_ref())?;
-    let contents = gather(dir, &listing.files, key)?;
+    let exclude = directory::globs(&opts.exclude, "exclude")?;
+    let listing = directory::list(dir, &protected, exclude.as_ref())?;
+    let contents = directory::gather(dir, &listing.files, key)?;
     let record = checkpoint::seal(dir, &contents, key)?;
     let path = dir.join(checkpoint::RECORD_NAME);
     output::write_file(
@@ -853,55 +707,15 @@ pub fn join(dir: &Path, key: &MasterKey, opts: &Options) -> Result<usize> {
 /// `opts.exclude` left out) and refused as lock refuses them (weights deeplock cannot
 /// lock, unless `opts.allow_plaintext` allows them; a directory without a shard).
 pub fn lock_listing(input: &Path, opts: &Options) -> Result<Listing> {
-    if !fs::metadata(input)
-        .map_err(|e| Error::io(input, e))?
-        .is_dir()
-    {
-        return Err(Error::Invalid(format!(
-            "{} is not a directory; pass a checkpoint directory",
-            input.display()
-        )));
-    }
     let protected: Vec<PathBuf> = opts.key_file.iter().cloned().collect();
-    let exclude = globs(&opts.exclude, "exclude")?;
-    let allowed = globs(&opts.allow_plaintext, "allow-plaintext")?;
-    let listing = list_dir(input, &protected, exclude.as_ref())?;
-    refuse_plaintext(input, &listing, allowed.as_ref())?;
-    shards(input, &listing)?;
-    Ok(listing)
-}
-
-/// Refuses to lock a directory holding weight files deeplock cannot lock, unless each
-/// is allowed: they would ship in the clear beside the locked model.
-fn refuse_plaintext(
-    input: &Path,
-    listing: &walk::Listing,
-    allowed: Option<&GlobSet>,
-) -> Result<()> {
-    let refused: Vec<(PathBuf, &'static str)> = listing
-        .files
-        .iter()
-        .filter_map(|e| match e.kind {
-            Kind::Weights(what) if !allowed.is_some_and(|g| g.is_match(&e.rel)) => {
-                Some((e.rel.clone(), what))
-            }
-            _ => None,
-        })
-        .collect();
-    if refused.is_empty() {
-        return Ok(());
-    }
-    Err(Error::Plaintext {
-        dir: input.to_path_buf(),
-        files: refused,
-    })
+    directory::lock_listing(input, &protected, &opts.exclude, &opts.allow_plaintext)
 }
 
 fn check_only_matches(input: &Path, only: Option<&GlobSet>, opts_only: &[String]) -> Result<()> {
     let Some(g) = only else { return Ok(()) };
-    let paths = model_files(input)?;
+    let paths = directory::model_files(input)?;
     for p in paths {
-        if open_container(&p)?
+        if directory::open_container(&p)?
             .tensors()
             .iter()
             .any(|t| g.is_match(&t.name))
@@ -924,7 +738,7 @@ pub fn lock(
     engine: &mut dyn Engine,
     opts: &Options,
 ) -> Result<Report> {
-    let only = globs(&opts.only, "tensor selection")?;
+    let only = directory::globs(&opts.only, "tensor selection")?;
     check_only_matches(input, only.as_ref(), &opts.only)?;
     run(input, output, Direction::Lock, key, engine, opts, |p| {
         plan_lock(p, key, only.as_ref())
@@ -997,10 +811,10 @@ impl Inspection {
 
 /// Inspects a model file, or every shard of a checkpoint directory.
 pub fn inspect(path: &Path) -> Result<Vec<Inspection>> {
-    model_files(path)?
+    directory::model_files(path)?
         .into_iter()
         .map(|p| {
-            let c = open_container(&p)?;
+            let c = directory::open_container(&p)?;
             Ok(Inspection {
                 lock: c.lock_record()?,
                 user_metadata: c.user_metadata(),

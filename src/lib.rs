@@ -20,9 +20,13 @@
 //!                checkpoint directories; memory: locked models read into and written
 //!                from memory (the loaders); key_file: key files
 //!                                    |
-//!  v2 applied    authenticate (seal on lock, check on read)   checkpoint (the record)
+//!  directories   checkpoint: a directory of model files listed, classified and bound
+//!                by its record
 //!                                    |
-//!  containers    format (the Container trait; safetensors)   lock_info   auth (v2 tags)
+//!  v2 applied    authenticate (seal on lock, check on read)
+//!                                    |
+//!  containers    format (the Container trait: safetensors, ONNX, TFLite, GGUF, TF.js; a
+//!                model's files read as one run)   lock_info   auth (v2 tags)
 //!                header   output
 //!                                    |
 //!  stream        engine: the Engine protocol, chunk packing, CpuEngine, GpuEngine
@@ -37,11 +41,13 @@
 //! - [`MasterKey`], [`Salt`], [`Nonce`], [`TensorCipher`]: the scheme's values.
 //! - [`auth`]: scheme v2's tags (authenticated locking), the same transform plus GMAC;
 //!   [`authenticate`] runs them over a container's tensors and header, and
-//!   [`checkpoint`] over a directory's shards.
+//!   [`checkpoint`] over a directory's model files.
+//! - [`mod@format`]: the model formats, each a [`format::Container`]: where a file's tensors
+//!   lie (in it, or in the data files it names), where its lock record lives.
 //! - [`mod@reference`]: the obviously-correct scalar path every fast path is checked against.
 //! - [`CpuLocker`]: the CPU fast path (AES-NI / VAES, all cores); [`gpu`]: the wgpu path.
 //! - [`engine`]: what the file streamer hands chunks to, on the CPU or a GPU.
-//! - [`files`]: whole safetensors files and checkpoint directories, streamed through an
+//! - [`files`]: whole model files and checkpoint directories, streamed through an
 //!   [`engine::Engine`], written through [`output`]'s safe outputs.
 //! - [`mod@bench`]: the vendor-neutral benchmark behind `deeplock bench`.
 //! - [`infer`]: running a model, locked or not, on the CPU or a GPU; [`mnist`]: its test
