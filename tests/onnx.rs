@@ -714,3 +714,28 @@ fn external_data_is_locked_in_place_across_its_files_and_tampers_are_refused() {
         assert!(!d.join("bad.onnx").exists() && !d.join("w.data").exists());
     }
 }
+
+#[test]
+fn a_tensor_ending_the_file_stays_clear_of_the_record_appended_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_key_file(&d.join("key"));
+    // The initializer's raw_data is the file's last bytes: the record follows it.
+    let w = random(&mut seeded_rng("onnx last tensor"), 8);
+    let mut m = Vec::new();
+    int(&mut m, 1, 8);
+    bytes(
+        &mut m,
+        7,
+        &graph("g", &[], &[tensor("w", 1, &[2], Data::Raw(&w))]),
+    );
+    assert!(m.ends_with(&w));
+    std::fs::write(d.join("m.onnx"), &m).unwrap();
+    ok(d, &["lock", "m.onnx", "-o", "l.onnx", "--key-file", "key"]);
+    ok(d, &["verify", "l.onnx", "--key-file", "key"]);
+    ok(
+        d,
+        &["unlock", "l.onnx", "-o", "u.onnx", "--key-file", "key"],
+    );
+    assert_eq!(std::fs::read(d.join("u.onnx")).unwrap(), m);
+}

@@ -46,8 +46,6 @@ const MAX_DEPTH: u32 = 8;
 const MAX_SHOWN: usize = 200;
 /// The largest header read: GGUF headers hold a vocabulary (a few MB), not weights.
 const MAX_HEADER_LEN: u64 = 256 << 20;
-/// Bytes of the file the gaps between tensors are read in at a time, for the digest.
-const READ_PIECE: u64 = 1 << 20;
 
 /// GGUF value types.
 const T_STRING: u32 = 8;
@@ -471,24 +469,9 @@ impl Gguf {
         } else {
             h.update(&pad);
         }
-        let mut at = data_at;
-        let mut buf = Vec::new();
-        let mut hash_range = |from: u64, to: u64, h: &mut Sha256| -> Result<()> {
-            let mut p = from;
-            while p < to {
-                let n = (to - p).min(READ_PIECE);
-                buf.resize(n as usize, 0);
-                read_at(p..p + n, &mut buf)?;
-                h.update(&buf);
-                p += n;
-            }
-            Ok(())
-        };
-        for e in &entries {
-            hash_range(at.min(data_at + e.start), data_at + e.start, &mut h)?;
-            at = data_at + e.end;
-        }
-        hash_range(at.min(len), len, &mut h)?;
+        let ranges = entries.iter().map(|e| data_at + e.start..data_at + e.end);
+        let mut read = |at: u64, buf: &mut [u8]| read_at(at..at + buf.len() as u64, buf);
+        super::hash_gaps(&mut h, data_at, len, ranges, false, &mut read)?;
         let structure: [u8; 32] = h.finalize().into();
         Ok(Gguf {
             path: path.to_path_buf(),

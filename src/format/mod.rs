@@ -144,6 +144,43 @@ impl Layout {
     }
 }
 
+/// Feeds `h` every byte of `from..to` outside `ranges` (sorted, disjoint), in order,
+/// read with `read` at most 1 MiB at a time; with `lengths`, each gap (the last one too,
+/// empty or not) preceded by its length as LE64, as ONNX's skeleton binds it. How every
+/// format's structure digest (`deeplock.onnx.skeleton`, `tflite.structure`,
+/// `gguf.structure`) takes the bytes a lock leaves as they are.
+pub(crate) fn hash_gaps(
+    h: &mut sha2::Sha256,
+    from: u64,
+    to: u64,
+    ranges: impl IntoIterator<Item = Range<u64>>,
+    lengths: bool,
+    read: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
+) -> Result<()> {
+    use sha2::Digest;
+    let mut buf = Vec::new();
+    let mut gap = |a: u64, b: u64, h: &mut sha2::Sha256| -> Result<()> {
+        if lengths {
+            h.update((b - a).to_le_bytes());
+        }
+        let mut p = a;
+        while p < b {
+            let n = (b - p).min(1 << 20);
+            buf.resize(n as usize, 0);
+            read(p, &mut buf)?;
+            h.update(&buf);
+            p += n;
+        }
+        Ok(())
+    };
+    let mut at = from;
+    for r in ranges {
+        gap(at.min(r.start), r.start, h)?;
+        at = at.max(r.end);
+    }
+    gap(at.min(to), to, h)
+}
+
 /// Whether `rel` is a plain relative path to a file beside a model (a TF.js weight file,
 /// an ONNX external data file): `/`-separated, not empty, not starting with `/`, with no
 /// empty, `.` or `..` component and no NUL, so that it names a file in the model's

@@ -240,16 +240,15 @@ impl Onnx {
         let mut tensors = walk.tensors;
         tensors.sort_by_key(|t| (t.start, t.end));
         let mut hash = Sha256::new();
-        let mut at = 0;
-        for t in tensors
-            .iter()
-            .map(|t| t.start..t.end)
-            .chain(std::iter::once(record_start..record_start))
-        {
-            hash.update((t.start - at).to_le_bytes());
-            r.each_window(at, t.start, |b| hash.update(b))?;
-            at = t.end;
-        }
+        let mut read = |at: u64, buf: &mut [u8]| {
+            let mut k = 0;
+            r.each_window(at, at + buf.len() as u64, |w| {
+                buf[k..k + w.len()].copy_from_slice(w);
+                k += w.len();
+            })
+        };
+        let ranges = tensors.iter().map(|t| t.start..t.end);
+        super::hash_gaps(&mut hash, 0, record_start, ranges, true, &mut read)?;
         let (data, data_lens) =
             external_files(walk.external, record_start, lens, &mut tensors, path)?;
         for (d, len) in data.iter().zip(&data_lens) {
@@ -810,8 +809,10 @@ impl Container for Onnx {
     }
 
     fn byte_range(&self, i: usize) -> Range<u64> {
+        // By its start: a tensor ending where the record begins stays before it.
         let t = &self.tensors[i];
-        self.run_offset(t.start)..self.run_offset(t.end)
+        let start = self.run_offset(t.start);
+        start..start + t.len()
     }
 
     fn lock_record(&self) -> Result<Option<LockInfo>> {

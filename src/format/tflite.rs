@@ -609,25 +609,10 @@ fn parse_model(fb: &Fb<'_>) -> Result<Model> {
 /// SHA-256 of every byte of the file outside the entries' bytes, in file order.
 fn structure_digest(fb: &Fb<'_>, entries: &[TensorEntry]) -> Result<[u8; 32]> {
     let mut h = Sha256::new();
-    let mut at = 0u64;
-    let mut hash = |from: u64, to: u64| -> Result<()> {
-        let mut p = from;
-        while p < to {
-            let n = (to - p).min(1 << 20);
-            let mut buf = vec![0u8; n as usize];
-            fb.src
-                .read(p, &mut buf)
-                .map_err(|e| Error::io(fb.path, e))?;
-            h.update(&buf);
-            p += n;
-        }
-        Ok(())
-    };
-    for e in entries {
-        hash(at, e.start)?;
-        at = e.end;
-    }
-    hash(at, fb.src.len())?;
+    let ranges = entries.iter().map(|e| e.start..e.end);
+    let mut read =
+        |at: u64, buf: &mut [u8]| fb.src.read(at, buf).map_err(|e| Error::io(fb.path, e));
+    super::hash_gaps(&mut h, 0, fb.src.len(), ranges, false, &mut read)?;
     Ok(h.finalize().into())
 }
 
