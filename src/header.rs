@@ -40,9 +40,25 @@ pub struct TensorEntry {
 }
 
 impl TensorEntry {
-    /// Its size in bytes.
+    /// Its size in bytes, as its offsets span.
     pub fn len(&self) -> u64 {
         self.end - self.start
+    }
+
+    /// Number of elements of its shape.
+    pub fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Size in bytes its shape and dtype take, sub-byte elements packed: what a valid
+    /// header's offsets span ([`TensorEntry::len`]), worked out from the shape alone, as
+    /// an inference plan sizes its buffers.
+    pub fn bytes(&self) -> u64 {
+        let elements = self.elements() as u64;
+        match self.dtype.size() {
+            Some(size) => elements * size,
+            None => (elements * u64::from(self.dtype.bits())).div_ceil(8),
+        }
     }
 
     /// Whether it holds no bytes.
@@ -431,6 +447,19 @@ mod tests {
         h.set_metadata("deeplock.version", "1".into());
         let back = Header::parse(&h.to_bytes()[8..], Path::new("t")).unwrap();
         assert_eq!(back.metadata_value("deeplock.version"), Some("1"));
+    }
+
+    #[test]
+    fn sizes_from_shapes_are_what_the_offsets_span() {
+        let s = r#"{"w":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,12]},"f":{"dtype":"F4","shape":[6],"data_offsets":[12,15]},"s":{"dtype":"F64","shape":[],"data_offsets":[15,23]}}"#;
+        let h = parse(s).unwrap();
+        let got: Vec<(&str, usize, u64)> = h
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), t.elements(), t.bytes()))
+            .collect();
+        assert_eq!(got, [("w", 6, 12), ("f", 6, 3), ("s", 1, 8)]);
+        assert!(h.tensors.iter().all(|t| t.bytes() == t.len()));
     }
 
     #[test]

@@ -13,9 +13,9 @@ use deeplock::bench::matmul::{bench_matmul, matmul_table, MatmulCase};
 use deeplock::bench::Runs;
 use deeplock::gpu::{
     ConvInput, FusedMatmul, GpuContext, GpuLocker, GpuTensor, HostTensor, Kernel, KernelTimer,
-    Linear, MatmulShape, Region, TensorKey, WeightDtype,
+    Linear, MatmulShape, Region, TensorKey, MATMUL_DTYPES,
 };
-use deeplock::{reference, Direction, MasterKey, Salt, TensorCipher};
+use deeplock::{reference, Direction, Dtype, MasterKey, Salt, TensorCipher};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore};
 use wgpu::util::DeviceExt;
@@ -61,7 +61,7 @@ fn cipher_under(key: &MasterKey, rng: &mut StdRng, name: &str) -> TensorCipher {
 /// A tensor operand on the host: plaintext bytes, the exact values they decode to, and
 /// how it is stored on the GPU.
 struct Operand {
-    dtype: WeightDtype,
+    dtype: Dtype,
     plain: Vec<u8>,
     values: Vec<f64>,
     cipher: Option<TensorCipher>,
@@ -72,31 +72,27 @@ struct Operand {
 
 impl Operand {
     /// `len` values uniform in (-1, 1), rounded to `dtype`; locked under `cipher` if any.
-    fn random(
-        rng: &mut StdRng,
-        len: usize,
-        dtype: WeightDtype,
-        cipher: Option<TensorCipher>,
-    ) -> Self {
-        let mut plain = Vec::with_capacity(len * dtype.size() as usize);
+    fn random(rng: &mut StdRng, len: usize, dtype: Dtype, cipher: Option<TensorCipher>) -> Self {
+        let mut plain = Vec::with_capacity(len * dtype.size().unwrap() as usize);
         let mut values = Vec::with_capacity(len);
         for _ in 0..len {
             let v: f32 = rng.random_range(-1.0..1.0);
             match dtype {
-                WeightDtype::F32 => {
+                Dtype::F32 => {
                     plain.extend_from_slice(&v.to_le_bytes());
                     values.push(f64::from(v));
                 }
-                WeightDtype::F16 => {
+                Dtype::F16 => {
                     let h = half::f16::from_f32(v);
                     plain.extend_from_slice(&h.to_le_bytes());
                     values.push(h.to_f64());
                 }
-                WeightDtype::Bf16 => {
+                Dtype::BF16 => {
                     let h = half::bf16::from_f32(v);
                     plain.extend_from_slice(&h.to_le_bytes());
                     values.push(h.to_f64());
                 }
+                d => unreachable!("the kernels do not decode {d}"),
             }
         }
         let tensor_offset = match rng.random_range(0..4) {
@@ -178,7 +174,7 @@ enum Storage {
 impl Problem {
     /// Random X, W of `dtype` and, half the time, a bias of a random dtype (locked, under
     /// W's master key, when W is; or sometimes alone).
-    fn random(rng: &mut StdRng, shape: MatmulShape, dtype: WeightDtype, storage: Storage) -> Self {
+    fn random(rng: &mut StdRng, shape: MatmulShape, dtype: Dtype, storage: Storage) -> Self {
         let (m, n, k) = (shape.m as usize, shape.n as usize, shape.k as usize);
         let x = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
         let mut key = [0u8; 16];
@@ -189,7 +185,7 @@ impl Problem {
             Storage::Plain => None,
         };
         let bias = rng.random_bool(0.5).then(|| {
-            let dtype = WeightDtype::ALL[rng.random_range(0..3)];
+            let dtype = MATMUL_DTYPES[rng.random_range(0..3)];
             let locked = match storage {
                 Storage::Locked => rng.random_bool(0.7),
                 Storage::Plain => rng.random_bool(0.2),
@@ -216,7 +212,7 @@ impl Problem {
         input: ConvInput,
         batch: u32,
         out: u32,
-        dtype: WeightDtype,
+        dtype: Dtype,
         storage: Storage,
     ) -> Self {
         let (oh, ow) = input.output().expect("a conv with an output");
@@ -265,7 +261,7 @@ impl Problem {
     fn with_locked_bias(mut self, rng: &mut StdRng) -> Self {
         let cipher = cipher_under(&self.key, rng, "fc.bias");
         let n = self.shape.n as usize;
-        self.bias = Some(Operand::random(rng, n, WeightDtype::F32, Some(cipher)));
+        self.bias = Some(Operand::random(rng, n, Dtype::F32, Some(cipher)));
         self
     }
 
@@ -289,7 +285,7 @@ impl Problem {
     /// exactly too but accumulate in f32 like the rest.
     fn tolerance(&self) -> f64 {
         match self.w.dtype {
-            WeightDtype::F32 => 1e-5,
+            Dtype::F32 => 1e-5,
             _ => 1e-2,
         }
     }
@@ -503,9 +499,9 @@ fn conv_matches_reference() {
             pad,
         };
         let (dtype, storage) = [
-            (WeightDtype::F32, Storage::Locked),
-            (WeightDtype::Bf16, Storage::Locked),
-            (WeightDtype::F16, Storage::Plain),
+            (Dtype::F32, Storage::Locked),
+            (Dtype::BF16, Storage::Locked),
+            (Dtype::F16, Storage::Plain),
         ][i % 3];
         let p = Problem::random_conv(&mut rng, input, batch, out, dtype, storage);
         check(fm, &mut rng, &p, Kernel::Auto);
@@ -546,7 +542,7 @@ fn conv_shape_errors() {
             w: GpuTensor {
                 buffer: &w,
                 offset: 0,
-                dtype: WeightDtype::F32,
+                dtype: Dtype::F32,
                 locked: None,
             },
             bias: None,
@@ -605,9 +601,9 @@ fn split_k_matches_reference() {
     for forced in [2, 3, 1000] {
         fm.set_k_splits(Some(forced)).unwrap();
         for (dtype, storage) in [
-            (WeightDtype::F32, Storage::Locked),
-            (WeightDtype::Bf16, Storage::Locked),
-            (WeightDtype::F16, Storage::Plain),
+            (Dtype::F32, Storage::Locked),
+            (Dtype::BF16, Storage::Locked),
+            (Dtype::F16, Storage::Plain),
         ] {
             let s = shape(
                 rng.random_range(2..=150),
@@ -634,12 +630,7 @@ fn split_k_matches_reference() {
     }
     assert!(fm.set_k_splits(Some(0)).is_err());
     fm.set_k_splits(None).unwrap();
-    let skinny = Problem::random(
-        &mut rng,
-        shape(8, 64, 1024),
-        WeightDtype::Bf16,
-        Storage::Locked,
-    );
+    let skinny = Problem::random(&mut rng, shape(8, 64, 1024), Dtype::BF16, Storage::Locked);
     let got = run(&fm, &mut rng, &skinny, Kernel::Gemm);
     assert_eq!(
         got.k_splits, 8,
@@ -650,12 +641,7 @@ fn split_k_matches_reference() {
         err < skinny.tolerance(),
         "default split: relative error {err:e}"
     );
-    let square = Problem::random(
-        &mut rng,
-        shape(64, 64, 64),
-        WeightDtype::F32,
-        Storage::Plain,
-    );
+    let square = Problem::random(&mut rng, shape(64, 64, 64), Dtype::F32, Storage::Plain);
     assert_eq!(run(&fm, &mut rng, &square, Kernel::Gemm).k_splits, 1);
 }
 
@@ -706,7 +692,7 @@ fn gemv_shapes(rng: &mut StdRng) -> Vec<MatmulShape> {
 fn fused_gemm_matches_reference() {
     let Some(fm) = shared() else { return };
     let mut rng = rng("fused_gemm_matches_reference");
-    for dtype in WeightDtype::ALL {
+    for dtype in MATMUL_DTYPES {
         for s in gemm_shapes(&mut rng) {
             let p = Problem::random(&mut rng, s, dtype, Storage::Locked);
             check(fm, &mut rng, &p, Kernel::Gemm);
@@ -718,7 +704,7 @@ fn fused_gemm_matches_reference() {
 fn fused_gemv_matches_reference() {
     let Some(fm) = shared() else { return };
     let mut rng = rng("fused_gemv_matches_reference");
-    for dtype in WeightDtype::ALL {
+    for dtype in MATMUL_DTYPES {
         for s in gemv_shapes(&mut rng) {
             let p = Problem::random(&mut rng, s, dtype, Storage::Locked);
             check(fm, &mut rng, &p, Kernel::Gemv);
@@ -730,7 +716,7 @@ fn fused_gemv_matches_reference() {
 fn plain_matches_reference() {
     let Some(fm) = shared() else { return };
     let mut rng = rng("plain_matches_reference");
-    for dtype in WeightDtype::ALL {
+    for dtype in MATMUL_DTYPES {
         for s in [
             shape(1, 1, 1),
             shape(65, 63, 33),
@@ -750,7 +736,7 @@ fn plain_matches_reference() {
 fn wrong_key_gives_garbage() {
     let Some(fm) = shared() else { return };
     let mut rng = rng("wrong_key_gives_garbage");
-    for dtype in WeightDtype::ALL {
+    for dtype in MATMUL_DTYPES {
         for kernel in [Kernel::Gemm, Kernel::Gemv] {
             let mut p = Problem::random(&mut rng, shape(2, 67, 45), dtype, Storage::Locked);
             // A bias under the right key would be refused: W's wrong key is another master key.
@@ -793,9 +779,9 @@ fn no_plaintext_weights_in_gpu_memory() {
     let locker = GpuLocker::new(ctx);
     let mut rng = rng("no_plaintext_weights_in_gpu_memory");
     for (kernel, s, dtype) in [
-        (Kernel::Gemm, shape(5, 70, 45), WeightDtype::F32),
-        (Kernel::Gemm, shape(9, 33, 64), WeightDtype::Bf16),
-        (Kernel::Gemv, shape(1, 40, 100), WeightDtype::F16),
+        (Kernel::Gemm, shape(5, 70, 45), Dtype::F32),
+        (Kernel::Gemm, shape(9, 33, 64), Dtype::BF16),
+        (Kernel::Gemv, shape(1, 40, 100), Dtype::F16),
     ] {
         let p = Problem::random(&mut rng, s, dtype, Storage::Locked).with_locked_bias(&mut rng);
         let bias = p.bias.as_ref().unwrap();
@@ -896,7 +882,7 @@ fn run_on_host_slices() {
     let Some(fm) = shared() else { return };
     let mut rng = rng("run_on_host_slices");
     for s in [shape(1, 19, 23), shape(13, 19, 23)] {
-        let p = Problem::random(&mut rng, s, WeightDtype::Bf16, Storage::Locked);
+        let p = Problem::random(&mut rng, s, Dtype::BF16, Storage::Locked);
         let w = p.w.stored();
         let bias = p.bias.as_ref().map(|b| (b.stored(), b));
         let bias = bias.as_ref().map(|(bytes, b)| HostTensor {
@@ -934,7 +920,7 @@ fn bad_operands_are_errors() {
         w: GpuTensor {
             buffer: &w,
             offset: 0,
-            dtype: WeightDtype::F32,
+            dtype: Dtype::F32,
             locked: Some(TensorKey {
                 cipher: &w_cipher,
                 tensor_offset: 0,
@@ -943,7 +929,7 @@ fn bad_operands_are_errors() {
         bias: Some(GpuTensor {
             buffer: &b,
             offset: 0,
-            dtype: WeightDtype::F32,
+            dtype: Dtype::F32,
             locked: None,
         }),
         y: &y,
@@ -1005,11 +991,42 @@ fn bad_operands_are_errors() {
             },
             "different master keys",
         ),
+        (
+            Linear {
+                w: GpuTensor {
+                    dtype: Dtype::F64,
+                    ..good.w
+                },
+                ..good
+            },
+            "matmul w is F64; the kernels decode F32, F16, BF16",
+        ),
+        (
+            Linear {
+                bias: Some(GpuTensor {
+                    dtype: Dtype::F4,
+                    ..good.bias.unwrap()
+                }),
+                ..good
+            },
+            "matmul bias is F4",
+        ),
     ];
     for (op, message) in cases {
         let err = try_encode(&op).unwrap_err().to_string();
         assert!(err.contains(message), "{message}: {err}");
     }
+    // From host memory too, before any length is checked against the type's size.
+    let w = HostTensor {
+        bytes: &[0; 12],
+        dtype: Dtype::I32,
+        locked: None,
+    };
+    let err = fm
+        .run(&[0.0], &w, None, shape(1, 3, 1), Kernel::Auto)
+        .unwrap_err();
+    assert!(matches!(err, deeplock::Error::Invalid(_)), "{err:?}");
+    assert!(err.to_string().contains("matmul w is I32"), "{err}");
 }
 
 #[test]
@@ -1024,12 +1041,7 @@ fn kernel_timer_times_the_pass() {
         return;
     }
     let mut rng = rng("kernel_timer_times_the_pass");
-    let p = Problem::random(
-        &mut rng,
-        shape(3, 50, 70),
-        WeightDtype::F32,
-        Storage::Locked,
-    );
+    let p = Problem::random(&mut rng, shape(3, 50, 70), Dtype::F32, Storage::Locked);
     let timer = KernelTimer::new(ctx).unwrap();
     let x = ctx
         .device()
@@ -1060,11 +1072,11 @@ fn kernel_timer_times_the_pass() {
 fn bench_matmul_reports_consistent_records() {
     let Some(fm) = shared() else { return };
     let cases = [
-        MatmulCase::new(1, 40, 72, WeightDtype::F32),
-        MatmulCase::new(9, 33, 64, WeightDtype::Bf16),
-        MatmulCase::new(70, 9, 40, WeightDtype::F16),
+        MatmulCase::new(1, 40, 72, Dtype::F32),
+        MatmulCase::new(9, 33, 64, Dtype::BF16),
+        MatmulCase::new(70, 9, 40, Dtype::F16),
         // One output tile, a long K: split.
-        MatmulCase::new(9, 64, 1024, WeightDtype::Bf16),
+        MatmulCase::new(9, 64, 1024, Dtype::BF16),
     ];
     let runs = Runs {
         warmup: 0,

@@ -20,10 +20,11 @@ use wgpu::util::DeviceExt;
 
 use super::{grouped_table, median_of, Runs};
 use crate::cpu::CpuLocker;
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::gpu::{
     f32s, read_mapped, FusedMatmul, GpuContext, GpuLocker, GpuTensor, Kernel, KernelTimer, Linear,
-    MatmulShape, Region, TensorKey, WeightDtype,
+    MatmulShape, Region, TensorKey,
 };
 use crate::key::MasterKey;
 use crate::rng::SplitMix64;
@@ -34,13 +35,13 @@ use crate::scheme::{Direction, Salt, TensorCipher};
 pub struct MatmulCase {
     /// `m` (batch), `n` (output features), `k` (input features).
     pub shape: MatmulShape,
-    /// Element type of W.
-    pub dtype: WeightDtype,
+    /// Element type of W: F32, F16 or BF16.
+    pub dtype: Dtype,
 }
 
 impl MatmulCase {
     /// A case of `m` batch rows against an `n x k` weight of `dtype`.
-    pub fn new(m: u32, n: u32, k: u32, dtype: WeightDtype) -> Self {
+    pub fn new(m: u32, n: u32, k: u32, dtype: Dtype) -> Self {
         MatmulCase {
             shape: MatmulShape { m, n, k },
             dtype,
@@ -75,7 +76,7 @@ impl MatmulCase {
     }
 
     fn each_dtype(shapes: &[(u32, u32, u32)]) -> Vec<Self> {
-        [WeightDtype::F32, WeightDtype::Bf16]
+        [Dtype::F32, Dtype::BF16]
             .into_iter()
             .flat_map(|dtype| {
                 shapes
@@ -198,14 +199,23 @@ impl<'a> MatmulBench<'a> {
         let (m, n, k) = (m as usize, n as usize, k as usize);
         let mut rng = SplitMix64(0x6d61_746d_756c);
         let x: Vec<f32> = (0..m * k).map(|_| rng.next_signed_unit()).collect();
-        let mut w = Vec::with_capacity(n * k * case.dtype.size() as usize);
-        for _ in 0..n * k {
-            let v = rng.next_signed_unit();
-            match case.dtype {
-                WeightDtype::F32 => w.extend_from_slice(&v.to_le_bytes()),
-                WeightDtype::F16 => w.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
-                WeightDtype::Bf16 => w.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+        let (size, encode): (usize, fn(f32, &mut Vec<u8>)) = match case.dtype {
+            Dtype::F32 => (4, |v, w| w.extend_from_slice(&v.to_le_bytes())),
+            Dtype::F16 => (2, |v, w| {
+                w.extend_from_slice(&half::f16::from_f32(v).to_le_bytes())
+            }),
+            Dtype::BF16 => (2, |v, w| {
+                w.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes())
+            }),
+            d => {
+                return Err(Error::Invalid(format!(
+                    "matmul benchmark weights are F32, F16 or BF16, not {d}"
+                )))
             }
+        };
+        let mut w = Vec::with_capacity(n * k * size);
+        for _ in 0..n * k {
+            encode(rng.next_signed_unit(), &mut w);
         }
         let w_bytes = w.len() as u64;
         w.resize(w.len().next_multiple_of(4), 0);

@@ -2,12 +2,14 @@
 //! naga, the compiler wgpu runs): the size and member offsets of every uniform struct
 //! the host mirrors, that every number the shaders take from the host is a pipeline
 //! constant without a default (so it can only come from the host), and the few numbers
-//! that must stay WGSL `const`s (register array bounds) against their host twins.
+//! that must stay WGSL `const`s (register array bounds, element type codes) against
+//! their host twins.
 //! (The bench's copy kernel, `shaders/copy.wgsl`, is checked here too.)
 
 use naga::{Expression, Literal, Module, TypeInner};
 
 use super::matmul::plan::{Variant, GEMV_BATCH};
+use super::matmul::{dtype_code, MATMUL_DTYPES};
 use super::{AES_CTR_WGSL, LOCK_WGSL, MATMUL_COMMON_WGSL, MATMUL_GEMM_WGSL, MATMUL_GEMV_WGSL};
 
 fn parse(what: &str, source: &str) -> Module {
@@ -144,6 +146,13 @@ fn rust_and_wgsl_share_one_layout_and_one_source_for_each_number() {
     }
     // What must stay a `const`, against the host.
     assert_eq!(const_u32(&gemv, "GEMV_BATCH_MAX"), GEMV_BATCH);
+    // The element type codes the kernels switch on (`DTYPE_F32`, ...).
+    for module in [&gemm, &gemv] {
+        for d in MATMUL_DTYPES {
+            let name = format!("DTYPE_{}", d.name());
+            assert_eq!(Some(const_u32(module, &name)), dtype_code(d), "{name}");
+        }
+    }
     let tm_max = Variant::ALL
         .iter()
         .filter_map(|v| match v {

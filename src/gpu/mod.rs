@@ -30,7 +30,7 @@ pub use context::GpuContext;
 pub use locker::{GpuLocker, Region};
 pub use matmul::{
     ConvInput, FusedMatmul, GpuTensor, HostTensor, Kernel, Linear, MatmulPass, MatmulShape,
-    TensorKey, WeightDtype,
+    TensorKey, MATMUL_DTYPES,
 };
 pub use runtime_dir::private_runtime_dir;
 pub(crate) use slot::{f32s, read_mapped, PendingRead, Slot};

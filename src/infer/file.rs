@@ -121,7 +121,7 @@ impl ModelFile {
     }
 
     /// Reads the bytes of the plan's tensor `i` as stored (locked or not) into `out`,
-    /// which is [`crate::infer::PlannedTensor::bytes`] long; for a v2 file, checks them
+    /// which is [`crate::header::TensorEntry::bytes`] long; for a v2 file, checks them
     /// against the tensor's tag (on all cores) before they are used.
     pub(crate) fn read(&mut self, i: usize, out: &mut [u8]) -> Result<()> {
         let (offset, len) = self.spans[i];

@@ -23,10 +23,11 @@ use std::sync::Mutex;
 
 use wgpu::util::DeviceExt;
 
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::gpu::{
     f32s, read_mapped, storage_layout, uniform_layout, ConvInput, FusedMatmul, GpuContext,
-    GpuLocker, GpuTensor, Kernel, Linear, MatmulShape, Region, TensorKey, WeightDtype,
+    GpuLocker, GpuTensor, Kernel, Linear, MatmulShape, Region, TensorKey,
 };
 use crate::infer::arch::Arch;
 use crate::infer::file::ModelFile;
@@ -98,7 +99,7 @@ struct LayerPass {
 /// locked there.
 struct Weight {
     buffer: wgpu::Buffer,
-    dtype: WeightDtype,
+    dtype: Dtype,
     cipher: Option<TensorCipher>,
 }
 
@@ -492,7 +493,7 @@ fn upload(ctx: &GpuContext, file: &mut ModelFile) -> Result<Vec<Weight>> {
     let mut weights = Vec::with_capacity(file.plan.tensors().len());
     for i in 0..file.plan.tensors().len() {
         let t = &file.plan.tensors()[i];
-        let dtype = WeightDtype::of(t.dtype).expect("the plan takes what the kernels decode");
+        let dtype = t.dtype;
         let label = format!("deeplock infer {}", t.name);
         bytes.clear();
         // Whole words: storage bindings are arrays of u32.

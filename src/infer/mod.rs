@@ -40,7 +40,7 @@ mod reference;
 pub use arch::{Arch, ConvSpec, DenseSpec, LayerSpec, Padding};
 pub use gpu::{GpuModel, Unlock};
 pub use model::{Conv, Dense, Layer, Model, Tensor};
-pub use plan::{Plan, PlannedTensor, Product, Shape, Step, MAX_VALUES};
+pub use plan::{Plan, Product, Shape, Step, MAX_VALUES};
 pub use reference::{accuracy, argmax, argmax_nan_lowest};
 
 #[cfg(test)]

@@ -7,13 +7,20 @@ use std::path::Path;
 use crate::cpu::CpuLocker;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
+use crate::header::TensorEntry;
 use crate::infer::arch::{Arch, LayerSpec};
 use crate::infer::file::ModelFile;
 use crate::infer::plan::{checked_len, Plan, Shape, Step};
 use crate::key::MasterKey;
 use crate::scheme::Direction;
 
-/// A named f32 tensor, with its values: what a [`Model`] is built from in memory.
+/// A named f32 tensor, with its values: what a [`Model`] is built from in memory, and
+/// the crate's one owned tensor. Not a [`crate::format::TensorView`] (borrowed bytes of
+/// any element type): whatever builds a model in memory holds f32 values, not encoded
+/// bytes (the [`crate::zoo`] generates them, training computes them, tests write them),
+/// and a model keeps its weights as f32, so a view would mean encoding the values only
+/// to decode them again, with an owner for the bytes kept beside it. Writing tensors to
+/// a file goes through views ([`crate::zoo::write_safetensors`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     /// The name, PyTorch style (`conv1.weight`).
@@ -104,9 +111,24 @@ impl Model {
                 }
             }
         }
-        let plan = Plan::new(arch, |name| {
-            find(name).map(|t| (Dtype::F32, t.shape.clone()))
-        })?;
+        // The entries a header of them would list: F32, values back to back in the order
+        // given.
+        let mut end = 0;
+        let entries: Vec<TensorEntry> = tensors
+            .iter()
+            .map(|t| {
+                let start = end;
+                end += 4 * t.values.len() as u64;
+                TensorEntry {
+                    name: t.name.clone(),
+                    dtype: Dtype::F32,
+                    shape: t.shape.clone(),
+                    start,
+                    end,
+                }
+            })
+            .collect();
+        let plan = Plan::from_entries(arch, &entries)?;
         let values = plan
             .tensors()
             .iter()

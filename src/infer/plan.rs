@@ -5,8 +5,9 @@
 //! dispatches from one, straight from a file's header, so that it never needs the
 //! weights on the host.
 
-use crate::dtype::Dtype;
 use crate::error::{Error, Result};
+use crate::gpu::MATMUL_DTYPES;
+use crate::header::TensorEntry;
 use crate::infer::arch::{Arch, LayerSpec, Padding};
 
 /// The shape of an activation of one input.
@@ -36,32 +37,6 @@ impl Shape {
 /// Most values an activation may hold: the largest `Vec<f32>` that can exist, so that
 /// no shape arithmetic can overflow (every dimension and padding is at most this).
 pub const MAX_VALUES: usize = isize::MAX as usize / 4;
-
-/// The element types a plan takes weights of: those the GPU kernels decode.
-pub const DTYPES: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::BF16];
-
-/// What a plan knows of a tensor: no values, only what sizes follow from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlannedTensor {
-    /// Its name in the file.
-    pub name: String,
-    /// Its element type, one of [`DTYPES`].
-    pub dtype: Dtype,
-    /// Its shape.
-    pub shape: Vec<usize>,
-}
-
-impl PlannedTensor {
-    /// Number of elements.
-    pub fn elements(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    /// Size in bytes, as stored.
-    pub fn bytes(&self) -> u64 {
-        self.elements() as u64 * self.dtype.size().expect("plan dtypes are whole bytes")
-    }
-}
 
 /// One step of a plan: a layer with its dimensions, and for conv and dense layers the
 /// indices of its weight and bias in [`Plan::tensors`].
@@ -118,28 +93,29 @@ pub struct Product {
 }
 
 /// An architecture checked against its tensors: the steps, the shape of every
-/// activation and what is known of every tensor.
+/// activation and the header entry of every tensor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
-    /// In the order of [`Arch::tensor_names`].
-    tensors: Vec<PlannedTensor>,
+    /// In the order of [`Arch::tensor_names`], each of an element type the GPU kernels
+    /// decode ([`MATMUL_DTYPES`]), with offsets into the plan's weights (see
+    /// [`Plan::tensors`]). Owned: the models that run a plan outlive the header it was
+    /// made from.
+    tensors: Vec<TensorEntry>,
     steps: Vec<Step>,
     /// `shapes[i]` is the input of `steps[i]`; the last is the output.
     shapes: Vec<Shape>,
 }
 
 impl Plan {
-    /// Plans `arch` with its tensors described by `describe` (name to element type and
-    /// shape; `None`: no such tensor), checking every shape: tensors against the layers
-    /// (rank, size, element type one of [`DTYPES`]), and each layer's input against the
-    /// previous layer's output. Errors are [`Error::Invalid`], naming the layer.
-    pub fn new(
-        arch: &Arch,
-        describe: impl Fn(&str) -> Option<(Dtype, Vec<usize>)>,
-    ) -> Result<Self> {
+    /// Plans `arch` with the tensors of a header (`entries`, looked up by name; nothing
+    /// but their element types and shapes is read), checking every shape: tensors against
+    /// the layers (rank, size, element type one of [`MATMUL_DTYPES`]), and each layer's
+    /// input against the previous layer's output. Errors are [`Error::Invalid`], naming
+    /// the layer.
+    pub fn from_entries(arch: &Arch, entries: &[TensorEntry]) -> Result<Self> {
         let bad = |i: usize, what: String| Error::Invalid(format!("layer {i}: {what}"));
-        let mut tensors: Vec<PlannedTensor> = Vec::new();
-        let find = |tensors: &mut Vec<PlannedTensor>,
+        let mut tensors: Vec<TensorEntry> = Vec::new();
+        let find = |tensors: &mut Vec<TensorEntry>,
                     i: usize,
                     name: &str,
                     rank: usize|
@@ -147,20 +123,16 @@ impl Plan {
             let at = match tensors.iter().position(|t| t.name == name) {
                 Some(at) => at,
                 None => {
-                    let (dtype, shape) = describe(name).ok_or_else(|| {
+                    let entry = entries.iter().find(|e| e.name == name).ok_or_else(|| {
                         bad(i, format!("no tensor {name:?} among the model's tensors; list them with `deeplock inspect MODEL`"))
                     })?;
-                    if !DTYPES.contains(&dtype) {
+                    if !MATMUL_DTYPES.contains(&entry.dtype) {
                         return Err(bad(
                             i,
-                            format!("tensor {name:?} is {dtype}; inference runs F32, F16 and BF16 weights: convert the model to one of them"),
+                            format!("tensor {name:?} is {}; inference runs F32, F16 and BF16 weights: convert the model to one of them", entry.dtype),
                         ));
                     }
-                    tensors.push(PlannedTensor {
-                        name: name.to_owned(),
-                        dtype,
-                        shape,
-                    });
+                    tensors.push(entry.clone());
                     tensors.len() - 1
                 }
             };
@@ -300,6 +272,14 @@ impl Plan {
             shape = next;
             shapes.push(shape);
         }
+        // Places in the plan's weights, not the file's: a plan depends on the tensors,
+        // not on where a format put them.
+        let mut end = 0;
+        for t in &mut tensors {
+            t.start = end;
+            end += t.bytes();
+            t.end = end;
+        }
         Ok(Plan {
             tensors,
             steps,
@@ -307,16 +287,11 @@ impl Plan {
         })
     }
 
-    /// Plans `arch` with the tensors of a safetensors header (`entries`, by name).
-    pub fn from_entries(arch: &Arch, entries: &[crate::header::TensorEntry]) -> Result<Self> {
-        Self::new(arch, |name| {
-            let e = entries.iter().find(|e| e.name == name)?;
-            Some((e.dtype, e.shape.clone()))
-        })
-    }
-
-    /// The tensors the steps use, each once, in the order of [`Arch::tensor_names`].
-    pub fn tensors(&self) -> &[PlannedTensor] {
+    /// The tensors the steps use, each once, in the order of [`Arch::tensor_names`]: their
+    /// header entries with `start` and `end` their places in the weights laid end to end
+    /// in that order (where a file keeps them is the file's business), so that the same
+    /// tensors give the same plan from any file, or from memory.
+    pub fn tensors(&self) -> &[TensorEntry] {
         &self.tensors
     }
 
@@ -379,7 +354,7 @@ impl Plan {
 
     /// Bytes of the weights, all tensors together, as stored.
     pub fn weight_bytes(&self) -> u64 {
-        self.tensors.iter().map(PlannedTensor::bytes).sum()
+        self.tensors.iter().map(TensorEntry::bytes).sum()
     }
 }
 
@@ -391,7 +366,7 @@ pub(crate) fn checked_len(dims: &[usize]) -> Option<usize> {
 }
 
 /// Checks that a bias tensor has one value per output channel or unit.
-fn check_bias(layer: usize, t: &PlannedTensor, outputs: usize) -> Result<()> {
+fn check_bias(layer: usize, t: &TensorEntry, outputs: usize) -> Result<()> {
     if t.shape[0] != outputs {
         return Err(Error::Invalid(format!(
             "layer {layer}: bias {:?} has {} values for {outputs} outputs",

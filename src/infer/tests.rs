@@ -463,6 +463,10 @@ fn plans_every_layer_of_the_fashion_mnist_cnn_from_its_header() {
         }
     ));
     assert_eq!(plan.weight_bytes(), 320808);
+    // The plan places its tensors end to end, wherever the file has them.
+    assert_eq!(plan.tensors()[0].start, 0);
+    assert!(plan.tensors().windows(2).all(|w| w[0].end == w[1].start));
+    assert_eq!(plan.tensors().last().unwrap().end, plan.weight_bytes());
     // The CPU model runs the same plan.
     let model = Model::load(&dir.join("fashion_mnist_cnn.safetensors"), &a, None).unwrap();
     assert_eq!(model.plan(), &plan);

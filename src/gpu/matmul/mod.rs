@@ -41,15 +41,17 @@ use self::pipelines::Pipelines;
 #[cfg(doc)]
 use self::plan::TARGET_WORKGROUPS;
 use self::plan::{DeviceLimits, Dispatch, Variant, U32_HEADROOM};
+pub(crate) use self::types::dtype_code;
 pub use self::types::{
     ConvInput, GpuTensor, HostTensor, Kernel, Linear, MatmulPass, MatmulShape, TensorKey,
-    WeightDtype,
+    MATMUL_DTYPES,
 };
 use super::aes::{self, AesKeyUniform, KEY_UNIFORM_SIZE};
 use super::context::GpuContext;
 use super::slot::{f32s, read_mapped};
 use super::timer::KernelTimer;
 use super::{buffer_entry, storage_layout, uniform_layout};
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::scheme::TensorCipher;
 
@@ -89,6 +91,21 @@ impl BoundOperand<'_> {
     }
 }
 
+/// The `DTYPE_*` code and the element size of an operand (`what`) of `dtype`;
+/// [`Error::Invalid`] for a type the kernels do not decode (not one of [`MATMUL_DTYPES`]).
+fn operand_dtype(what: &str, dtype: Dtype) -> Result<(u32, u64)> {
+    let code = dtype_code(dtype).ok_or_else(|| {
+        Error::Invalid(format!(
+            "matmul {what} is {dtype}; the kernels decode {}: convert it to one of them",
+            MATMUL_DTYPES.map(Dtype::name).join(", ")
+        ))
+    })?;
+    Ok((
+        code,
+        dtype.size().expect("the kernels' types are whole bytes"),
+    ))
+}
+
 /// A split-K scratch buffer of `bytes` bytes.
 fn scratch_buffer(device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
@@ -106,9 +123,9 @@ fn scratch_buffer(device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
 ///
 /// ```no_run
 /// use deeplock::gpu::{
-///     FusedMatmul, GpuTensor, Kernel, Linear, MatmulShape, TensorKey, WeightDtype,
+///     FusedMatmul, GpuTensor, Kernel, Linear, MatmulShape, TensorKey,
 /// };
-/// use deeplock::TensorCipher;
+/// use deeplock::{Dtype, TensorCipher};
 ///
 /// /// `fc1` of the CIFAR-10-sized model on one image: y = x · W^T, W still locked.
 /// fn fc1(
@@ -122,7 +139,7 @@ fn scratch_buffer(device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
 ///     let w = GpuTensor {
 ///         buffer: w_locked,
 ///         offset: 0,
-///         dtype: WeightDtype::Bf16,
+///         dtype: Dtype::BF16,
 ///         locked: Some(TensorKey { cipher, tensor_offset: 0 }),
 ///     };
 ///     let shape = MatmulShape { m: 1, n: 512, k: 2304 };
@@ -466,7 +483,8 @@ impl FusedMatmul {
         t: &GpuTensor<'a>,
         elements: u64,
     ) -> Result<BoundOperand<'a>> {
-        let bytes = elements * t.dtype.size();
+        let (dtype, size) = operand_dtype(what, t.dtype)?;
+        let bytes = elements * size;
         let tensor_offset = t.locked.map_or(0, |key| key.tensor_offset);
         let invalid = |why: String| Err(Error::Invalid(format!("matmul {what}: {why}")));
         if !t.offset.is_multiple_of(4) || !tensor_offset.is_multiple_of(4) {
@@ -525,7 +543,7 @@ impl FusedMatmul {
                 word_lo: (shift / 4) as u32,
                 word_hi: (shift + bytes).div_ceil(4) as u32,
                 shift: shift as u32,
-                dtype: t.dtype.code(),
+                dtype,
                 locked: u32::from(t.locked.is_some()),
                 pad: [0; 2],
             },
@@ -554,9 +572,11 @@ impl FusedMatmul {
             }
         };
         expect("x", 4 * x.len(), 4 * m * k)?;
-        expect("w", w.bytes.len(), n * k * w.dtype.size() as usize)?;
+        let (_, w_size) = operand_dtype("w", w.dtype)?;
+        expect("w", w.bytes.len(), n * k * w_size as usize)?;
         if let Some(b) = bias {
-            expect("bias", b.bytes.len(), n * b.dtype.size() as usize)?;
+            let (_, b_size) = operand_dtype("bias", b.dtype)?;
+            expect("bias", b.bytes.len(), n * b_size as usize)?;
         }
         let device = self.ctx.device();
         let upload = |label, bytes: &[u8]| {

@@ -8,7 +8,11 @@ use super::super::{aes, AES_CTR_WGSL, MATMUL_COMMON_WGSL, MATMUL_GEMM_WGSL, MATM
 #[cfg(doc)]
 use super::plan::GEMV_BATCH;
 use super::plan::{Variant, GEMM_TILE_N, GEMV_ROWS, THREADS};
-use super::types::WeightDtype;
+use super::types::{dtype_code, MATMUL_DTYPES};
+use crate::dtype::Dtype;
+
+/// Pipelines of the matmul kernels: one per variant, W type and locked or plain.
+const PIPELINES: usize = Variant::ALL.len() * MATMUL_DTYPES.len() * 2;
 
 /// The pipelines of one device.
 pub(super) struct Pipelines {
@@ -17,7 +21,7 @@ pub(super) struct Pipelines {
     gemm_module: wgpu::ShaderModule,
     gemv_module: wgpu::ShaderModule,
     /// Indexed by [`Pipelines::index`]: variant, dtype, locked.
-    pipelines: [OnceLock<wgpu::ComputePipeline>; 30],
+    pipelines: [OnceLock<wgpu::ComputePipeline>; PIPELINES],
     /// Split-K's summing kernel.
     reduce: OnceLock<wgpu::ComputePipeline>,
 }
@@ -62,12 +66,14 @@ impl Pipelines {
         }
     }
 
-    pub(super) fn index(variant: Variant, dtype: WeightDtype, locked: bool) -> usize {
+    /// The slot of `variant`'s pipeline for W of the type whose `DTYPE_*` code is
+    /// `dtype_code`, locked or not.
+    pub(super) fn index(variant: Variant, dtype_code: u32, locked: bool) -> usize {
         let v = Variant::ALL
             .iter()
             .position(|&v| v == variant)
             .expect("a variant");
-        6 * v + 2 * dtype.code() as usize + usize::from(locked)
+        2 * (MATMUL_DTYPES.len() * v + dtype_code as usize) + usize::from(locked)
     }
 
     fn compile(
@@ -126,16 +132,18 @@ impl Pipelines {
             .collect()
     }
 
-    /// The pipeline of `variant` for W of `dtype`, locked or not, on a device with
+    /// The pipeline of `variant` for W of `dtype` (one of [`MATMUL_DTYPES`]: operands are
+    /// checked when bound, before a pass is recorded), locked or not, on a device with
     /// `limit` bytes of workgroup memory.
     pub(super) fn get(
         &self,
         variant: Variant,
-        dtype: WeightDtype,
+        dtype: Dtype,
         locked: bool,
         limit: u32,
     ) -> &wgpu::ComputePipeline {
-        self.pipelines[Self::index(variant, dtype, locked)].get_or_init(|| {
+        let code = dtype_code(dtype).expect("operand types are checked when bound");
+        self.pipelines[Self::index(variant, code, locked)].get_or_init(|| {
             let (module, entry_point) = match variant {
                 Variant::Gemv { .. } => (&self.gemv_module, "gemv_main"),
                 Variant::Gemm { .. } => (&self.gemm_module, "gemm_main"),
@@ -149,7 +157,7 @@ impl Pipelines {
             );
             let mut constants = vec![
                 ("LOCKED", if locked { 1.0 } else { 0.0 }),
-                ("DTYPE", f64::from(dtype.code())),
+                ("DTYPE", f64::from(code)),
                 aes::copies_constant(variant.table_copies(locked, limit)),
             ];
             match variant {
@@ -173,12 +181,14 @@ mod tests {
     fn pipeline_indices_are_distinct() {
         let mut seen = std::collections::HashSet::new();
         for variant in Variant::ALL {
-            for dtype in WeightDtype::ALL {
+            for dtype in MATMUL_DTYPES {
+                let code = dtype_code(dtype).unwrap();
                 for locked in [false, true] {
-                    assert!(seen.insert(Pipelines::index(variant, dtype, locked)));
+                    assert!(seen.insert(Pipelines::index(variant, code, locked)));
                 }
             }
         }
         assert!(seen.iter().all(|&i| i < 30));
+        assert_eq!(PIPELINES, 30);
     }
 }

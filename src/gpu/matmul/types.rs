@@ -1,4 +1,7 @@
-//! The matmul's public operand and shape types.
+//! The matmul's public operand and shape types. [`GpuTensor`] and [`HostTensor`] are not
+//! [`crate::format::TensorView`]s: they say where an operand lives (a device buffer and
+//! offset, or host bytes) and how it is locked (its cipher and offset in its tensor), not
+//! which named tensor of a model it is.
 
 use serde::Serialize;
 
@@ -6,61 +9,19 @@ use super::plan::{Variant, GEMV_BATCH};
 use crate::dtype::Dtype;
 use crate::scheme::TensorCipher;
 
-/// Element type of a weight (or bias) tensor, decoded to f32 in the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-pub enum WeightDtype {
-    /// IEEE binary32.
-    F32,
-    /// IEEE binary16.
-    F16,
-    /// bfloat16 (the high half of an f32).
-    Bf16,
-}
+/// The element types the kernels decode to f32 (W's and the bias's), in the order of
+/// their `DTYPE_*` codes in `matmul_common.wgsl` (F32 = 0, F16 = 1, BF16 = 2): the one
+/// list of them, which [`crate::infer`]'s plans take weights of.
+pub const MATMUL_DTYPES: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::BF16];
 
-impl WeightDtype {
-    /// Every supported type.
-    pub const ALL: [WeightDtype; 3] = [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16];
-
-    /// Bytes per element.
-    pub fn size(self) -> u64 {
-        match self {
-            WeightDtype::F32 => 4,
-            WeightDtype::F16 | WeightDtype::Bf16 => 2,
-        }
-    }
-
-    /// The safetensors name: `F32`, `F16`, `BF16`.
-    pub fn name(self) -> &'static str {
-        self.dtype().name()
-    }
-
-    /// The element type it is.
-    pub fn dtype(self) -> Dtype {
-        match self {
-            WeightDtype::F32 => Dtype::F32,
-            WeightDtype::F16 => Dtype::F16,
-            WeightDtype::Bf16 => Dtype::BF16,
-        }
-    }
-
-    /// The kernels' type for tensors of `dtype`, if they can decode it.
-    pub fn of(dtype: Dtype) -> Option<Self> {
-        WeightDtype::ALL.into_iter().find(|w| w.dtype() == dtype)
-    }
-
-    /// The type of a safetensors tensor, if the kernels can decode it.
-    pub fn from_safetensors(dtype: safetensors::Dtype) -> Option<Self> {
-        Dtype::from_safetensors(dtype).and_then(Self::of)
-    }
-
-    /// `DTYPE_*` in `matmul_common.wgsl`.
-    pub(crate) fn code(self) -> u32 {
-        match self {
-            WeightDtype::F32 => 0,
-            WeightDtype::F16 => 1,
-            WeightDtype::Bf16 => 2,
-        }
-    }
+/// `dtype`'s `DTYPE_*` code in `matmul_common.wgsl`, its index in [`MATMUL_DTYPES`] (the
+/// shader's constants are checked against it in `gpu::layout_tests`); `None` for a type
+/// the kernels do not decode.
+pub(crate) fn dtype_code(dtype: Dtype) -> Option<u32> {
+    MATMUL_DTYPES
+        .iter()
+        .position(|&d| d == dtype)
+        .map(|i| i as u32)
 }
 
 /// `Y [m, n] = X [m, k] · Wᵀ + b`, W being `[n, k]` (`out_features`, `in_features`).
@@ -135,8 +96,9 @@ pub struct GpuTensor<'a> {
     /// binds an aligned window around it), so a whole locked safetensors data section
     /// can live in one buffer.
     pub offset: u64,
-    /// Element type.
-    pub dtype: WeightDtype,
+    /// Element type, one of [`MATMUL_DTYPES`] (others are refused when the pass is
+    /// planned).
+    pub dtype: Dtype,
     /// `Some` if the bytes are locked, `None` for plaintext.
     pub locked: Option<TensorKey<'a>>,
 }
@@ -146,8 +108,9 @@ pub struct GpuTensor<'a> {
 pub struct HostTensor<'a> {
     /// The operand's bytes, little-endian elements.
     pub bytes: &'a [u8],
-    /// Element type.
-    pub dtype: WeightDtype,
+    /// Element type, one of [`MATMUL_DTYPES`] (others are refused when the pass is
+    /// planned).
+    pub dtype: Dtype,
     /// `Some` if the bytes are locked, `None` for plaintext.
     pub locked: Option<TensorKey<'a>>,
 }
@@ -256,23 +219,15 @@ mod tests {
 
     #[test]
     fn dtypes_from_safetensors() {
-        use safetensors::Dtype;
-        assert_eq!(
-            WeightDtype::from_safetensors(Dtype::BF16),
-            Some(WeightDtype::Bf16)
-        );
-        assert_eq!(
-            WeightDtype::from_safetensors(Dtype::F16),
-            Some(WeightDtype::F16)
-        );
-        assert_eq!(
-            WeightDtype::from_safetensors(Dtype::F32),
-            Some(WeightDtype::F32)
-        );
-        assert_eq!(WeightDtype::from_safetensors(Dtype::F64), None);
-        assert!(WeightDtype::ALL
+        use safetensors::Dtype as S;
+        let code = |s| Dtype::from_safetensors(s).and_then(dtype_code);
+        assert_eq!(code(S::BF16), Some(2));
+        assert_eq!(code(S::F16), Some(1));
+        assert_eq!(code(S::F32), Some(0));
+        assert_eq!(code(S::F64), None);
+        assert!(MATMUL_DTYPES
             .iter()
-            .all(|d| d.size() == 4 || d.name().ends_with("16")));
+            .all(|d| d.size() == Some(4) || d.name().ends_with("16")));
     }
 
     #[test]
