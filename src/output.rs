@@ -481,9 +481,10 @@ pub fn write_file<T>(
     })
 }
 
-/// Makes the missing directories that `paths` (below `base`, an existing directory)
-/// need, owner-only, and returns them, deepest last, for [`remove_made`]. Nothing above
-/// `base` is made: an output's own directory must exist, as for any output.
+/// Makes the missing directories that `paths` (below `base`, joined with plain relative
+/// names) need, with the default permissions (the files written into them get their
+/// own), and returns them, deepest last, for [`remove_made`]. Nothing above `base` is
+/// made: an output's own directory must exist, as for any output.
 pub fn make_parents(base: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut made = Vec::new();
     for p in paths {
@@ -497,9 +498,6 @@ pub fn make_parents(base: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             at = d.parent();
         }
         for d in missing.into_iter().rev() {
-            if !d.starts_with(base) && !base.as_os_str().is_empty() {
-                break;
-            }
             match fs::create_dir(&d) {
                 Ok(()) => made.push(d),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {}

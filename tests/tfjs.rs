@@ -261,6 +261,17 @@ fn a_model_locks_in_place_across_its_files_and_unlocks_byte_for_byte() {
     }
 }
 
+/// A directory holding a random model as `m`, a key as `key`, and the model locked as
+/// `l`.
+fn locked_fixture(rng: &mut impl Rng) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_model(&d.join("m"), rng);
+    write_key_file(&d.join("key"));
+    ok(d, &["lock", "m", "-o", "l", "--key-file", "key"]);
+    dir
+}
+
 /// Unlock and verify of the locked model `l` in `d`, changed by `edit`, both refuse
 /// with `want` on one line, and write nothing; `l` is restored afterwards.
 fn refused(d: &Path, edit: impl FnOnce(&Path), want: &str, what: &str) {
@@ -312,11 +323,8 @@ fn edit_json(l: &Path, f: impl FnOnce(String) -> String) {
 #[test]
 fn every_tamper_is_refused_with_nothing_written() {
     let mut rng = seeded_rng("tfjs tampers");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = locked_fixture(&mut rng);
     let d = dir.path();
-    write_model(&d.join("m"), &mut rng);
-    write_key_file(&d.join("key"));
-    ok(d, &["lock", "m", "-o", "l", "--key-file", "key"]);
     // The checkpoint record binds the directory; without it the files are checked
     // as a model.json input is.
     std::fs::remove_file(d.join("l/deeplock.checkpoint")).unwrap();
@@ -567,11 +575,8 @@ fn bad_models_and_existing_outputs_are_refused_at_lock_with_nothing_written() {
 #[test]
 fn parser_never_panics_on_mutated_model_json() {
     let mut rng = seeded_rng("tfjs parser fuzz");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = locked_fixture(&mut rng);
     let d = dir.path();
-    write_model(&d.join("m"), &mut rng);
-    write_key_file(&d.join("key"));
-    ok(d, &["lock", "m", "-o", "l", "--key-file", "key"]);
     let orig = std::fs::read(d.join("m/model.json")).unwrap();
     let locked = std::fs::read(d.join("l/model.json")).unwrap();
     let path: &Path = "fuzz/model.json".as_ref();

@@ -100,20 +100,7 @@ impl ModelFiles {
         let mut files = vec![(path.to_path_buf(), file, len)];
         let (mut total, mut group_start, mut group) = (0u64, 0u64, 0usize);
         for d in container.data_files() {
-            let f = super::open_regular(&d.path).map_err(|e| match e {
-                Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                    Error::format(
-                        path,
-                        format!(
-                            "its weight file {:?} is missing (looked for {}); copy the model's whole directory",
-                            d.name,
-                            d.path.display()
-                        ),
-                    )
-                }
-                e => e,
-            })?;
-            let got = f.metadata().map_err(|e| Error::io(&d.path, e))?.len();
+            let (f, got) = super::open_data_file(path, &d.name)?;
             total = total.saturating_add(got);
             files.push((d.path.clone(), f, got));
             if let Some(end) = d.group_end {

@@ -316,29 +316,56 @@ pub fn open_with_data(
     path: &Path,
     lens: &BTreeMap<String, u64>,
 ) -> Result<Box<dyn Container>> {
-    if detect(file, path)? == Some(Format::Onnx) {
-        let mut len = |location: &str| {
-            lens.get(location).copied().ok_or_else(|| {
-                Error::format(
-                    path,
-                    format!("names the external data file {location:?}, which was not written"),
-                )
-            })
-        };
-        return Ok(Box::new(onnx::Onnx::read_with(file, path, &mut len)?));
-    }
-    open(file, path)
+    open_with(file, path, &mut |name| {
+        lens.get(name).copied().ok_or_else(|| {
+            Error::format(
+                path,
+                format!("names the data file {name:?}, which was not written"),
+            )
+        })
+    })
 }
 
 /// Opens the model file at `path`, opened as `file` (a regular file), in its format.
 /// A file of no format deeplock knows is read as safetensors, whose parser says what is
 /// wrong with it.
 pub fn open(file: &mut File, path: &Path) -> Result<Box<dyn Container>> {
+    open_with(file, path, &mut |name| Ok(open_data_file(path, name)?.1))
+}
+
+/// Opens the model file `file` at `path` in its format, a format whose layout depends on
+/// its data files' lengths (ONNX external data) taking them from `lens`, by name.
+fn open_with(
+    file: &mut File,
+    path: &Path,
+    lens: &mut dyn FnMut(&str) -> Result<u64>,
+) -> Result<Box<dyn Container>> {
     match detect(file, path)?.unwrap_or(Format::Safetensors) {
         Format::Safetensors => Ok(Box::new(safetensors::Safetensors::read(file, path)?)),
         Format::Tflite => Ok(Box::new(tflite::Tflite::read(file, path)?)),
-        Format::Onnx => Ok(Box::new(onnx::Onnx::read(file, path)?)),
+        Format::Onnx => Ok(Box::new(onnx::Onnx::read(file, path, lens)?)),
         Format::Gguf => Ok(Box::new(gguf::Gguf::read(file, path)?)),
         Format::Tfjs => Ok(Box::new(tfjs::Tfjs::read(file, path)?)),
     }
+}
+
+/// Opens the data file `name` of the model file at `model` (a path relative to the
+/// model's directory), a regular file, with its length; a missing one is refused with
+/// what to do.
+pub(crate) fn open_data_file(model: &Path, name: &str) -> Result<(File, u64)> {
+    let path = model.parent().unwrap_or(Path::new("")).join(name);
+    let file = open_regular(&path).map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::format(
+                model,
+                format!(
+                    "its data file {name:?} is missing (looked for {}); copy the model together with the files beside it",
+                    path.display()
+                ),
+            )
+        }
+        e => e,
+    })?;
+    let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+    Ok((file, len))
 }

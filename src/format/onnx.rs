@@ -109,31 +109,9 @@ struct External {
 }
 
 impl Onnx {
-    /// Reads and validates the ONNX model in `file` (at `path`), and the lengths of the
-    /// external data files it names, beside it.
-    pub fn read(file: &File, path: &Path) -> Result<Self> {
-        let dir = path.parent().unwrap_or(Path::new(""));
-        let mut lens = |location: &str| -> Result<u64> {
-            let p = dir.join(location);
-            match std::fs::metadata(&p) {
-                Ok(m) if m.is_file() => Ok(m.len()),
-                Ok(_) => Err(Error::format(
-                    path,
-                    format!("its external data {location:?} is not a regular file"),
-                )),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::format(
-                    path,
-                    format!("its external data file {location:?} is missing (looked for {}); copy the model with its data files", p.display()),
-                )),
-                Err(e) => Err(Error::io(&p, e)),
-            }
-        };
-        Self::read_with(file, path, &mut lens)
-    }
-
     /// Reads and validates the ONNX model in `file` (at `path`), the length of each
-    /// external data file it names given by `lens`.
-    pub fn read_with(
+    /// external data file it names given by `lens` (see [`super::open`]).
+    pub fn read(
         file: &File,
         path: &Path,
         lens: &mut dyn FnMut(&str) -> Result<u64>,

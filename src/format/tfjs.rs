@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
-use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -49,6 +48,8 @@ pub fn is_model(file: &File, path: &Path, head: &[u8], len: u64) -> Result<bool>
     Ok(bytes.windows(MANIFEST_KEY.len()).any(|w| w == MANIFEST_KEY))
 }
 
+/// The `len` bytes of `file`, read positionally (a caller's position stays where it
+/// was).
 fn read_all(file: &File, path: &Path, len: u64) -> Result<Vec<u8>> {
     if len > MAX_JSON {
         return Err(Error::format(
@@ -58,14 +59,6 @@ fn read_all(file: &File, path: &Path, len: u64) -> Result<Vec<u8>> {
     }
     let mut bytes = vec![0u8; len as usize];
     super::joined::read_exact_at(file, 0, &mut bytes).map_err(|e| Error::io(path, e))?;
-    // A file that grew since its length was taken is read to its end.
-    let mut rest = Vec::new();
-    let mut f = file;
-    use std::io::{Seek, SeekFrom};
-    f.seek(SeekFrom::Start(len))
-        .and_then(|_| f.take(MAX_JSON).read_to_end(&mut rest))
-        .map_err(|e| Error::io(path, e))?;
-    bytes.extend_from_slice(&rest);
     Ok(bytes)
 }
 
@@ -95,19 +88,18 @@ impl Tfjs {
     /// Parses a `model.json` held in memory, as found at `path` (its weight files are
     /// named relative to its directory).
     pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
-        let top = parse_object(bytes, path)?;
-        let (original, record) = match top.get(RECORD_MEMBER) {
+        let mut top = parse_object(bytes, path)?;
+        // The unlocked model.json is the locked one without the record's text, which
+        // `cut_record` finds as the object's last member: its parse is this one without
+        // that member.
+        let (original, record) = match top.shift_remove(RECORD_MEMBER) {
             None => (bytes.to_vec(), None),
             Some(member) => {
-                let entries = record_entries(member, path)?;
+                let entries = record_entries(&member, path)?;
                 (cut_record(bytes, &entries, path)?, Some(entries))
             }
         };
-        let unlocked = match record {
-            Some(_) => parse_object(&original, path)?,
-            None => top,
-        };
-        let (tensors, data) = manifest(&unlocked, path)?;
+        let (tensors, data) = manifest(&top, path)?;
         Ok(Tfjs {
             path: path.to_path_buf(),
             json_len: bytes.len() as u64,
