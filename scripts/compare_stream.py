@@ -6,8 +6,8 @@ on disk with a warm page cache no slower than openssl; peak memory under 512 MiB
 
 The model files are random F32 tensors (`scripts/random_model.py`), written
 into --dir (default /dev/shm, so the disk is not measured; pass a directory on a disk to
-measure it with a warm page cache: each command's input is read through, untimed, just
-before it runs). Every command runs --runs times, the commands
+measure it with a warm page cache: the disk is synced and each command's input read
+through, untimed, just before it runs). Every command runs --runs times, the commands
 interleaved; the table gives median seconds, the ratio to the yardstick and the peak
 resident memory of the command (from GNU time). Outputs are removed after each
 run; everything is removed at the end.
@@ -170,6 +170,9 @@ def main() -> None:
                 if args.cold:
                     drop_page_cache()
                 else:
+                    # The last command's output, still being written back, would slow
+                    # this one down: everything is on the disk before it starts.
+                    os.sync()
                     warm([a for a in cmd if a in (one, locked, ckpt, locked_dir)])
                 took, peak = run(cmd)
                 times[label].append(took)

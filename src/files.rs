@@ -5,6 +5,7 @@
 //! names, dtypes, shapes and data offsets stay as they were, so a locked model is a
 //! drop-in file. Unlocking removes that metadata and restores the data.
 
+mod direct;
 mod pipeline;
 
 use std::fs::{self, File};
@@ -412,7 +413,7 @@ fn patch_bytes(
                 )));
             }
             if old != new {
-                pipeline::write_joined(out, dst, at, new, None)?;
+                pipeline::write_joined(out, dst, at, new, &Default::default(), None)?;
             }
         }
         at += w.len(container);

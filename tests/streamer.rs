@@ -169,6 +169,34 @@ fn a_streamed_file_is_the_reference_lock_whatever_the_chunks_bound_threads_and_e
     }
 }
 
+#[test]
+fn a_file_large_enough_for_direct_writes_on_a_disk_is_the_reference_lock() {
+    // Outputs of 32 MiB and more on a disk are written past the page cache, their
+    // batches' aligned middles directly and their edges through the cache: the target
+    // directory is on a disk where a temporary directory may be tmpfs.
+    let mut rng = seeded_rng("streamer direct");
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let input = dir.path().join("m.safetensors");
+    let tensors = model_tensors(&mut rng, 40);
+    let original = write_random_model(&input, &tensors, &[("format", "pt")], &mut rng);
+    let key = MasterKey::generate().unwrap();
+    let mut engine = CpuEngine::new(CpuLocker::new());
+    for (run, threads) in [0, 1, 3].into_iter().enumerate() {
+        let opts = Options {
+            chunk_size: rng.random_range(M..6 * M) | 1,
+            threads,
+            ..Options::default()
+        };
+        let what = format!("chunks of {}, {threads} threads", opts.chunk_size);
+        let locked = dir.path().join(format!("l{run}.safetensors"));
+        files::lock(&input, &locked, &key, &mut engine, &opts).unwrap();
+        assert_locked(&original, &std::fs::read(&locked).unwrap(), &key, &what);
+        let back = dir.path().join(format!("b{run}.safetensors"));
+        files::unlock(&locked, &back, &key, &mut engine, &opts).unwrap();
+        assert!(std::fs::read(&back).unwrap() == original, "{what}: unlock");
+    }
+}
+
 /// A checkpoint directory of three shards and two other files (one of several MiB).
 fn write_checkpoint(dir: &Path, rng: &mut impl RngCore) -> Vec<(String, Vec<u8>)> {
     std::fs::create_dir(dir).unwrap();

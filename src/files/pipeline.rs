@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+use super::direct::{self, BatchBuf};
 use super::Options;
 use crate::auth::{Tag, CHUNK_LEN};
 use crate::authenticate::{Checker, Sealer};
@@ -54,6 +55,9 @@ const CPU_BATCH: usize = 4 << 20;
 /// Bytes per copy job: a large file copied in the clear is split so that several
 /// workers copy it at once.
 const COPY_PIECE: u64 = 64 << 20;
+
+/// Workers beyond the cores where outputs are written directly (see [`workers`]).
+const DIRECT_EXTRA_WORKERS: usize = 2;
 
 /// The I/O a [`Fault`] hook is asked about.
 #[doc(hidden)]
@@ -309,12 +313,28 @@ impl Stream<'_> {
         }
     }
 
-    /// Writes `b`'s bytes from `buf` at its place in the output (nothing for verify).
-    fn write(&self, b: &Batch, buf: &[u8], fault: Option<Fault>) -> Result<()> {
+    /// Writes `b`'s bytes from `buf` at its place in the output (nothing for verify),
+    /// directly where `direct` has a descriptor for the file.
+    fn write(
+        &self,
+        b: &Batch,
+        buf: &[u8],
+        direct: &direct::Outputs,
+        fault: Option<Fault>,
+    ) -> Result<()> {
         match &self.out {
-            Some(out) => write_joined(out, self.dst, b.out_at, buf, fault),
+            Some(out) => write_joined(out, self.dst, b.out_at, buf, direct, fault),
             None => Ok(()),
         }
+    }
+
+    /// Direct descriptors for the output's files (none for verify).
+    fn direct(&self) -> direct::Outputs<'_> {
+        let len = self.layout.len(self.container);
+        self.out
+            .as_ref()
+            .map(|out| direct::Outputs::open(out, len))
+            .unwrap_or_default()
     }
 
     /// The engine's spans of `b`: its tensor segments, each with its cipher.
@@ -412,10 +432,14 @@ pub(super) fn run(
     }
 }
 
-/// The worker threads for `opts` with batches of `cap` bytes.
-fn workers(opts: &Options, cap: usize) -> usize {
+/// The worker threads for `opts` with batches of `cap` bytes. With outputs written
+/// directly, a worker waits for the disk on each write: two more than the cores keep
+/// the cores busy meanwhile (a 1 GiB lock on a virtio disk: 0.70 s with four workers on
+/// two cores, 0.79 s with two; BENCHMARKS.md, "Direct writes"). A thread count the
+/// caller set is kept as it is.
+fn workers(opts: &Options, cap: usize, direct: bool) -> usize {
     let threads = match opts.threads {
-        0 => rayon::current_num_threads(),
+        0 => rayon::current_num_threads() + if direct { DIRECT_EXTRA_WORKERS } else { 0 },
         n => n,
     };
     // Positional I/O on a shared handle is a Unix call; elsewhere one worker seeks.
@@ -432,7 +456,7 @@ fn workers(opts: &Options, cap: usize) -> usize {
 /// a few MB, 4 MiB buffers cost more than locking it (BENCHMARKS.md, "Small files").
 fn small_batches(streams: &[Stream], cap: usize, opts: &Options) -> usize {
     let total: u64 = streams.iter().map(|s| s.layout.len(s.container)).sum();
-    batch_for(total, workers(opts, cap), cap)
+    batch_for(total, workers(opts, cap, false), cap)
 }
 
 /// The batch length of [`small_batches`] for `total` bytes on `workers` workers: about
@@ -462,19 +486,20 @@ pub(super) fn run_parallel(
         transform: Some((&locker, dir)),
         written_tags: true,
     };
+    let direct: Vec<direct::Outputs> = streams.iter().map(Stream::direct).collect();
     let worker = || {
-        let mut buf = Vec::new();
+        let (mut batch, mut copy_buf) = (BatchBuf::default(), Vec::new());
         let mut local: Vec<Vec<ChunkTag>> = streams.iter().map(|_| Vec::new()).collect();
         while !failure.is_set() {
             let j = next.fetch_add(1, Ordering::Relaxed);
             let done = if let Some(&(c, at, len)) = copy_jobs.get(j) {
-                copy_range(&copies[c], at, len, &mut buf, opts.fault)
+                copy_range(&copies[c], at, len, &mut copy_buf, opts.fault)
             } else if let Some((s, b)) = work.get(j - copy_jobs.len()) {
                 let st = &streams[*s];
-                buf.resize(b.len, 0);
-                st.read(b, &mut buf, opts.fault).and_then(|()| {
-                    st.process(b, &mut buf, steps, &mut local[*s]);
-                    st.write(b, &buf, opts.fault)?;
+                let buf = batch.get(b.out_at, b.len);
+                st.read(b, buf, opts.fault).and_then(|()| {
+                    st.process(b, buf, steps, &mut local[*s]);
+                    st.write(b, buf, &direct[*s], opts.fault)?;
                     if let Some(p) = opts.progress {
                         p(b.tensor_bytes);
                     }
@@ -492,7 +517,8 @@ pub(super) fn run_parallel(
         }
     };
     std::thread::scope(|scope| {
-        for _ in 0..workers(opts, cap) {
+        let direct = direct.iter().any(|d| !d.is_empty());
+        for _ in 0..workers(opts, cap, direct) {
             scope.spawn(worker);
         }
     });
@@ -583,7 +609,9 @@ fn run_ordered(
                 let mut mine = Vec::new();
                 streams[*s].process(b, &mut buf, steps, &mut mine);
                 keep(*s, mine);
-                if let Err(e) = streams[*s].write(b, &buf, opts.fault) {
+                // Engine buffers are not placed for direct writes: the page cache.
+                let direct = direct::Outputs::default();
+                if let Err(e) = streams[*s].write(b, &buf, &direct, opts.fault) {
                     return failure.set(e);
                 }
                 if let Some(p) = opts.progress {
@@ -688,7 +716,7 @@ fn copy_range(c: &Copy, at: u64, len: u64, buf: &mut Vec<u8>, fault: Option<Faul
     while done < len {
         let n = (len - done).min(CHUNK_LEN as u64) as usize;
         read_at(c.from, c.path, at + done, &mut buf[..n], None).map_err(|e| copy_error(c, e))?;
-        write_at(c.to, c.dst, at + done, &buf[..n], None)?;
+        write_at(c.to, c.dst, at + done, &buf[..n], None, None)?;
         done += n as u64;
     }
     Ok(())
@@ -758,17 +786,19 @@ fn read_at(
     read_exact_at(file, at, buf)
 }
 
-/// Writes all of `buf` into the run `out` at `at`, each piece into the file it lies in.
+/// Writes all of `buf` into the run `out` at `at`, each piece into the file it lies in,
+/// directly where `direct` has a descriptor for it.
 pub(super) fn write_joined(
     out: &Joined,
     dst: &Path,
     at: u64,
     buf: &[u8],
+    direct: &direct::Outputs,
     fault: Option<Fault>,
 ) -> Result<()> {
     let mut failed = None;
     let r = out.each(at, buf.len(), |p, off, r| {
-        write_at(p.file, p.path, off, &buf[r], fault).map_err(|e| {
+        write_at(p.file, p.path, off, &buf[r], direct.get(p.file), fault).map_err(|e| {
             failed = Some(e);
             std::io::Error::other("write failed")
         })
@@ -780,13 +810,26 @@ pub(super) fn write_joined(
     }
 }
 
-/// Writes all of `buf` into `file` at `at`, without a shared position.
-fn write_at(file: &File, dst: &Path, at: u64, buf: &[u8], fault: Option<Fault>) -> Result<()> {
+/// Writes all of `buf` into `file` at `at`, without a shared position: its aligned
+/// middle through `direct` where given, the rest through the page cache.
+fn write_at(
+    file: &File,
+    dst: &Path,
+    at: u64,
+    buf: &[u8],
+    direct: Option<&direct::Direct>,
+    fault: Option<Fault>,
+) -> Result<()> {
     let write = || -> std::io::Result<()> {
         if let Some(f) = fault {
             f(Io::Write, dst, at, buf.len() as u64)?;
         }
-        write_all_at(file, at, buf)?;
+        match direct {
+            Some(d) => {
+                d.write_at(file, at, buf)?;
+            }
+            None => write_all_at(file, at, buf)?,
+        }
         start_writeback(file, at, buf.len());
         Ok(())
     };

@@ -45,6 +45,11 @@ impl<'a> Joined<'a> {
         Joined { parts }
     }
 
+    /// Its files, in order.
+    pub fn parts(&self) -> &[Part<'a>] {
+        &self.parts
+    }
+
     /// Calls `f` for each file that bytes `at..at + len` of the run lie in, with the
     /// file, the offset in it and the range of the `len` bytes it holds.
     pub fn each(
