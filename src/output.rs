@@ -418,9 +418,16 @@ impl Access {
                 Ok(())
             }
             Access::Like(model) => {
-                let perms = fs::metadata(model)
-                    .map_err(|e| Error::io(model, e))?
-                    .permissions();
+                let meta = fs::metadata(model).map_err(|e| Error::io(model, e))?;
+                #[allow(unused_mut)]
+                let mut perms = meta.permissions();
+                // A file made beside a directory's contents (a checkpoint's record)
+                // takes the directory's read and write bits, not its search bits.
+                #[cfg(unix)]
+                if meta.is_dir() && !path.is_dir() {
+                    use std::os::unix::fs::PermissionsExt;
+                    perms.set_mode(perms.mode() & 0o666);
+                }
                 fs::set_permissions(path, perms).map_err(|e| Error::io(path, e))
             }
         }

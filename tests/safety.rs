@@ -338,6 +338,8 @@ fn unlocked_directories_are_private_whatever_the_umask() {
     assert_eq!(mode(&s.path("locked")), 0o755);
     assert_eq!(mode(&s.path("locked/sub")), 0o755);
     assert_eq!(mode(&s.path("locked/sub/b.safetensors")), 0o644);
+    // The record takes the directory's read and write bits, not its search bits.
+    assert_eq!(mode(&s.path("locked/deeplock.checkpoint")), 0o644);
     sh("unlock locked -o back --key-file key");
     for p in ["back", "back/sub"] {
         assert_eq!(mode(&s.path(p)), 0o700, "{p}");

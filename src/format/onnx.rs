@@ -82,10 +82,9 @@ pub struct Onnx {
     skeleton: String,
     /// The model file's length as read (with its record, if locked).
     file_len: u64,
-    /// The external data files, in order (see [`Container::data_files`]).
+    /// The external data files, in order (see [`Container::data_files`]); each one's
+    /// `group_end` is where it ends in the run of them all.
     data: Vec<DataFile>,
-    /// Each data file's length.
-    data_lens: Vec<u64>,
 }
 
 /// What a walk over a model collects.
@@ -227,9 +226,8 @@ impl Onnx {
         };
         let ranges = tensors.iter().map(|t| t.start..t.end);
         super::hash_gaps(&mut hash, 0, record_start, ranges, true, &mut read)?;
-        let (data, data_lens) =
-            external_files(walk.external, record_start, lens, &mut tensors, path)?;
-        for (d, len) in data.iter().zip(&data_lens) {
+        let data = external_files(walk.external, record_start, lens, &mut tensors, path)?;
+        for (d, len) in data.iter().zip(data_lens(&data)) {
             hash.update(len.to_le_bytes());
             hash.update((d.name.len() as u64).to_le_bytes());
             hash.update(d.name.as_bytes());
@@ -245,7 +243,6 @@ impl Onnx {
             skeleton: crate::hex::encode(&hash.finalize()),
             file_len: len,
             data,
-            data_lens,
         })
     }
 
@@ -281,28 +278,30 @@ fn external_files(
     lens: &mut dyn FnMut(&str) -> Result<u64>,
     tensors: &mut Vec<TensorEntry>,
     path: &Path,
-) -> Result<(Vec<DataFile>, Vec<u64>)> {
+) -> Result<Vec<DataFile>> {
     let bad = |why: String| Error::format(path, why);
     external.sort_by(|a, b| (&a.location, a.offset, a.len).cmp(&(&b.location, b.offset, b.len)));
     let dir = path.parent().unwrap_or(Path::new(""));
-    let (mut data, mut data_lens) = (Vec::<DataFile>::new(), Vec::new());
-    let mut base = 0u64;
+    let mut data = Vec::<DataFile>::new();
+    // The current file's start in the run of them all, and its length.
+    let (mut base, mut len) = (0u64, 0u64);
     let mut file_end = 0u64;
     for x in external {
         if data.last().is_none_or(|d| d.name != x.location) {
             base = base
-                .checked_add(data_lens.last().copied().unwrap_or(0))
+                .checked_add(len)
                 .ok_or_else(|| bad("its external data files are too large".into()))?;
-            let len = lens(&x.location)?;
+            len = lens(&x.location)?;
+            let end = base
+                .checked_add(len)
+                .ok_or_else(|| bad("its external data files are too large".into()))?;
             data.push(DataFile {
                 name: x.location.clone(),
                 path: dir.join(&x.location),
-                group_end: Some(base + len),
+                group_end: Some(end),
             });
-            data_lens.push(len);
             file_end = 0;
         }
-        let len = *data_lens.last().expect("a file was pushed");
         let end = x.offset.checked_add(x.len).filter(|&e| e <= len).ok_or_else(|| {
             bad(format!(
                 "initializer {:?} lies at bytes {}..{} of {:?}, which holds {len}; the data file was cut short or is not this model's",
@@ -328,7 +327,15 @@ fn external_files(
             end: at + end,
         });
     }
-    Ok((data, data_lens))
+    Ok(data)
+}
+
+/// The length of each of `data`, [`external_files`]' data files, from where each ends.
+fn data_lens(data: &[DataFile]) -> impl Iterator<Item = u64> + '_ {
+    let ends = data
+        .iter()
+        .map(|d| d.group_end.expect("every ONNX data file ends a group"));
+    ends.scan(0, |start, end| Some(end - std::mem::replace(start, end)))
 }
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> Error {
@@ -838,7 +845,7 @@ impl Container for Onnx {
         }
         // Each external data file as it is, its tensors locked or unlocked in place.
         let mut file_start = self.file_len;
-        for len in &self.data_lens {
+        for len in data_lens(&self.data) {
             let (mut at, end) = (file_start, file_start + len);
             while let Some((i, _)) = tensors.next_if(|(i, _)| self.byte_range(*i).start < end) {
                 let r = self.byte_range(i);
