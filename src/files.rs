@@ -799,6 +799,9 @@ pub struct Inspection {
     pub user_metadata: Vec<(String, String)>,
     /// The tensors, by data offset.
     pub tensors: Vec<TensorEntry>,
+    /// How the format stores each of `tensors`, where its entry describes only its
+    /// bytes (a GGUF block type).
+    pub stored: Vec<Option<format::StoredType>>,
     /// Tensors left in the clear as their bytes cannot be locked in place, and why.
     pub left_clear: Vec<(String, String)>,
 }
@@ -820,6 +823,9 @@ pub fn inspect(path: &Path) -> Result<Vec<Inspection>> {
                 lock: c.lock_record()?,
                 user_metadata: c.user_metadata(),
                 tensors: c.tensors().to_vec(),
+                stored: (0..c.tensors().len())
+                    .map(|i| c.stored_type(i).cloned())
+                    .collect(),
                 left_clear: c.left_clear(),
                 path: p,
             })

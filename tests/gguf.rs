@@ -160,6 +160,46 @@ fn tensors_are_named_typed_and_found_by_content() {
         &["lock", "weights.bin", "-o", "l.bin", "--key-file", "key"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
+    // Block types are described as bytes, and named as GGUF names them for inspect.
+    let stored: Vec<_> = (0..4)
+        .map(|i| m.stored_type(i).map(|s| (s.name, s.shape.clone())))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            None,
+            None,
+            Some(("Q8_0", vec![3, 64])),
+            Some(("Q4_K", vec![2, 256]))
+        ]
+    );
+    for file in ["weights.bin", "l.bin"] {
+        let o = run(dir.path(), &["inspect", file]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        let row = text
+            .lines()
+            .find(|l| l.contains("blk.0.ffn.weight"))
+            .unwrap();
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cols[..4],
+            ["blk.0.ffn.weight", "Q8_0", "[3,", "64]"],
+            "{text}"
+        );
+        let o = run(dir.path(), &["inspect", file, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let t = &v["files"][0]["tensors"];
+        let out = t
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "output.weight")
+            .unwrap();
+        assert_eq!(out["dtype"], "U8");
+        assert_eq!(out["stored_type"], "Q4_K");
+        assert_eq!(out["stored_shape"], serde_json::json!([2, 256]));
+        assert_eq!(t[0]["stored_type"], serde_json::Value::Null);
+    }
 }
 
 #[test]

@@ -483,11 +483,14 @@ fn inspect<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyList>> 
             PyDict::from_sequence(&PyList::new(py, &f.user_metadata)?.into_any())?,
         )?;
         let tensors = PyList::empty(py);
-        for t in &f.tensors {
+        for (t, stored) in f.tensors.iter().zip(&f.stored) {
             let e = PyDict::new(py);
             e.set_item("name", &t.name)?;
             e.set_item("dtype", t.dtype.name())?;
             e.set_item("shape", t.shape.clone())?;
+            // A GGUF block type: dtype U8 and shape the byte length describe its bytes.
+            e.set_item("stored_type", stored.as_ref().map(|s| s.name))?;
+            e.set_item("stored_shape", stored.as_ref().map(|s| s.shape.clone()))?;
             e.set_item("locked", f.is_locked(&t.name))?;
             tensors.append(e)?;
         }

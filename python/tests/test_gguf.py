@@ -63,6 +63,12 @@ def test_locked_model_is_gguf_and_unlocks_exactly(model, key_file, key, tmp_path
     fields = reader.fields
     assert bytes(fields["general.name"].parts[-1]).decode() == "tiny"
     assert "deeplock.salt" in fields and "deeplock.mac" in fields
+    # Block types are named as GGUF names them, with their shapes in elements.
+    (found,) = deeplock.inspect(locked)
+    shown = {t["name"]: (t["dtype"], t["stored_type"], t["stored_shape"]) for t in found["tensors"]}
+    assert shown["blk.0.ffn_up.weight"] == ("U8", "Q8_0", [2, 64])
+    assert shown["output.weight"] == ("U8", "Q4_0", [3, 96])
+    assert shown["token_embd.weight"] == ("F32", None, None)
     run("verify", locked, "--key-file", key_file)
     # In memory, verified first: the original bytes, which parse to the same tensors.
     data = deeplock.unlock_to_bytes(locked, key)

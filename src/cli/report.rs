@@ -156,16 +156,22 @@ pub fn print_inspection(out: &mut dyn Write, found: &[Inspection]) -> io::Result
             .max(4);
         writeln!(
             out,
-            "  {:width$}  {:5}  {:>20}  {:>12}  locked",
+            "  {:width$}  {:6}  {:>20}  {:>12}  locked",
             "name", "dtype", "shape", "bytes"
         )?;
-        for (t, name) in f.tensors.iter().zip(&names) {
+        for ((t, name), stored) in f.tensors.iter().zip(&names).zip(&f.stored) {
+            // A block type (GGUF's Q4_K, ...) is shown as the format names it, with
+            // its shape in elements, not as the bytes its entry describes.
+            let (dtype, shape) = match stored {
+                Some(s) => (s.name.to_string(), &s.shape),
+                None => (t.dtype.to_string(), &t.shape),
+            };
             writeln!(
                 out,
-                "  {:width$}  {:5}  {:>20}  {:>12}  {}",
+                "  {:width$}  {:6}  {:>20}  {:>12}  {}",
                 name,
-                t.dtype,
-                format!("{:?}", t.shape),
+                dtype,
+                format!("{shape:?}"),
                 t.len(),
                 if f.is_locked(&t.name) { "yes" } else { "no" }
             )?;
@@ -191,10 +197,12 @@ pub fn inspection_json(found: &[Inspection]) -> String {
                 "salt": f.lock.as_ref().map(|l| l.salt.to_hex()),
                 "kcv": f.lock.as_ref().map(|l| deeplock::hex::encode(&l.kcv)),
                 "metadata": f.user_metadata.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-                "tensors": f.tensors.iter().map(|t| serde_json::json!({
+                "tensors": f.tensors.iter().zip(&f.stored).map(|(t, stored)| serde_json::json!({
                     "name": t.name,
                     "dtype": t.dtype.name(),
                     "shape": t.shape,
+                    "stored_type": stored.as_ref().map(|s| s.name),
+                    "stored_shape": stored.as_ref().map(|s| &s.shape),
                     "bytes": t.len(),
                     "data_offsets": [t.start, t.end],
                     "locked": f.is_locked(&t.name),

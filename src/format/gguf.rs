@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{Container, Layout, Piece};
+use super::{Container, Layout, Piece, StoredType};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::header::TensorEntry;
@@ -290,6 +290,8 @@ pub struct Gguf {
     /// Where the tensor infos begin in `original`.
     infos_at: usize,
     entries: Vec<TensorEntry>,
+    /// The block type of each of `entries` that has one.
+    stored: Vec<Option<StoredType>>,
     /// Where this file's data section begins.
     data_at: u64,
     /// Whether the bytes between the header and the data section are all zero.
@@ -403,20 +405,27 @@ impl Gguf {
                         t.name, t.len, t.offset
                     ))
                 })?;
-            let (dtype, shape) = match dtype_of(t.ggml) {
-                Some(d) => (d, t.dims.iter().rev().map(|&d| d as usize).collect()),
-                None => (Dtype::U8, vec![t.len as usize]),
+            let dims: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+            let (dtype, shape, stored) = match dtype_of(t.ggml) {
+                Some(d) => (d, dims, None),
+                None => {
+                    let name = ggml_type(t.ggml).map_or("?", |(_, _, name)| name);
+                    let stored = StoredType { name, shape: dims };
+                    (Dtype::U8, vec![t.len as usize], Some(stored))
+                }
             };
             // Relative to the data section, which moves when the header grows.
-            entries.push(TensorEntry {
+            let entry = TensorEntry {
                 name: t.name.clone(),
                 dtype,
                 shape,
                 start: start - data_at,
                 end: start - data_at + t.len,
-            });
+            };
+            entries.push((entry, stored));
         }
-        entries.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
+        entries.sort_by(|(a, _), (b, _)| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
+        let (entries, stored): (Vec<TensorEntry>, Vec<_>) = entries.into_iter().unzip();
         for w in entries.windows(2) {
             if w[1].start < w[0].end {
                 return Err(bad(format!(
@@ -480,6 +489,7 @@ impl Gguf {
             kvs,
             infos_at: p.infos_at - record_kvs.iter().map(|kv| kv.span.len()).sum::<usize>(),
             entries,
+            stored,
             data_at,
             zero_padding: pad.iter().all(|&b| b == 0) && len >= data_at,
             len,
@@ -673,6 +683,10 @@ fn string_kv(key: &str, value: &str) -> Vec<u8> {
 impl Container for Gguf {
     fn tensors(&self) -> &[TensorEntry] {
         &self.entries
+    }
+
+    fn stored_type(&self, i: usize) -> Option<&StoredType> {
+        self.stored[i].as_ref()
     }
 
     fn byte_range(&self, i: usize) -> Range<u64> {

@@ -20,6 +20,16 @@ pub mod tflite;
 pub(crate) use joined::{read_exact_at, write_all_at};
 pub use joined::{Joined, ModelFiles, Part};
 
+/// A format's own type of a tensor stored in blocks (GGUF's `Q4_K`, ...), which no
+/// [`crate::Dtype`] names: its name and its shape in elements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredType {
+    /// The format's name of the type.
+    pub name: &'static str,
+    /// The shape, in elements (the tensor's entry gives its length in bytes).
+    pub shape: Vec<usize>,
+}
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
@@ -66,6 +76,12 @@ pub trait Container: Send + Sync {
     /// The file written with `record` added (`Some`, for lock) or with its lock record
     /// removed (`None`, for unlock); an error if the format cannot hold it.
     fn layout(&self, record: Option<&LockInfo>) -> Result<Layout>;
+
+    /// How the format stores tensor `i`, where its [`TensorEntry`] describes only its
+    /// bytes (a GGUF block type: dtype `U8`, shape its length): for `inspect` to show.
+    fn stored_type(&self, _i: usize) -> Option<&StoredType> {
+        None
+    }
 
     /// Tensors the file holds whose bytes cannot be locked in place (ONNX's varint
     /// `int64_data`, ...), each with why: left in the clear, not in
