@@ -588,13 +588,7 @@ fn parser_never_panics_on_mutated_model_json() {
             locked.clone()
         };
         match case % 4 {
-            0 => {
-                for _ in 0..rng.random_range(1..4) {
-                    let i = rng.random_range(0..b.len());
-                    b[i] ^= 1 << rng.random_range(0..8);
-                }
-            }
-            1 => b.truncate(rng.random_range(0..b.len())),
+            k @ 0..=1 => mutate(&mut b, &mut rng, k, 8),
             2 => {
                 let i = rng.random_range(0..b.len());
                 let s: &[u8] = [
@@ -618,14 +612,8 @@ fn parser_never_panics_on_mutated_model_json() {
         }
         if let Ok(m) = Tfjs::parse(&b, path) {
             parsed += 1;
-            let mut prev = 0;
-            for i in 0..m.tensors().len() {
-                let r = m.byte_range(i);
-                assert!(r.start >= prev && r.start <= r.end, "case {case}");
-                prev = r.end;
-            }
-            let _ = m.lock_record();
-            let _ = m.layout(None);
+            // Its ranges run over the weight files, not this file.
+            check_parsed(&m, 0..u64::MAX, case);
         }
     }
     eprintln!("{parsed} of 3000 mutated model.json files parsed");

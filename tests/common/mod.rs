@@ -204,3 +204,47 @@ pub fn refused_by_unlock_and_verify(dir: &Path, ext: &str, bytes: &[u8], want: &
         );
     }
 }
+
+/// A byte-level mutation the parsers' fuzz tests share, picked by `kind` (0 to 3): one
+/// to three bit flips, a truncation, one to eight random bytes inserted, or a random
+/// value of `word` bytes written over (a length, an offset, a count).
+pub fn mutate(b: &mut Vec<u8>, rng: &mut impl Rng, kind: u32, word: usize) {
+    match kind {
+        0 => {
+            for _ in 0..rng.random_range(1..4) {
+                let i = rng.random_range(0..b.len());
+                b[i] ^= 1 << rng.random_range(0..8);
+            }
+        }
+        1 => b.truncate(rng.random_range(0..b.len())),
+        2 => {
+            let i = rng.random_range(0..b.len());
+            for _ in 0..rng.random_range(1..9) {
+                b.insert(i, rng.random());
+            }
+        }
+        _ => {
+            let j = rng.random_range(0..=b.len() - word);
+            let value = rng.random::<u64>().to_le_bytes();
+            b[j..j + word].copy_from_slice(&value[..word]);
+        }
+    }
+}
+
+/// What the fuzz tests check of a mutated file that parsed: its tensors' byte ranges in
+/// order, none overlapping another, each within `within`; its lock record and layout
+/// computed without a panic.
+pub fn check_parsed(m: &dyn deeplock::format::Container, within: std::ops::Range<u64>, case: u32) {
+    let mut prev = within.start;
+    for i in 0..m.tensors().len() {
+        let r = m.byte_range(i);
+        assert!(
+            r.start >= prev && r.start <= r.end && r.end <= within.end,
+            "case {case}: tensor {i} at {r:?}, outside {prev}..{}",
+            within.end
+        );
+        prev = r.end;
+    }
+    let _ = m.lock_record();
+    let _ = m.layout(None);
+}
