@@ -180,19 +180,33 @@ fn a_file_large_enough_for_direct_writes_on_a_disk_is_the_reference_lock() {
     let tensors = model_tensors(&mut rng, 40);
     let original = write_random_model(&input, &tensors, &[("format", "pt")], &mut rng);
     let key = MasterKey::generate().unwrap();
-    let mut engine = CpuEngine::new(CpuLocker::new());
-    for (run, threads) in [0, 1, 3].into_iter().enumerate() {
+    // The CPU path with automatic and set thread counts; the in-order path (a GPU's) with
+    // a bound of one buffer (through the page cache) and of several (a placed copy).
+    let cases: [(Box<dyn Engine>, usize, u64); 5] = [
+        (Box::new(CpuEngine::new(CpuLocker::new())), 0, 256 << 20),
+        (Box::new(CpuEngine::new(CpuLocker::new())), 1, 256 << 20),
+        (Box::new(CpuEngine::new(CpuLocker::new())), 3, 256 << 20),
+        (Box::new(InOrder::new(3)), 0, 256 << 20),
+        (Box::new(InOrder::new(2)), 0, 6 << 20),
+    ];
+    for (run, (mut engine, threads, max_in_flight)) in cases.into_iter().enumerate() {
         let opts = Options {
             chunk_size: rng.random_range(M..6 * M) | 1,
             threads,
+            max_in_flight,
             ..Options::default()
         };
-        let what = format!("chunks of {}, {threads} threads", opts.chunk_size);
+        let what = format!(
+            "{} with chunks of {}, {threads} threads, {max_in_flight} in flight",
+            engine.describe(),
+            opts.chunk_size
+        );
+        let engine = engine.as_mut();
         let locked = dir.path().join(format!("l{run}.safetensors"));
-        files::lock(&input, &locked, &key, &mut engine, &opts).unwrap();
+        files::lock(&input, &locked, &key, engine, &opts).unwrap();
         assert_locked(&original, &std::fs::read(&locked).unwrap(), &key, &what);
         let back = dir.path().join(format!("b{run}.safetensors"));
-        files::unlock(&locked, &back, &key, &mut engine, &opts).unwrap();
+        files::unlock(&locked, &back, &key, engine, &opts).unwrap();
         assert!(std::fs::read(&back).unwrap() == original, "{what}: unlock");
     }
 }

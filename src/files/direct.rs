@@ -10,7 +10,9 @@
 //!
 //! A direct write needs its memory address, file offset and length aligned to the
 //! device's block. The streamer places each batch's buffer so that the address of every
-//! byte is congruent to its output offset modulo [`ALIGN`] ([`BatchBuf`]); a write's
+//! byte is congruent to its output offset modulo [`ALIGN`] ([`BatchBuf`]: the CPU
+//! workers' own buffers; the in-order path copies each batch from the engine's into
+//! one); a write's
 //! aligned middle then goes direct, and the partial blocks at its two ends (shared with
 //! the neighbouring batches) go through the page cache. Nothing else changes: the same
 //! bytes at the same offsets, whatever path each took.

@@ -543,6 +543,16 @@ fn run_ordered(
     let failed = Failure::default();
     let tags: Vec<Mutex<Vec<ChunkTag>>> = streams.iter().map(|_| Mutex::default()).collect();
     let buffers = (opts.max_in_flight / cap as u64).clamp(1, ORDERED_BUFFERS) as usize;
+    // The engine's buffers are vectors wherever they lie: the writer copies a batch into
+    // a buffer placed for direct writes (a memory copy, far faster than the disk whose
+    // slow writeback it saves), which takes one of the buffers the bound allows. With
+    // room for one buffer only, the outputs go through the page cache.
+    let direct: Vec<direct::Outputs> = match buffers {
+        1 => streams.iter().map(|_| direct::Outputs::default()).collect(),
+        _ => streams.iter().map(Stream::direct).collect(),
+    };
+    let buffers = buffers - usize::from(direct.iter().any(|d| !d.is_empty()));
+    let direct = &direct;
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
     for _ in 0..buffers {
         free_tx.send(Vec::new()).expect("the receiver is here");
@@ -601,6 +611,7 @@ fn run_ordered(
                 transform: None,
                 written_tags: true,
             };
+            let mut placed = BatchBuf::default();
             for (j, mut buf) in done_rx {
                 if failure.is_set() {
                     return;
@@ -609,9 +620,16 @@ fn run_ordered(
                 let mut mine = Vec::new();
                 streams[*s].process(b, &mut buf, steps, &mut mine);
                 keep(*s, mine);
-                // Engine buffers are not placed for direct writes: the page cache.
-                let direct = direct::Outputs::default();
-                if let Err(e) = streams[*s].write(b, &buf, &direct, opts.fault) {
+                let out = &direct[*s];
+                let bytes: &[u8] = match out.is_empty() {
+                    true => &buf,
+                    false => {
+                        let p = placed.get(b.out_at, b.len);
+                        p.copy_from_slice(&buf);
+                        p
+                    }
+                };
+                if let Err(e) = streams[*s].write(b, bytes, out, opts.fault) {
                     return failure.set(e);
                 }
                 if let Some(p) = opts.progress {
