@@ -230,6 +230,36 @@ struct Steps<'l> {
 }
 
 impl Stream<'_> {
+    /// Asks the kernel to start reading `b`'s input now, for a worker to find it in the
+    /// page cache when it takes `b`: workers reading batches at several offsets at once
+    /// defeat the kernel's own readahead, which expects one sequential reader (a 1 GiB
+    /// lock from a cold cache on a virtio disk: median 1.71 s without, 1.30 s with).
+    /// Nothing is asked where the batch's last byte is cached already: asking costs a
+    /// walk of the cache, which a warm lock measurably paid.
+    fn prefetch(&self, b: &Batch) {
+        let inputs = b
+            .segments
+            .iter()
+            .filter_map(|g| Some((g.source.input()?, g.len)));
+        let Some((last, len)) = inputs.clone().next_back().filter(|&(_, len)| len > 0) else {
+            return;
+        };
+        let mut warm = false;
+        let _ = self.input.each(last + len as u64 - 1, 1, |p, off, _| {
+            warm = cached(p.file, off);
+            Ok(())
+        });
+        if warm {
+            return;
+        }
+        for (start, len) in inputs {
+            let _ = self.input.each(start, len, |p, off, r| {
+                will_need(p.file, off, r.len());
+                Ok(())
+            });
+        }
+    }
+
     /// Reads `b`'s bytes into `buf` (exactly its length): one read per run of segments
     /// contiguous in the input.
     fn read(&self, b: &Batch, buf: &mut [u8], fault: Option<Fault>) -> Result<()> {
@@ -487,6 +517,8 @@ pub(super) fn run_parallel(
         written_tags: true,
     };
     let direct: Vec<direct::Outputs> = streams.iter().map(Stream::direct).collect();
+    let any_direct = direct.iter().any(|d| !d.is_empty());
+    let workers = workers(opts, cap, any_direct);
     let worker = || {
         let (mut batch, mut copy_buf) = (BatchBuf::default(), Vec::new());
         let mut local: Vec<Vec<ChunkTag>> = streams.iter().map(|_| Vec::new()).collect();
@@ -495,6 +527,10 @@ pub(super) fn run_parallel(
             let done = if let Some(&(c, at, len)) = copy_jobs.get(j) {
                 copy_range(&copies[c], at, len, &mut copy_buf, opts.fault)
             } else if let Some((s, b)) = work.get(j - copy_jobs.len()) {
+                // The batch taken once every worker has taken one more.
+                if let Some((s, b)) = work.get(j - copy_jobs.len() + workers) {
+                    streams[*s].prefetch(b);
+                }
                 let st = &streams[*s];
                 let buf = batch.get(b.out_at, b.len);
                 st.read(b, buf, opts.fault).and_then(|()| {
@@ -517,8 +553,7 @@ pub(super) fn run_parallel(
         }
     };
     std::thread::scope(|scope| {
-        let direct = direct.iter().any(|d| !d.is_empty());
-        for _ in 0..workers(opts, cap, direct) {
+        for _ in 0..workers {
             scope.spawn(worker);
         }
     });
@@ -852,6 +887,58 @@ fn write_at(
         Ok(())
     };
     write().map_err(|e| Error::io(dst, e))
+}
+
+/// Whether byte `at` of `file` is in the page cache: a one-byte read that may not wait
+/// for the disk. `false` where that cannot be told.
+fn cached(file: &File, at: u64) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::fd::AsRawFd;
+        let mut byte = 0u8;
+        let iov = libc::iovec {
+            iov_base: (&mut byte as *mut u8).cast(),
+            iov_len: 1,
+        };
+        // SAFETY: the descriptor is open for the call (a borrowed `File`), and `iov`
+        // describes one writable byte that outlives it.
+        let n = unsafe {
+            libc::preadv2(
+                file.as_raw_fd(),
+                &iov,
+                1,
+                at as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        n == 1
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = (file, at);
+        false
+    }
+}
+
+/// Asks the kernel to start reading `len` bytes of `file` at `at` into the page cache,
+/// without waiting: a hint, which does nothing where it is not offered.
+fn will_need(file: &File, at: u64, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is open for the call (a borrowed `File`); the call
+        // only reads its arguments.
+        unsafe {
+            libc::posix_fadvise(
+                file.as_raw_fd(),
+                at as libc::off_t,
+                len as libc::off_t,
+                libc::POSIX_FADV_WILLNEED,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, at, len);
 }
 
 /// Asks the kernel to start writing `len` bytes of `file` at `at` back to the disk now,
