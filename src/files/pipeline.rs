@@ -970,6 +970,29 @@ fn start_writeback(file: &File, at: u64, len: usize) {
 mod tests {
     use super::*;
 
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn the_cache_probe_tells_a_dropped_page_from_a_read_one() {
+        use std::os::fd::AsRawFd;
+        // On a disk: the crate's target directory (a temporary one may be tmpfs, which
+        // caches everything).
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&target).unwrap();
+        let dir = tempfile::tempdir_in(target).unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
+        let file = File::open(&path).unwrap();
+        file.sync_all().unwrap();
+        // SAFETY: an open descriptor; the call only reads its arguments.
+        let dropped =
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(dropped, 0);
+        assert!(!cached(&file, 4096), "a dropped page reads as cached");
+        let mut page = [0u8; 4096];
+        read_exact_at(&file, 4096, &mut page).unwrap();
+        assert!(cached(&file, 4096), "a page just read reads as not cached");
+    }
+
     #[test]
     fn small_inputs_get_short_batches_and_large_ones_the_cap() {
         const MIB: u64 = 1 << 20;
