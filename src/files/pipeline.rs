@@ -233,7 +233,7 @@ impl Stream<'_> {
     /// Asks the kernel to start reading `b`'s input now, for a worker to find it in the
     /// page cache when it takes `b`: workers reading batches at several offsets at once
     /// defeat the kernel's own readahead, which expects one sequential reader (a 1 GiB
-    /// lock from a cold cache on a virtio disk: median 1.71 s without, 1.30 s with).
+    /// lock from a cold cache on a virtio disk: median 1.82 s without, 1.32 s with).
     /// Nothing is asked where the batch's last byte is cached already: asking costs a
     /// walk of the cache, which a warm lock measurably paid.
     fn prefetch(&self, b: &Batch) {
