@@ -159,9 +159,10 @@ def lock_checkpoint(
             for name in _SUMMED:
                 report[name] += r[name]
         _native.join(tmp, key)
-        # The record, like each file, as readable as its input; parents last, since a
-        # directory made read-only would refuse its own entries.
-        os.chmod(os.path.join(tmp, _native.CHECKPOINT_RECORD), _mode(src))
+        # The record, like each file, as readable as its input (the directory's read and
+        # write bits, not its search bits); parents last, since a directory made
+        # read-only would refuse its own entries.
+        os.chmod(os.path.join(tmp, _native.CHECKPOINT_RECORD), _mode(src) & 0o666)
         for rel in reversed(listing["dirs"]):
             os.chmod(os.path.join(tmp, rel), _mode(os.path.join(src, rel)))
         report["copied"] = len(copies)
