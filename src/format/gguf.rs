@@ -272,6 +272,8 @@ fn shown_string(s: &str) -> String {
 struct Info {
     name: String,
     ggml: u32,
+    /// The ggml type's name (`Q4_K`, ...), found when the type was checked.
+    type_name: &'static str,
     dims: Vec<u64>,
     offset: u64,
     len: u64,
@@ -409,8 +411,10 @@ impl Gguf {
             let (dtype, shape, stored) = match dtype_of(t.ggml) {
                 Some(d) => (d, dims, None),
                 None => {
-                    let name = ggml_type(t.ggml).map_or("?", |(_, _, name)| name);
-                    let stored = StoredType { name, shape: dims };
+                    let stored = StoredType {
+                        name: t.type_name,
+                        shape: dims,
+                    };
                     (Dtype::U8, vec![t.len as usize], Some(stored))
                 }
             };
@@ -605,6 +609,7 @@ fn parse<R: Read>(rd: &mut Rd<'_, R>) -> Result<Parsed> {
         infos.push(Info {
             name,
             ggml,
+            type_name: tname,
             dims,
             offset,
             len,
